@@ -1,0 +1,71 @@
+//! `quiver`: run SQL on Quiver's embedded engine (`quiver sql`), from a file or a shell.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use quiver_engine::SessionOptions;
+
+mod run;
+
+/// Quiver: a dataflow engine for deep-learning pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about)]
+struct Cli {
+    /// Where Quiver keeps models, experiments and logs (a URL or a local path).
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_STORE",
+        default_value = "./quiver-data"
+    )]
+    store: String,
+    /// Parallel partitions per query (default: the number of cores).
+    #[arg(long, global = true, env = "QUIVER_PARTITIONS")]
+    partitions: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL statements (separated by `;`), from the argument, a file, or an interactive shell.
+    Sql {
+        /// The statements to run; without them (and without -f) an interactive shell starts.
+        statements: Option<String>,
+        /// Run the statements in this file.
+        #[arg(short, long, conflicts_with = "statements")]
+        file: Option<PathBuf>,
+        /// Rows shown per result in table format (the rest are counted).
+        #[arg(long, default_value_t = 40)]
+        max_rows: usize,
+        /// How results are printed.
+        #[arg(long, value_enum, default_value_t = run::Format::Table)]
+        format: run::Format,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options = SessionOptions {
+        default_store: cli.store.clone(),
+        target_partitions: cli.partitions,
+        ..Default::default()
+    };
+    let result = match cli.command {
+        Command::Sql {
+            statements,
+            file,
+            max_rows,
+            format,
+        } => run::sql_command(options, statements, file, run::Output { format, max_rows }).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

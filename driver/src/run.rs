@@ -1,0 +1,253 @@
+//! Running statements: splitting, executing one at a time with a live progress line, printing.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::sql::parser::DFParser;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use quiver_engine::progress::ProgressSnapshot;
+use quiver_engine::{Progress, QuiverError, Result, Session, SessionOptions};
+
+use std::io::Write;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
+use quiver_sql::display::{format_batches, readable};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Aligned text tables.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// One JSON object per row.
+    Json,
+}
+
+/// Result printing settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    /// The format.
+    pub(crate) format: Format,
+    /// Rows shown per result in table format.
+    pub(crate) max_rows: usize,
+}
+
+impl Output {
+    fn print(&self, batches: &[RecordBatch]) -> std::result::Result<(), ArrowError> {
+        let readable = batches
+            .iter()
+            .map(readable)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut out = std::io::stdout().lock();
+        match self.format {
+            Format::Table => writeln!(out, "{}", format_batches(batches, self.max_rows)?)?,
+            Format::Csv => {
+                let mut writer = datafusion::arrow::csv::Writer::new(&mut out);
+                for batch in &readable {
+                    writer.write(batch)?;
+                }
+            }
+            Format::Json => {
+                let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+                writer.write_batches(&readable.iter().collect::<Vec<_>>())?;
+                writer.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `quiver sql`: statements from the argument, a file, or an interactive shell.
+pub(crate) async fn sql_command(
+    options: SessionOptions,
+    statements: Option<String>,
+    file: Option<PathBuf>,
+    output: Output,
+) -> Result<()> {
+    let session = quiver_sql::session(options)?;
+    match (statements, file) {
+        (Some(sql), _) => run_all(&session, &sql, output).await,
+        (None, Some(path)) => {
+            let sql = std::fs::read_to_string(&path).map_err(|e| {
+                QuiverError::Config(format!("cannot read SQL file '{}': {e}", path.display()))
+            })?;
+            run_all(&session, &sql, output).await
+        }
+        (None, None) => shell(&session, output).await,
+    }
+}
+
+/// Runs every statement of `sql` in order, stopping at the first error.
+pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Result<()> {
+    let statements = DFParser::parse_sql(sql).map_err(datafusion::error::DataFusionError::from)?;
+    let count = statements.len();
+    for (i, statement) in statements.into_iter().enumerate() {
+        let text = statement.to_string();
+        let started = Instant::now();
+        let before = session.progress().snapshot();
+        let ticker = Ticker::start(Arc::clone(session.progress()), before);
+        let result = async {
+            let state = session.context().state();
+            let plan = state.statement_to_plan(statement).await?;
+            let frame = session.context().execute_logical_plan(plan).await?;
+            frame.collect().await
+        }
+        .await;
+        let work = ticker.stop();
+        let batches = result.map_err(|e| {
+            if count > 1 {
+                QuiverError::Config(format!(
+                    "statement {} of {count} failed: {e}\n  {}",
+                    i + 1,
+                    short(&text)
+                ))
+            } else {
+                QuiverError::DataFusion(e)
+            }
+        })?;
+        output
+            .print(&batches)
+            .map_err(datafusion::error::DataFusionError::from)?;
+        eprintln!(
+            "{} ({:.2}s)",
+            summary(&work),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn short(sql: &str) -> String {
+    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 120 {
+        format!("{}...", one_line.chars().take(117).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+fn summary(w: &ProgressSnapshot) -> String {
+    let mut parts = Vec::new();
+    if w.files_listed > 0 {
+        parts.push(format!("listed {} files", w.files_listed));
+    }
+    if w.files_read > 0 {
+        parts.push(format!(
+            "read {} files ({})",
+            w.files_read,
+            HumanBytes(w.bytes_read)
+        ));
+    }
+    if w.rows_written > 0 || w.files_written > 0 {
+        parts.push(format!(
+            "wrote {} rows ({}) in {} files",
+            w.rows_written,
+            HumanBytes(w.bytes_written),
+            w.files_written
+        ));
+    }
+    if w.images_skipped > 0 {
+        parts.push(format!("skipped {} undecodable images", w.images_skipped));
+    }
+    if parts.is_empty() {
+        "done".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Shows the progress of a running statement: a spinner on a terminal, a line every few
+/// seconds in a log.
+struct Ticker {
+    task: tokio::task::JoinHandle<()>,
+    progress: Arc<Progress>,
+    before: ProgressSnapshot,
+    bar: ProgressBar,
+}
+
+impl Ticker {
+    fn start(progress: Arc<Progress>, before: ProgressSnapshot) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if terminal {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let task = {
+            let progress = Arc::clone(&progress);
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut last_log = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let work = progress.snapshot().since(&before);
+                    if terminal {
+                        bar.set_message(summary(&work));
+                        bar.tick();
+                    } else if last_log.elapsed() >= Duration::from_secs(5) {
+                        eprintln!("[{:>4}s] {}", started.elapsed().as_secs(), summary(&work));
+                        last_log = Instant::now();
+                    }
+                }
+            })
+        };
+        Self {
+            task,
+            progress,
+            before,
+            bar,
+        }
+    }
+
+    fn stop(self) -> ProgressSnapshot {
+        self.task.abort();
+        self.bar.finish_and_clear();
+        self.progress.snapshot().since(&self.before)
+    }
+}
+
+/// The interactive shell: statements end with `;`, `\q` quits.
+async fn shell(session: &Session, output: Output) -> Result<()> {
+    let mut editor = rustyline::DefaultEditor::new()
+        .map_err(|e| QuiverError::Config(format!("cannot start the shell: {e}")))?;
+    eprintln!("Quiver SQL shell. End statements with ';', \\q to quit.");
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "quiver> "
+        } else {
+            "   ...> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let trimmed = line.trim();
+                if buffer.is_empty() && (trimmed == "\\q" || trimmed == "exit" || trimmed == "quit")
+                {
+                    return Ok(());
+                }
+                buffer.push_str(&line);
+                buffer.push('\n');
+                if trimmed.ends_with(';') {
+                    let _ = editor.add_history_entry(buffer.trim());
+                    if let Err(e) = run_all(session, &buffer, output).await {
+                        eprintln!("error: {e}");
+                    }
+                    buffer.clear();
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => buffer.clear(),
+            Err(rustyline::error::ReadlineError::Eof) => return Ok(()),
+            Err(e) => return Err(QuiverError::Config(format!("shell input failed: {e}"))),
+        }
+    }
+}

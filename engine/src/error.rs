@@ -1,0 +1,56 @@
+//! Errors of the engine: one enum, converted to `DataFusionError::External` inside plans.
+
+use datafusion::error::DataFusionError;
+
+/// Result with [`QuiverError`].
+pub type Result<T, E = QuiverError> = std::result::Result<T, E>;
+
+/// What went wrong, naming the location or option that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum QuiverError {
+    /// A configuration value or option is wrong; the message names it.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// A location could not be parsed or resolved.
+    #[error("invalid location '{location}': {reason}")]
+    Location {
+        /// The location as the user wrote it.
+        location: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// An object store operation failed.
+    #[error("object store error at '{location}': {source}")]
+    Store {
+        /// The URL or path involved.
+        location: String,
+        /// The store's own error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// An error from the query engine.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// A local I/O error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl QuiverError {
+    /// Wraps an object-store error with the location it happened at.
+    pub fn store(location: impl Into<String>, source: object_store::Error) -> Self {
+        Self::Store {
+            location: location.into(),
+            source,
+        }
+    }
+}
+
+impl From<QuiverError> for DataFusionError {
+    fn from(e: QuiverError) -> Self {
+        match e {
+            QuiverError::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Quiver's engine: the [`Session`] (a DataFusion `SessionContext` plus object stores and
+//! configuration), the Arrow data model for images, object-store URLs, progress counters and
+//! errors. Everything above this crate (operators, SQL, driver, executor) builds on it.
+
+pub mod error;
+pub mod image;
+pub mod progress;
+pub mod session;
+pub mod store;
+
+pub use error::{QuiverError, Result};
+pub use progress::Progress;
+pub use session::{Session, SessionOptions};
+pub use store::{S3Options, StoreRegistry, resolve_location, store_base, store_url};
+/// Re-exported for URL handling.
+pub use url;
+
+/// Re-exported so that every crate uses the same DataFusion (and through it, Arrow).
+pub use datafusion;
+/// Re-exported so that every crate uses the same `object_store`.
+pub use object_store;

@@ -1,0 +1,151 @@
+//! The [`Session`]: a DataFusion `SessionContext` with Quiver's object stores, progress counters
+//! and default store. Quiver's functions and formats are registered on it by `quiver-sql`.
+
+use std::sync::Arc;
+
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::error::{QuiverError, Result};
+use crate::progress::Progress;
+use crate::store::{S3Options, StoreRegistry, resolve_location, store_url};
+
+/// How to build a [`Session`].
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Where Quiver keeps its own data (models, experiments): a URL or a local path.
+    pub default_store: String,
+    /// Parallel partitions per query; the number of cores when `None`.
+    pub target_partitions: Option<usize>,
+    /// Rows per batch; DataFusion's default when `None`.
+    pub batch_size: Option<usize>,
+    /// S3 settings on top of the `AWS_*` environment variables.
+    pub s3: S3Options,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            default_store: "./quiver-data".into(),
+            target_partitions: None,
+            batch_size: None,
+            s3: S3Options::default(),
+        }
+    }
+}
+
+/// A Quiver session: runs SQL and DataFrame queries over any registered store.
+#[derive(Clone)]
+pub struct Session {
+    ctx: SessionContext,
+    default_store: Url,
+    progress: Arc<Progress>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.ctx.session_id())
+            .field("default_store", &self.default_store.as_str())
+            .finish()
+    }
+}
+
+impl Session {
+    /// A session with only DataFusion's own functions; use `quiver_sql::session` for one with
+    /// all of Quiver's functions and formats.
+    pub fn try_new(options: SessionOptions) -> Result<Self> {
+        let mut default_store = resolve_location(&options.default_store)?;
+        if !default_store.path().ends_with('/') {
+            let path = format!("{}/", default_store.path());
+            default_store.set_path(&path);
+        }
+        let progress = Arc::new(Progress::default());
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_extension(Arc::clone(&progress));
+        if let Some(n) = options.target_partitions {
+            if n == 0 {
+                return Err(QuiverError::Config(
+                    "target_partitions must be at least 1".into(),
+                ));
+            }
+            config = config.with_target_partitions(n);
+        }
+        if let Some(n) = options.batch_size {
+            config = config.with_batch_size(n);
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(StoreRegistry::new(options.s3)))
+            .build_arc()?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        Ok(Self {
+            ctx: SessionContext::new_with_state(state),
+            default_store,
+            progress,
+        })
+    }
+
+    /// The DataFusion context, for registering tables and functions.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The URL of the default store, with a trailing slash.
+    pub fn default_store(&self) -> &Url {
+        &self.default_store
+    }
+
+    /// The progress counters of this session.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    /// Plans one SQL statement (DDL and COPY run at once, queries when collected).
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        Ok(self.ctx.sql(sql).await?)
+    }
+
+    /// The object store for `url`.
+    pub fn store_for(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        Ok(self.ctx.runtime_env().object_store(store_url(url))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_sql_and_resolves_the_default_store() {
+        let session = Session::try_new(SessionOptions {
+            default_store: "memory://quiver/".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(session.default_store().as_str(), "memory://quiver/");
+        let batches = session
+            .sql("SELECT 1 + 1 AS two")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(batches[0].num_rows(), 1);
+        session.store_for(session.default_store()).unwrap();
+        let err = Session::try_new(SessionOptions {
+            target_partitions: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("target_partitions"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Runnable Quiver pipelines; see the `[[example]]` targets.

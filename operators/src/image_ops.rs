@@ -1,0 +1,577 @@
+//! Image kernels on single images: decode (with DCT-domain downscaling for JPEG), resize, crop,
+//! flip, rotate, grayscale and encode. The Arrow UDFs in [`crate::image_udfs`] map these over
+//! batches.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat};
+use quiver_engine::image::{Image, ImageRef};
+
+/// Why an image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The bytes are not a decodable image.
+    #[error("cannot decode image ({len} bytes, starts with {head:?}): {reason}")]
+    Decode {
+        /// Size of the input.
+        len: usize,
+        /// The first bytes, to recognise a text or HTML file posing as an image.
+        head: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// An argument is out of range.
+    #[error("{0}")]
+    Argument(String),
+    /// Encoding failed.
+    #[error("cannot encode image: {0}")]
+    Encode(String),
+}
+
+type Result<T> = std::result::Result<T, ImageError>;
+
+fn decode_error(bytes: &[u8], reason: impl ToString) -> ImageError {
+    let head: String = bytes
+        .iter()
+        .take(8)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    ImageError::Decode {
+        len: bytes.len(),
+        head,
+        reason: reason.to_string(),
+    }
+}
+
+/// How to crop before resizing in [`decode_resize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crop {
+    /// Keep the whole image.
+    None,
+    /// The largest centred square.
+    CenterSquare,
+    /// A centred window of this size in source pixels (clamped to the image).
+    Center(u32, u32),
+}
+
+/// Decodes an encoded image (JPEG, PNG, BMP, GIF, WebP, TIFF) into 8-bit HWC pixels with 1 to 4
+/// channels.
+pub fn decode(bytes: &[u8]) -> Result<Image> {
+    // JPEGs go through jpeg-decoder, which (like libjpeg and Pillow) rejects truncated data
+    // instead of filling the missing rows with grey.
+    if let Some(result) = decode_jpeg_scaled(bytes, u16::MAX as u32, u16::MAX as u32) {
+        return result;
+    }
+    let format = image::guess_format(bytes).map_err(|e| decode_error(bytes, e))?;
+    let dynamic =
+        image::load_from_memory_with_format(bytes, format).map_err(|e| decode_error(bytes, e))?;
+    Ok(from_dynamic(dynamic))
+}
+
+fn from_dynamic(dynamic: DynamicImage) -> Image {
+    let (width, height) = (dynamic.width(), dynamic.height());
+    let (channels, data) = match dynamic {
+        DynamicImage::ImageLuma8(b) => (1, b.into_raw()),
+        DynamicImage::ImageLumaA8(b) => (2, b.into_raw()),
+        DynamicImage::ImageRgb8(b) => (3, b.into_raw()),
+        DynamicImage::ImageRgba8(b) => (4, b.into_raw()),
+        other if other.color().has_alpha() && other.color().has_color() => {
+            (4, other.into_rgba8().into_raw())
+        }
+        other if other.color().has_alpha() => (2, other.into_luma_alpha8().into_raw()),
+        other if other.color().has_color() => (3, other.into_rgb8().into_raw()),
+        other => (1, other.into_luma8().into_raw()),
+    };
+    Image {
+        width,
+        height,
+        channels,
+        data,
+    }
+}
+
+/// Decodes a JPEG at the smallest DCT scale (1/8, 1/4, 1/2 or 1) whose result is at least
+/// `min_width` x `min_height` (or full size); `None` when the bytes are not a JPEG this path
+/// handles (CMYK and 16-bit JPEGs go to the general decoder).
+fn decode_jpeg_scaled(bytes: &[u8], min_width: u32, min_height: u32) -> Option<Result<Image>> {
+    if image::guess_format(bytes).ok()? != ImageFormat::Jpeg {
+        return None;
+    }
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    if let Err(e) = decoder.read_info() {
+        return Some(Err(decode_error(bytes, e)));
+    }
+    let info = decoder.info()?;
+    let channels = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => 1,
+        jpeg_decoder::PixelFormat::RGB24 => 3,
+        // CMYK and 16-bit JPEGs are rare: the general decoder handles them.
+        _ => return None,
+    };
+    let want_w = min_width.clamp(1, u16::MAX as u32) as u16;
+    let want_h = min_height.clamp(1, u16::MAX as u32) as u16;
+    let (width, height) = match decoder.scale(want_w, want_h) {
+        Ok(dims) => dims,
+        Err(e) => return Some(Err(decode_error(bytes, e))),
+    };
+    Some(
+        decoder
+            .decode()
+            .map_err(|e| decode_error(bytes, e))
+            .and_then(|data| {
+                let image = Image {
+                    width: width as u32,
+                    height: height as u32,
+                    channels,
+                    data,
+                };
+                if image.data.len() == (width as usize) * (height as usize) * channels as usize {
+                    Ok(image)
+                } else {
+                    Err(decode_error(
+                        bytes,
+                        "decoded size does not match the header",
+                    ))
+                }
+            }),
+    )
+}
+
+/// Decodes, crops and resizes in one step. JPEGs are decoded at a reduced DCT scale when the
+/// output is much smaller than the source, as libjpeg's `scale_denom` and Pillow's `draft` do.
+pub fn decode_resize(bytes: &[u8], crop: Crop, width: u32, height: u32) -> Result<Image> {
+    check_size(width, height)?;
+    let (src_w, src_h) = image_dimensions(bytes)?;
+    // The source region needed, in source pixels.
+    let (region_w, region_h) = crop_region(crop, src_w, src_h);
+    // Scale so that the region still covers the output size after DCT scaling.
+    let min_w = (width as u64 * src_w as u64).div_ceil(region_w.max(1) as u64) as u32;
+    let min_h = (height as u64 * src_h as u64).div_ceil(region_h.max(1) as u64) as u32;
+    let decoded = match decode_jpeg_scaled(bytes, min_w, min_h) {
+        Some(result) => result?,
+        None => decode(bytes)?,
+    };
+    // Map the region into the decoded image's coordinates.
+    let sx = decoded.width as f64 / src_w as f64;
+    let sy = decoded.height as f64 / src_h as f64;
+    let rw = (region_w as f64 * sx).min(decoded.width as f64);
+    let rh = (region_h as f64 * sy).min(decoded.height as f64);
+    let left = (decoded.width as f64 - rw) / 2.0;
+    let top = (decoded.height as f64 - rh) / 2.0;
+    resize_region(decoded.as_ref(), left, top, rw, rh, width, height)
+}
+
+fn crop_region(crop: Crop, w: u32, h: u32) -> (u32, u32) {
+    match crop {
+        Crop::None => (w, h),
+        Crop::CenterSquare => (w.min(h), w.min(h)),
+        Crop::Center(cw, ch) => (cw.min(w), ch.min(h)),
+    }
+}
+
+/// Width and height from the image header, without decoding pixels.
+pub fn image_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| decode_error(bytes, e))?;
+    if reader.format().is_none() {
+        return Err(decode_error(bytes, "unknown image format"));
+    }
+    reader.into_dimensions().map_err(|e| decode_error(bytes, e))
+}
+
+fn check_size(width: u32, height: u32) -> Result<()> {
+    if width == 0 || height == 0 || width > 65_535 || height > 65_535 {
+        return Err(ImageError::Argument(format!(
+            "target size {width}x{height} must be between 1x1 and 65535x65535"
+        )));
+    }
+    Ok(())
+}
+
+fn pixel_type(channels: u8) -> PixelType {
+    match channels {
+        1 => PixelType::U8,
+        2 => PixelType::U8x2,
+        3 => PixelType::U8x3,
+        _ => PixelType::U8x4,
+    }
+}
+
+fn resize_region(
+    src: ImageRef<'_>,
+    left: f64,
+    top: f64,
+    region_w: f64,
+    region_h: f64,
+    width: u32,
+    height: u32,
+) -> Result<Image> {
+    check_size(width, height)?;
+    if src.width == 0 || src.height == 0 {
+        return Err(ImageError::Argument("cannot resize an empty image".into()));
+    }
+    let pixel = pixel_type(src.channels);
+    let source = FirImageRef::new(src.width, src.height, src.data, pixel)
+        .map_err(|e| ImageError::Argument(e.to_string()))?;
+    let mut dst = FirImage::new(width, height, pixel);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .crop(left, top, region_w, region_h);
+    Resizer::new()
+        .resize(&source, &mut dst, &options)
+        .map_err(|e| ImageError::Argument(e.to_string()))?;
+    Ok(Image {
+        width,
+        height,
+        channels: src.channels,
+        data: dst.into_vec(),
+    })
+}
+
+/// Resizes to `width` x `height` with an antialiased bilinear filter (as Pillow's `BILINEAR`
+/// and TensorFlow's `resize(..., antialias=True)`).
+pub fn resize(src: ImageRef<'_>, width: u32, height: u32) -> Result<Image> {
+    resize_region(
+        src,
+        0.0,
+        0.0,
+        src.width as f64,
+        src.height as f64,
+        width,
+        height,
+    )
+}
+
+/// Crops the window at (`x`, `y`) of size `w` x `h`; the window must lie inside the image.
+pub fn crop(src: ImageRef<'_>, x: u32, y: u32, w: u32, h: u32) -> Result<Image> {
+    if w == 0
+        || h == 0
+        || x as u64 + w as u64 > src.width as u64
+        || y as u64 + h as u64 > src.height as u64
+    {
+        return Err(ImageError::Argument(format!(
+            "crop window {w}x{h} at ({x}, {y}) does not fit in a {}x{} image",
+            src.width, src.height
+        )));
+    }
+    let c = src.channels as usize;
+    let row = src.width as usize * c;
+    let mut data = Vec::with_capacity(w as usize * h as usize * c);
+    for r in y as usize..(y + h) as usize {
+        let start = r * row + x as usize * c;
+        data.extend_from_slice(&src.data[start..start + w as usize * c]);
+    }
+    Ok(Image {
+        width: w,
+        height: h,
+        channels: src.channels,
+        data,
+    })
+}
+
+/// Crops a centred window (clamped to the image); `None` crops the largest centred square.
+pub fn center_crop(src: ImageRef<'_>, size: Option<(u32, u32)>) -> Result<Image> {
+    let crop_kind = match size {
+        None => Crop::CenterSquare,
+        Some((w, h)) if w > 0 && h > 0 => Crop::Center(w, h),
+        Some((w, h)) => {
+            return Err(ImageError::Argument(format!(
+                "center crop size {w}x{h} must be positive"
+            )));
+        }
+    };
+    let (w, h) = crop_region(crop_kind, src.width, src.height);
+    crop(src, (src.width - w) / 2, (src.height - h) / 2, w, h)
+}
+
+/// Mirrors the image left-right (`horizontal`) or top-bottom (`vertical`).
+pub fn flip(src: ImageRef<'_>, horizontal: bool) -> Image {
+    let c = src.channels as usize;
+    let row = src.width as usize * c;
+    let mut data = Vec::with_capacity(src.data.len());
+    if horizontal {
+        for line in src.data.chunks_exact(row) {
+            for px in line.chunks_exact(c).rev() {
+                data.extend_from_slice(px);
+            }
+        }
+    } else {
+        for line in src.data.chunks_exact(row).rev() {
+            data.extend_from_slice(line);
+        }
+    }
+    Image {
+        width: src.width,
+        height: src.height,
+        channels: src.channels,
+        data,
+    }
+}
+
+/// Rotates counter-clockwise by a multiple of 90 degrees (negative is clockwise), like
+/// `numpy.rot90` and `tf.image.rot90`.
+pub fn rotate(src: ImageRef<'_>, degrees: i64) -> Result<Image> {
+    if degrees % 90 != 0 {
+        return Err(ImageError::Argument(format!(
+            "rotation by {degrees} degrees: only multiples of 90 are supported"
+        )));
+    }
+    let quarter_turns = (degrees / 90).rem_euclid(4);
+    let (w, h, c) = (
+        src.width as usize,
+        src.height as usize,
+        src.channels as usize,
+    );
+    if quarter_turns == 0 {
+        return Ok(Image {
+            width: src.width,
+            height: src.height,
+            channels: src.channels,
+            data: src.data.to_vec(),
+        });
+    }
+    if quarter_turns == 2 {
+        let mut data = Vec::with_capacity(src.data.len());
+        for px in src.data.chunks_exact(c).rev() {
+            data.extend_from_slice(px);
+        }
+        return Ok(Image {
+            width: src.width,
+            height: src.height,
+            channels: src.channels,
+            data,
+        });
+    }
+    // Output is h wide and w high.
+    let mut data = Vec::with_capacity(src.data.len());
+    for out_row in 0..w {
+        for out_col in 0..h {
+            let (r, col) = if quarter_turns == 1 {
+                // Counter-clockwise: out[i][j] = in[j][w-1-i].
+                (out_col, w - 1 - out_row)
+            } else {
+                // Clockwise: out[i][j] = in[h-1-j][i].
+                (h - 1 - out_col, out_row)
+            };
+            let start = (r * w + col) * c;
+            data.extend_from_slice(&src.data[start..start + c]);
+        }
+    }
+    Ok(Image {
+        width: src.height,
+        height: src.width,
+        channels: src.channels,
+        data,
+    })
+}
+
+/// Converts to one channel with ITU-R 601-2 luma (as Pillow's `convert("L")`); alpha is dropped.
+pub fn to_grayscale(src: ImageRef<'_>) -> Image {
+    let data = match src.channels {
+        1 => src.data.to_vec(),
+        2 => src.data.chunks_exact(2).map(|p| p[0]).collect(),
+        c => src
+            .data
+            .chunks_exact(c as usize)
+            .map(|p| {
+                let y = 299 * p[0] as u32 + 587 * p[1] as u32 + 114 * p[2] as u32;
+                ((y + 500) / 1000) as u8
+            })
+            .collect(),
+    };
+    Image {
+        width: src.width,
+        height: src.height,
+        channels: 1,
+        data,
+    }
+}
+
+/// Output formats of [`encode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeFormat {
+    /// JPEG at the given quality (1-100); images with alpha are rejected.
+    Jpeg(u8),
+    /// Lossless PNG.
+    Png,
+}
+
+impl EncodeFormat {
+    /// Parses `jpeg`, `jpg` or `png` (case-insensitive).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "jpeg" | "jpg" => Ok(Self::Jpeg(90)),
+            "png" => Ok(Self::Png),
+            other => Err(ImageError::Argument(format!(
+                "unknown image format '{other}' (expected 'jpeg' or 'png')"
+            ))),
+        }
+    }
+}
+
+/// Encodes the image as JPEG or PNG.
+pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
+    let color = match src.channels {
+        1 => ExtendedColorType::L8,
+        2 => ExtendedColorType::La8,
+        3 => ExtendedColorType::Rgb8,
+        _ => ExtendedColorType::Rgba8,
+    };
+    let mut out = Vec::with_capacity(src.data.len() / 4 + 1024);
+    match format {
+        EncodeFormat::Jpeg(quality) => {
+            if src.channels == 2 || src.channels == 4 {
+                return Err(ImageError::Encode(
+                    "JPEG has no alpha channel: encode as 'png' or convert with image_to_grayscale"
+                        .into(),
+                ));
+            }
+            JpegEncoder::new_with_quality(&mut out, quality)
+                .write_image(src.data, src.width, src.height, color)
+                .map_err(|e| ImageError::Encode(e.to_string()))?;
+        }
+        EncodeFormat::Png => {
+            PngEncoder::new(&mut out)
+                .write_image(src.data, src.width, src.height, color)
+                .map_err(|e| ImageError::Encode(e.to_string()))?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32, c: u8) -> Image {
+        let data = (0..w * h * c as u32).map(|i| (i * 7 % 251) as u8).collect();
+        Image {
+            width: w,
+            height: h,
+            channels: c,
+            data,
+        }
+    }
+
+    #[test]
+    fn png_round_trip_is_exact() {
+        for c in [1, 2, 3, 4] {
+            let img = gradient(13, 7, c);
+            let bytes = encode(img.as_ref(), EncodeFormat::Png).unwrap();
+            assert_eq!(decode(&bytes).unwrap(), img, "{c} channels");
+        }
+    }
+
+    #[test]
+    fn jpeg_rejects_alpha_and_round_trips_closely() {
+        assert!(encode(gradient(4, 4, 4).as_ref(), EncodeFormat::Jpeg(90)).is_err());
+        let flat = Image {
+            width: 32,
+            height: 16,
+            channels: 3,
+            data: [200, 100, 50].repeat(32 * 16),
+        };
+        let bytes = encode(flat.as_ref(), EncodeFormat::Jpeg(95)).unwrap();
+        let back = decode(&bytes).unwrap();
+        assert_eq!((back.width, back.height, back.channels), (32, 16, 3));
+        let max_diff = back
+            .data
+            .iter()
+            .zip(&flat.data)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max();
+        assert!(max_diff.unwrap() <= 3);
+    }
+
+    #[test]
+    fn rotate_matches_quarter_turns() {
+        // 2x3 single channel: rows [0 1], [2 3], [4 5].
+        let img = Image {
+            width: 2,
+            height: 3,
+            channels: 1,
+            data: vec![0, 1, 2, 3, 4, 5],
+        };
+        let ccw = rotate(img.as_ref(), 90).unwrap();
+        assert_eq!((ccw.width, ccw.height), (3, 2));
+        assert_eq!(ccw.data, vec![1, 3, 5, 0, 2, 4]);
+        let cw = rotate(img.as_ref(), -90).unwrap();
+        assert_eq!(cw.data, vec![4, 2, 0, 5, 3, 1]);
+        assert_eq!(
+            rotate(img.as_ref(), 180).unwrap().data,
+            vec![5, 4, 3, 2, 1, 0]
+        );
+        assert_eq!(rotate(ccw.as_ref(), 270).unwrap(), img);
+        assert!(rotate(img.as_ref(), 45).is_err());
+    }
+
+    #[test]
+    fn flips_crops_and_grayscale() {
+        let img = Image {
+            width: 3,
+            height: 2,
+            channels: 1,
+            data: vec![0, 1, 2, 3, 4, 5],
+        };
+        assert_eq!(flip(img.as_ref(), true).data, vec![2, 1, 0, 5, 4, 3]);
+        assert_eq!(flip(img.as_ref(), false).data, vec![3, 4, 5, 0, 1, 2]);
+        assert_eq!(
+            crop(img.as_ref(), 1, 0, 2, 2).unwrap().data,
+            vec![1, 2, 4, 5]
+        );
+        assert!(crop(img.as_ref(), 2, 0, 2, 2).is_err());
+        let sq = center_crop(img.as_ref(), None).unwrap();
+        assert_eq!((sq.width, sq.height), (2, 2));
+        let rgb = Image {
+            width: 1,
+            height: 1,
+            channels: 3,
+            data: vec![255, 0, 0],
+        };
+        assert_eq!(to_grayscale(rgb.as_ref()).data, vec![76]);
+    }
+
+    #[test]
+    fn scaled_jpeg_decode_matches_full_decode_then_resize() {
+        let img = gradient(800, 600, 3);
+        let bytes = encode(img.as_ref(), EncodeFormat::Jpeg(95)).unwrap();
+        let fused = decode_resize(&bytes, Crop::CenterSquare, 100, 100).unwrap();
+        let full = decode(&bytes).unwrap();
+        let sq = center_crop(full.as_ref(), None).unwrap();
+        let reference = resize(sq.as_ref(), 100, 100).unwrap();
+        assert_eq!((fused.width, fused.height, fused.channels), (100, 100, 3));
+        let mean: f64 = fused
+            .data
+            .iter()
+            .zip(&reference.data)
+            .map(|(a, b)| a.abs_diff(*b) as f64)
+            .sum::<f64>()
+            / fused.data.len() as f64;
+        assert!(mean < 12.0, "mean abs difference {mean}");
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_naming_its_head() {
+        let err = decode(b"hello world, not an image")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hello wo"), "{err}");
+        let img = gradient(64, 64, 3);
+        let bytes = encode(img.as_ref(), EncodeFormat::Jpeg(90)).unwrap();
+        assert!(
+            decode(&bytes[..bytes.len() / 3]).is_err(),
+            "truncated JPEG must fail"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Quiver's main job on the embedded default (local engine, local store ./quiver-data):
+# assemble the sample image folders, then run the hot-dog-style ETL in SQL
+# (decode → centre-crop → resize 200x200 → TFRecord shards) and read the shards back.
+source "$(dirname "$0")/env.sh"
+cd "$QUIVER_ROOT"
+quiver_sample_data quiver-data/samples
+quiver_log "building quiver (release)"
+cargo build --release --locked -q -p quiver-driver
+rm -rf quiver-data/tfrecords
+quiver_log "running examples/hotdog_etl.sql"
+"$CARGO_TARGET_DIR/release/quiver" sql -f examples/hotdog_etl.sql
+quiver_log "done: TFRecord shards are in quiver-data/tfrecords/"

@@ -1,0 +1,245 @@
+//! Quiver's SQL front end: registers every Quiver function and format on a session in one
+//! place ([`register_all`]), and adds DataFrame-style entry points ([`SessionExt`],
+//! [`DataFrameExt`]) so that the same session works in SQL and in Rust.
+//!
+//! ```no_run
+//! # async fn demo() -> quiver_engine::Result<()> {
+//! use quiver_sql::{DataFrameExt, SessionExt};
+//! let session = quiver_sql::session(Default::default())?;
+//! let images = session.read_images("photos/").await?;
+//! session.sql("COPY (SELECT label, image_resize(image_decode(content), 64, 64) AS image \
+//!              FROM read_images('photos/')) TO 'out/' STORED AS TFRECORD").await?.collect().await?;
+//! # let _ = images; Ok(()) }
+//! ```
+
+pub mod display;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session as CatalogSession, TableProvider, TableProviderFactory};
+use datafusion::common::plan_err;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::format_as_file_type;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::logical_expr::{CreateExternalTable, LogicalPlanBuilder};
+use quiver_engine::{Result, Session, SessionOptions, resolve_location};
+use quiver_operators::tfrecord::ImageEncoding;
+use quiver_operators::{
+    ImageFunc, ReadImagesFunc, ReadImagesTable, TfRecordFormat, TfRecordFormatFactory,
+    TfRecordOptions,
+};
+
+/// Names of the table functions Quiver registers.
+pub const TABLE_FUNCTIONS: [&str; 1] = ["read_images"];
+
+/// Names of every scalar function Quiver registers.
+pub fn scalar_function_names() -> Vec<&'static str> {
+    quiver_operators::ImageOp::ALL
+        .iter()
+        .map(|op| op.name())
+        .collect()
+}
+
+/// Registers all of Quiver's functions and formats on `session`.
+pub fn register_all(session: &Session) -> Result<()> {
+    let ctx = session.context();
+    for udf in ImageFunc::all(Some(Arc::clone(session.progress()))) {
+        ctx.register_udf(udf);
+    }
+    ctx.register_udtf(TABLE_FUNCTIONS[0], Arc::new(ReadImagesFunc));
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    state.register_file_format(Arc::new(TfRecordFormatFactory), true)?;
+    state
+        .table_factories_mut()
+        .insert("TFRECORD".into(), Arc::new(TfRecordTableFactory));
+    Ok(())
+}
+
+/// A TFRecord table over every file at `location` (a file, or the files directly in a folder,
+/// whatever their names: TensorFlow writes `*.tfrecords`, `*.tfrecord.gz`, `train-00000-of-00010`),
+/// with `schema`, or the schema inferred from the Examples.
+pub async fn tfrecord_table(
+    state: &dyn CatalogSession,
+    location: &str,
+    options: TfRecordOptions,
+    schema: Option<SchemaRef>,
+) -> datafusion::error::Result<ListingTable> {
+    let url = ListingTableUrl::parse(resolve_location(location)?.as_str())?;
+    let listing =
+        ListingOptions::new(Arc::new(TfRecordFormat::new(options))).with_file_extension("");
+    let config = ListingTableConfig::new(url).with_listing_options(listing);
+    let config = match schema {
+        Some(schema) => config.with_schema(schema),
+        None => config.infer_schema(state).await?,
+    };
+    ListingTable::try_new(config)
+}
+
+/// `CREATE EXTERNAL TABLE ... STORED AS TFRECORD LOCATION '...'`.
+#[derive(Debug)]
+struct TfRecordTableFactory;
+
+#[async_trait]
+impl TableProviderFactory for TfRecordTableFactory {
+    async fn create(
+        &self,
+        state: &dyn CatalogSession,
+        cmd: &CreateExternalTable,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        let [location] = cmd.locations.as_slice() else {
+            return plan_err!(
+                "a TFRECORD table takes exactly one LOCATION, got {}",
+                cmd.locations.len()
+            );
+        };
+        if !cmd.table_partition_cols.is_empty() {
+            return plan_err!("PARTITIONED BY is not supported for TFRECORD tables");
+        }
+        let options = TfRecordOptions::default().with_options(&cmd.options)?;
+        let schema = (!cmd.schema.fields().is_empty()).then(|| Arc::clone(cmd.schema.inner()));
+        Ok(Arc::new(
+            tfrecord_table(state, location, options, schema).await?,
+        ))
+    }
+}
+
+/// A session with every Quiver function and format registered.
+pub fn session(options: SessionOptions) -> Result<Session> {
+    let session = Session::try_new(options)?;
+    register_all(&session)?;
+    Ok(session)
+}
+
+/// Reading Quiver's sources from Rust.
+#[async_trait]
+pub trait SessionExt {
+    /// The images under `location` as `path`, `label`, `content` (see `read_images`).
+    async fn read_images(&self, location: &str) -> Result<DataFrame>;
+    /// A sample of the images under `location`, reproducible with `seed`.
+    async fn read_images_sample(
+        &self,
+        location: &str,
+        sample_ratio: f64,
+        seed: u64,
+    ) -> Result<DataFrame>;
+    /// The TFRecord files at `location` (a file or a folder), schema inferred from the Examples.
+    async fn read_tfrecord(&self, location: &str) -> Result<DataFrame>;
+}
+
+#[async_trait]
+impl SessionExt for Session {
+    async fn read_images(&self, location: &str) -> Result<DataFrame> {
+        self.read_images_sample(location, 1.0, 0).await
+    }
+
+    async fn read_images_sample(
+        &self,
+        location: &str,
+        sample_ratio: f64,
+        seed: u64,
+    ) -> Result<DataFrame> {
+        let table = ReadImagesTable::try_new(location, sample_ratio, seed)?;
+        Ok(self.context().read_table(Arc::new(table))?)
+    }
+
+    async fn read_tfrecord(&self, location: &str) -> Result<DataFrame> {
+        let state = self.context().state();
+        let table = tfrecord_table(&state, location, TfRecordOptions::default(), None).await?;
+        Ok(self.context().read_table(Arc::new(table))?)
+    }
+}
+
+/// Writing DataFrames in Quiver's formats.
+#[async_trait]
+pub trait DataFrameExt {
+    /// Writes one TFRecord shard per partition under `location` (a folder; a single file when
+    /// the location has an extension) and returns the number of rows written.
+    async fn write_tfrecord(self, location: &str, options: TfRecordOptions) -> Result<u64>;
+}
+
+#[async_trait]
+impl DataFrameExt for DataFrame {
+    async fn write_tfrecord(self, location: &str, options: TfRecordOptions) -> Result<u64> {
+        let url = resolve_location(location)?;
+        let mut map = HashMap::new();
+        map.insert(
+            "format.compression".to_string(),
+            if options.gzip { "gzip" } else { "none" }.to_string(),
+        );
+        let image_format = match options.image_format {
+            ImageEncoding::Png => "png",
+            ImageEncoding::Jpeg => "jpeg",
+            ImageEncoding::Raw => "raw",
+        };
+        map.insert("format.image_format".to_string(), image_format.to_string());
+        map.insert(
+            "format.schema_infer_max_records".to_string(),
+            options.schema_infer_max_records.to_string(),
+        );
+        let (state, plan) = self.into_parts();
+        let file_type = format_as_file_type(Arc::new(TfRecordFormatFactory));
+        let plan =
+            LogicalPlanBuilder::copy_to(plan, url.to_string(), file_type, map, vec![])?.build()?;
+        let batches = DataFrame::new(state, plan).collect().await?;
+        let count = batches
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            })
+            .map(|a| a.value(0))
+            .unwrap_or(0);
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn decode_crop_resize_is_planned_as_one_fused_step() {
+        let session = session(SessionOptions::default()).unwrap();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/photos/");
+        let sql = format!(
+            "EXPLAIN SELECT image_resize(image_center_crop(image_decode(content)), 50, 50), \
+                    image_resize(image_decode(content, 'null'), 8, 8), \
+                    image_resize(image_flip(image_decode(content), 'vertical'), 8, 8) \
+             FROM read_images('{dir}')"
+        );
+        let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            plan.contains("image_decode_resize(content@0, error, 50, 50, -1, -1)"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("image_decode_resize(content@0, null, 8, 8, 0, 0)"),
+            "{plan}"
+        );
+        // Anything between decode and resize other than a centre crop stays unfused.
+        assert!(
+            plan.contains("image_resize(image_flip(image_decode(content@0)"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn no_duplicate_function_names() {
+        let mut names = scalar_function_names();
+        names.extend(TABLE_FUNCTIONS);
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "duplicate names in {names:?}");
+    }
+}

@@ -1,0 +1,46 @@
+"""The quiver command line: errors reported once with their cause, progress, formats."""
+import os
+
+from conftest import quiver
+
+
+def test_bad_inputs_name_their_cause(fixtures, tmp_path):
+    cases = {
+        f"SELECT image_decode(content) FROM read_images('{fixtures}/bad/')": "cannot decode image",
+        f"SELECT * FROM read_images('{fixtures}/empty/')": "no image files",
+        f"SELECT * FROM read_images('{tmp_path}/does/not/exist/')": "does not exist",
+        "SELECT image_resize(image_decode(X'00'), 'wide', 2)": "argument 2 must be an integer",
+        f"COPY (SELECT 1 AS x) TO '{tmp_path}/o/' STORED AS TFRECORD OPTIONS (compression 'zstd')": "compression",
+    }
+    for sql, expected in cases.items():
+        proc = quiver(sql, check=False)
+        assert proc.returncode != 0, sql
+        assert expected in proc.stderr, (sql, proc.stderr)
+        assert proc.stderr.count("error:") == 1, proc.stderr
+
+
+def test_failed_copy_leaves_no_shard(fixtures, tmp_path):
+    out = tmp_path / "out"
+    proc = quiver(f"COPY (SELECT label, image_decode(content) AS image FROM read_images('{fixtures}/bad/')) "
+                  f"TO '{out}/' STORED AS TFRECORD", check=False)
+    assert proc.returncode != 0
+    leftovers = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs] if out.exists() else []
+    assert leftovers == []
+
+
+def test_skipping_undecodable_images_is_counted(fixtures, tmp_path):
+    out = tmp_path / "out"
+    proc = quiver(f"COPY (SELECT label, image_decode(content, 'null') AS image FROM read_images('{fixtures}/bad/')) "
+                  f"TO '{out}/' STORED AS TFRECORD", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 2 undecodable images" in proc.stderr, proc.stderr
+
+
+def test_sql_file_and_table_output(fixtures, tmp_path):
+    script = tmp_path / "q.sql"
+    script.write_text(f"SELECT label, count(*) AS n FROM read_images('{fixtures}/photos/') GROUP BY label ORDER BY label;")
+    import subprocess
+    proc = subprocess.run([os.environ["QUIVER_BIN"], "sql", "-f", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| cat" in proc.stdout and "3 rows" in proc.stdout
+    assert "listed 9 files" in proc.stderr
