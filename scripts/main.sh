@@ -6,7 +6,7 @@ source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_sample_data quiver-data/samples
 quiver_log "building quiver (release)"
-cargo build --release --locked -q -p quiver-driver
+cargo build --release --locked -q --bin quiver
 rm -rf quiver-data/tfrecords
 quiver_log "running examples/hotdog_etl.sql"
 "$CARGO_TARGET_DIR/release/quiver" sql -f examples/hotdog_etl.sql

@@ -12,7 +12,7 @@ cargo clippy --locked --all-targets -q -- -D warnings
 quiver_log "cargo test"
 cargo test --locked -q 2>&1 | grep -v "^running 0 tests$"
 quiver_log "building quiver (release) for the reference tests"
-cargo build --release --locked -q -p quiver-driver --example hotdog_etl
+cargo build --release --locked -q --bin quiver --example hotdog_etl
 quiver_sample_data "$QUIVER_CACHE/samples"
 quiver_log "reference tests (pytest)"
 QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver" \

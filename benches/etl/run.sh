@@ -8,7 +8,7 @@ copies=3
 [ "${1:-}" = "--copies" ] && copies=$2
 cores=$(nproc)
 quiver_sample_data "$QUIVER_CACHE/samples"
-cargo build --release --locked -q -p quiver-driver
+cargo build --release --locked -q --bin quiver
 QUIVER="$CARGO_TARGET_DIR/release/quiver"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -17,8 +17,9 @@ images="$work/images"; mkdir -p "$images"; mv "$work"/images-* "$images/"
 n=$(find "$images" -type f -iname '*.jpg' | wc -l)
 bytes=$(du -sb "$images" | cut -f1)
 
-timeit() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
-best() { local b=""; for _ in 1 2 3; do t=$("$@"); if [ -z "$b" ] || (( $(echo "$t < $b" | bc) )); then b=$t; fi; done; echo "$b"; }
+calc() { python3 -c "print($1)"; }
+timeit() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }; e=$(date +%s.%N); calc "round($e - $s, 3)"; }
+best() { local b="" t; for _ in 1 2 3; do t=$("$@"); if [ -z "$b" ] || [ "$(calc "$t < $b")" = True ]; then b=$t; fi; done; echo "$b"; }
 q() { rm -rf "$work/q-out"; "$QUIVER" --partitions "$cores" sql "$1"; }
 
 pipeline="image_resize(image_center_crop(image_decode(content)), 200, 200)"
@@ -34,16 +35,16 @@ for _ in 1 2 3; do
   rm -rf "$work/r-out"
   out=$("$REFENV/bin/python" benches/etl/reference.py "$images" "$work/r-out" --workers "$cores" 2>/dev/null | tail -1)
   s=$(echo "$out" | "$REFENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
-  if [ -z "$ref_best" ] || (( $(echo "$s < $ref_best" | bc) )); then ref_best=$s; ref_json=$out; fi
+  if [ -z "$ref_best" ] || [ "$(calc "$s < $ref_best")" = True ]; then ref_best=$s; ref_json=$out; fi
 done
 
-rate() { echo "scale=1; $n / $1" | bc; }
+rate() { calc "round($n / $1, 1)"; }
 echo
 echo "ETL benchmark: $n JPEG photos ($((bytes / 1048576)) MiB), $cores cores, $(lscpu | sed -n 's/^Model name: *//p')"
 printf '%-58s %8s %10s\n' "pipeline" "seconds" "images/s"
 printf '%-58s %8.2f %10s\n' "quiver: COPY ... STORED AS TFRECORD (whole CLI run)" "$t_quiver" "$(rate "$t_quiver")"
 printf '%-58s %8.2f %10s\n' "reference: Pillow + tf.io.TFRecordWriter, $cores processes" "$ref_best" "$(rate "$ref_best")"
-printf 'ratio (quiver / reference throughput): %.2fx\n' "$(echo "$ref_best / $t_quiver" | bc -l)"
+printf 'ratio (quiver / reference throughput): %.2fx\n' "$(calc "$ref_best / $t_quiver")"
 echo
 echo "where Quiver's time goes (cumulative queries, whole CLI runs, best of 3):"
 printf '  %-52s %8.2f\n' "list + read files" "$t_read" \

@@ -83,7 +83,7 @@ pub(crate) async fn sql_command(
 
 /// Runs every statement of `sql` in order, stopping at the first error.
 pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Result<()> {
-    let statements = DFParser::parse_sql(sql).map_err(datafusion::error::DataFusionError::from)?;
+    let statements = DFParser::parse_sql(sql)?;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
         let text = statement.to_string();

@@ -283,7 +283,7 @@ fn to_u32(op: ImageOp, what: &str, v: i64) -> std::result::Result<u32, ImageErro
 }
 
 enum Output {
-    Image(ImageArrayBuilder),
+    Image(Box<ImageArrayBuilder>),
     Bytes(BinaryBuilder),
     U32(UInt32Builder),
     U8(datafusion::arrow::array::UInt8Builder),
@@ -381,7 +381,7 @@ impl ScalarUDFImpl for ImageFunc {
             DataType::UInt8 => {
                 Output::U8(datafusion::arrow::array::UInt8Builder::with_capacity(rows))
             }
-            _ => Output::Image(ImageArrayBuilder::with_capacity(rows)),
+            _ => Output::Image(Box::new(ImageArrayBuilder::with_capacity(rows))),
         };
         for row in 0..rows {
             let result = self.eval_row(&args, images.as_ref(), row).map_err(|e| {
@@ -403,7 +403,7 @@ impl ScalarUDFImpl for ImageFunc {
             }
         }
         let array: ArrayRef = match out {
-            Output::Image(b) => b.finish(),
+            Output::Image(b) => (*b).finish(),
             Output::Bytes(mut b) => Arc::new(b.finish()),
             Output::U32(mut b) => Arc::new(b.finish()),
             Output::U8(mut b) => Arc::new(b.finish()),
