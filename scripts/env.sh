@@ -25,6 +25,9 @@ quiver_install_refenv() {
         quiver_log "building the reference environment in $REFENV (TensorFlow, Pillow, SeaweedFS; a few minutes once)"
     fi
     bash "$SHARED/tools/refenv.sh" "$REFENV"
+    # The test runner, on top of the shared reference environment.
+    "$REFENV/bin/python" -c 'import pytest' 2>/dev/null ||
+        "$REFENV/bin/python" -m pip install -q --disable-pip-version-check pytest
 }
 
 # quiver_sample_data DIR: real photos and Fashion-MNIST rendered into DIR.

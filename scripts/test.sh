@@ -10,13 +10,14 @@ cargo fmt --all -- --check
 quiver_log "cargo clippy"
 cargo clippy --locked --all-targets -q -- -D warnings
 quiver_log "cargo test"
-cargo test --locked -q 2>&1 | grep -v "^running 0 tests$"
-quiver_log "building quiver (release) for the reference tests"
-cargo build --release --locked -q --bin quiver --example hotdog_etl
+cargo test --locked -q
+# The dev profile (dependencies optimised, see Cargo.toml) shares the build of `cargo test`.
+quiver_log "building quiver for the reference tests"
+cargo build --locked -q --bin quiver --example hotdog_etl
 quiver_sample_data "$QUIVER_CACHE/samples"
 quiver_log "reference tests (pytest)"
-QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver" \
-QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/release/examples/hotdog_etl" \
+QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
+QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \
 QUIVER_SAMPLES="$QUIVER_CACHE/samples" \
 WEED_BIN="$REFENV/bin/weed" \
     "$REFENV/bin/python" -m pytest -q -p no:cacheprovider tests/python "$@"

@@ -74,10 +74,13 @@ impl StoreRegistry {
                     .clone()
                     .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
                     .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+                // Client options replace the builder's, so plain HTTP is allowed here.
+                let mut client = ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(300));
                 if let Some(endpoint) = endpoint {
-                    builder = builder
-                        .with_allow_http(endpoint.starts_with("http://"))
-                        .with_endpoint(endpoint);
+                    client = client.with_allow_http(endpoint.starts_with("http://"));
+                    builder = builder.with_endpoint(endpoint);
                 }
                 let region = self
                     .s3
@@ -99,9 +102,6 @@ impl StoreRegistry {
                     retry_timeout: Duration::from_secs(20),
                     ..Default::default()
                 };
-                let client = ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(300));
                 let store = builder
                     .with_retry(retry)
                     .with_client_options(client)

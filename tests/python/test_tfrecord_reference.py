@@ -49,12 +49,13 @@ def test_tensorflow_reads_our_shards_and_images_match_its_decode(samples, tmp_pa
         h, w, c = (feature(e, f"image/{k}")[0] for k in ("height", "width", "channels"))
         assert feature(e, "w") == [w]
         ours = np.frombuffer(feature(e, "image")[0], dtype=np.uint8).reshape(h, w, c)
-        theirs = tf.io.decode_image(tf.io.read_file(path), channels=c).numpy()
+        # libjpeg's accurate integer IDCT (as Pillow uses); TensorFlow's default is the fast one.
+        theirs = tf.io.decode_jpeg(tf.io.read_file(path), channels=c, dct_method="INTEGER_ACCURATE").numpy()
         assert ours.shape == theirs.shape
         diff = np.abs(ours.astype(int) - theirs.astype(int))
-        # Different IDCTs: JPEG decodes agree closely, not bit for bit.
-        assert diff.mean() < 1.0, (path, diff.mean())
-        assert np.percentile(diff, 99.9) <= 8, (path, np.percentile(diff, 99.9))
+        # Different decoders agree closely on JPEG, not bit for bit.
+        assert diff.mean() < 0.5, (path, diff.mean())
+        assert np.percentile(diff, 99.9) <= 4, (path, np.percentile(diff, 99.9))
 
 
 def test_png_decode_is_exact_and_png_encoding_round_trips(samples, tmp_path):
@@ -87,15 +88,18 @@ def test_resize_is_close_to_tensorflow_antialiased_bilinear(samples, tmp_path, f
     for e in examples:
         path = feature(e, "path")[0].decode()[len("file://"):]
         ours = np.frombuffer(feature(e, "image")[0], dtype=np.uint8).reshape(64, 64, 3).astype(float)
-        full = tf.io.decode_image(tf.io.read_file(path), channels=3)
+        full = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method="INTEGER_ACCURATE")
         h, w = full.shape[:2]
         s = min(h, w)
         square = full[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
         theirs = tf.image.resize(tf.cast(square, tf.float32), [64, 64], method="bilinear",
                                  antialias=True).numpy()
         diffs.append(np.abs(ours - theirs).mean())
-    assert np.mean(diffs) < 4.0, np.mean(diffs)
-    assert max(diffs) < 8.0, max(diffs)
+    # DCT-domain downscaling (like Pillow's draft mode) trades a little fidelity on fine detail
+    # (stars, retina vessels) for speed; the full-size path matches TensorFlow closely.
+    mean_limit, max_limit = (4.0, 12.0) if fused else (1.5, 3.0)
+    assert np.mean(diffs) < mean_limit, np.mean(diffs)
+    assert max(diffs) < max_limit, max(diffs)
 
 
 def write_tf_records(path, gzip):
