@@ -464,6 +464,15 @@ mod tests {
         }
     }
 
+    fn gray(width: u32, height: u32, data: Vec<u8>) -> Image {
+        Image {
+            width,
+            height,
+            channels: 1,
+            data,
+        }
+    }
+
     #[test]
     fn png_round_trip_is_exact() {
         for c in [1, 2, 3, 4] {
@@ -497,12 +506,7 @@ mod tests {
     #[test]
     fn rotate_matches_quarter_turns() {
         // 2x3 single channel: rows [0 1], [2 3], [4 5].
-        let img = Image {
-            width: 2,
-            height: 3,
-            channels: 1,
-            data: vec![0, 1, 2, 3, 4, 5],
-        };
+        let img = gray(2, 3, vec![0, 1, 2, 3, 4, 5]);
         let ccw = rotate(img.as_ref(), 90).unwrap();
         assert_eq!((ccw.width, ccw.height), (3, 2));
         assert_eq!(ccw.data, vec![1, 3, 5, 0, 2, 4]);
@@ -518,12 +522,7 @@ mod tests {
 
     #[test]
     fn flips_crops_and_grayscale() {
-        let img = Image {
-            width: 3,
-            height: 2,
-            channels: 1,
-            data: vec![0, 1, 2, 3, 4, 5],
-        };
+        let img = gray(3, 2, vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(flip(img.as_ref(), true).data, vec![2, 1, 0, 5, 4, 3]);
         assert_eq!(flip(img.as_ref(), false).data, vec![3, 4, 5, 0, 1, 2]);
         assert_eq!(

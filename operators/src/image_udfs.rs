@@ -464,11 +464,10 @@ impl ImageFunc {
                 };
                 match decoded {
                     Ok(img) => Value::Image(img),
-                    Err(e @ ImageError::Decode { .. }) if skip_errors => {
+                    Err(ImageError::Decode { .. }) if skip_errors => {
                         if let Some(p) = &self.progress {
                             p.add_image_skipped();
                         }
-                        let _ = e;
                         return Ok(None);
                     }
                     Err(ImageError::Decode { len, head, reason }) => {

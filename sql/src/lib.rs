@@ -233,6 +233,74 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn dataframe_round_trip_through_tfrecord() {
+        use datafusion::prelude::col;
+        use quiver_operators::image_udfs::expr_fn::{
+            image_center_crop, image_decode, image_resize,
+        };
+
+        let session = session(SessionOptions::default()).unwrap();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/photos/");
+        let out = tempfile::tempdir().unwrap();
+        let target = format!("{}/shards/", out.path().display());
+        let frame = session.read_images(dir).await.unwrap().select(vec![
+            col("label"),
+            image_resize(image_center_crop(image_decode(col("content"))), 20, 20).alias("image"),
+        ]);
+        let options = TfRecordOptions {
+            gzip: true,
+            ..Default::default()
+        };
+        let written = frame
+            .unwrap()
+            .write_tfrecord(&target, options)
+            .await
+            .unwrap();
+        assert_eq!(written, 9);
+        let shards: Vec<_> = std::fs::read_dir(out.path().join("shards"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            shards.iter().all(|s| s.ends_with("-of-00002.tfrecord.gz")),
+            "{shards:?}"
+        );
+        let back = session.read_tfrecord(&target).await.unwrap();
+        let rows = back
+            .aggregate(
+                vec![],
+                vec![datafusion::functions_aggregate::expr_fn::count(col(
+                    "label",
+                ))],
+            )
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| 9 "), "{text}");
+
+        let sample = session
+            .read_images_sample(dir, 0.5, 3)
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        let again = session
+            .read_images_sample(dir, 0.5, 3)
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        assert_eq!(sample, again);
+        assert!(sample < 9);
+    }
+
     #[test]
     fn no_duplicate_function_names() {
         let mut names = scalar_function_names();

@@ -45,3 +45,16 @@ def test_sql_file_and_table_output(fixtures, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| cat" in proc.stdout and "3 rows" in proc.stdout
     assert "listed 9 files" in proc.stderr
+
+
+def test_interactive_shell_runs_statements_across_lines(fixtures):
+    import subprocess
+    script = (f"SELECT label, count(*) AS n\n  FROM read_images('{fixtures}/photos/')\n"
+              " GROUP BY label ORDER BY label;\nSELECT image_decode(42);\nSELECT 40 + 2 AS answer;\n\\q\n")
+    proc = subprocess.run([os.environ["QUIVER_BIN"], "sql"], input=script, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert any("coffee" in line and "| 3 " in line for line in proc.stdout.splitlines()), proc.stdout
+    assert "| 42 " in proc.stdout
+    # An error does not end the session.
+    assert "image_decode: argument 1 must be encoded image bytes" in proc.stderr, proc.stderr
