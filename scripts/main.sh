@@ -5,9 +5,10 @@
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_sample_data quiver-data/samples
-quiver_log "building quiver (release)"
-cargo build --release --locked -q --bin quiver
+# The dev profile optimises dependencies (see Cargo.toml) and shares its build with the tests.
+quiver_log "building quiver"
+cargo build --locked -q --workspace --all-targets
 rm -rf quiver-data/tfrecords
 quiver_log "running examples/hotdog_etl.sql"
-"$CARGO_TARGET_DIR/release/quiver" sql -f examples/hotdog_etl.sql
+"$CARGO_TARGET_DIR/debug/quiver" sql -f examples/hotdog_etl.sql
 quiver_log "done: TFRecord shards are in quiver-data/tfrecords/"

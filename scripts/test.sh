@@ -9,11 +9,12 @@ quiver_log "cargo fmt --check"
 cargo fmt --all -- --check
 quiver_log "cargo clippy"
 cargo clippy --locked --all-targets -q -- -D warnings
-quiver_log "cargo test"
-cargo test --locked -q
-# The dev profile (dependencies optimised, see Cargo.toml) shares the build of `cargo test`.
-quiver_log "building quiver for the reference tests"
-cargo build --locked -q --bin quiver --example hotdog_etl
+quiver_log "cargo build + test"
+cargo build --locked -q --workspace --all-targets
+cargo test --locked -q --workspace
+# The reference tests use the dev-profile binaries built above (dependencies are optimised,
+# see Cargo.toml). Every script builds the same target selection, so that Cargo unifies
+# features the same way and never rebuilds DataFusion for a different subset.
 quiver_sample_data "$QUIVER_CACHE/samples"
 quiver_log "reference tests (pytest)"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
