@@ -94,11 +94,12 @@ pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Res
             let state = session.context().state();
             let plan = state.statement_to_plan(statement).await?;
             let frame = session.context().execute_logical_plan(plan).await?;
-            frame.collect().await
+            let has_columns = !frame.schema().fields().is_empty();
+            Ok((has_columns, frame.collect().await?))
         }
         .await;
         let work = ticker.stop();
-        let batches = result.map_err(|e| {
+        let (has_columns, batches) = result.map_err(|e: datafusion::error::DataFusionError| {
             if count > 1 {
                 QuiverError::Config(format!(
                     "statement {} of {count} failed: {e}\n  {}",
@@ -109,9 +110,12 @@ pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Res
                 QuiverError::DataFusion(e)
             }
         })?;
-        output
-            .print(&batches)
-            .map_err(datafusion::error::DataFusionError::from)?;
+        // DDL (CREATE, DROP, SET) has no result columns: only the summary line is shown.
+        if has_columns {
+            output
+                .print(&batches)
+                .map_err(datafusion::error::DataFusionError::from)?;
+        }
         eprintln!(
             "{} ({:.2}s)",
             summary(&work),
