@@ -421,12 +421,6 @@ impl EncodeFormat {
 
 /// Encodes the image as JPEG or PNG.
 pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
-    let color = match src.channels {
-        1 => ExtendedColorType::L8,
-        2 => ExtendedColorType::La8,
-        3 => ExtendedColorType::Rgb8,
-        _ => ExtendedColorType::Rgba8,
-    };
     let mut out = Vec::with_capacity(src.data.len() / 4 + 1024);
     match format {
         EncodeFormat::Jpeg(quality) => {
@@ -456,6 +450,12 @@ pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
                 .map_err(|e| ImageError::Encode(e.to_string()))?;
         }
         EncodeFormat::Png => {
+            let color = match src.channels {
+                1 => ExtendedColorType::L8,
+                2 => ExtendedColorType::La8,
+                3 => ExtendedColorType::Rgb8,
+                _ => ExtendedColorType::Rgba8,
+            };
             PngEncoder::new(&mut out)
                 .write_image(src.data, src.width, src.height, color)
                 .map_err(|e| ImageError::Encode(e.to_string()))?;
