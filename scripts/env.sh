@@ -1,6 +1,6 @@
 # Shared set-up for Quiver's scripts: sourced, not run. Installs what is missing, idempotently:
-# the Fashion-MNIST Debian package, the reference Python environment (TensorFlow, Pillow,
-# scikit-image, SeaweedFS, ...) and the sample image folders.
+# build tools and the Fashion-MNIST Debian package, the reference Python environment
+# (TensorFlow, Pillow, scikit-image, SeaweedFS, ...) and the sample image folders.
 set -euo pipefail
 QUIVER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUIVER_CACHE=${QUIVER_CACHE:-$HOME/.cache/quiver}
@@ -11,14 +11,23 @@ mkdir -p "$QUIVER_CACHE"
 
 quiver_log() { printf '\033[1m[quiver]\033[0m %s\n' "$*" >&2; }
 
-quiver_install_datasets() {
-    if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-        quiver_log "installing dataset-fashion-mnist (Debian)"
-        if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
-    fi
+# quiver_apt PACKAGE...: installs the Debian packages that are missing.
+quiver_apt() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    quiver_log "installing ${missing[*]} (Debian)"
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# Build tools: cmake and nasm compile the bundled libjpeg-turbo (with SIMD) into the binary.
+quiver_install_build_tools() { quiver_apt cmake nasm; }
+
+quiver_install_datasets() { quiver_apt dataset-fashion-mnist; }
 
 quiver_install_refenv() {
     if [ ! -f "$REFENV/.refenv-v1" ]; then

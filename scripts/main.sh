@@ -4,6 +4,7 @@
 # (decode → centre-crop → resize 200x200 → TFRecord shards) and read the shards back.
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
+quiver_install_build_tools
 quiver_sample_data quiver-data/samples
 # The dev profile optimises dependencies (see Cargo.toml) and shares its build with the tests.
 quiver_log "building quiver"

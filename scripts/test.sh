@@ -3,6 +3,7 @@
 # reference tests in Python (TensorFlow reads what we write, SeaweedFS serves S3).
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
+quiver_install_build_tools
 quiver_install_datasets
 quiver_install_refenv
 quiver_log "cargo fmt --check"

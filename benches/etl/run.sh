@@ -7,6 +7,7 @@ cd "$QUIVER_ROOT"
 copies=3
 [ "${1:-}" = "--copies" ] && copies=$2
 cores=$(nproc)
+quiver_install_build_tools
 quiver_sample_data "$QUIVER_CACHE/samples"
 # Same target selection as every release build here, so that features unify the same way.
 cargo build --release --locked -q --bin quiver --example hotdog_etl

@@ -2,6 +2,7 @@
 //! flip, rotate, grayscale and encode. The Arrow UDFs in [`crate::image_udfs`] map these over
 //! batches.
 
+use std::cell::RefCell;
 use std::io::Cursor;
 
 use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
@@ -66,8 +67,6 @@ pub enum Crop {
 /// Decodes an encoded image (JPEG, PNG, BMP, GIF, WebP, TIFF) into 8-bit HWC pixels with 1 to 4
 /// channels.
 pub fn decode(bytes: &[u8]) -> Result<Image> {
-    // JPEGs go through jpeg-decoder, which (like libjpeg and Pillow) rejects truncated data
-    // instead of filling the missing rows with grey.
     if let Some(result) = decode_jpeg_scaled(bytes, u16::MAX as u32, u16::MAX as u32) {
         return result;
     }
@@ -99,51 +98,90 @@ fn from_dynamic(dynamic: DynamicImage) -> Image {
     }
 }
 
-/// Decodes a JPEG at the smallest DCT scale (1/8, 1/4, 1/2 or 1) whose result is at least
-/// `min_width` x `min_height` (or full size); `None` when the bytes are not a JPEG this path
-/// handles (CMYK and 16-bit JPEGs go to the general decoder).
+thread_local! {
+    // TurboJPEG handles are cheap to reuse and not `Sync`: one per worker thread.
+    static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's TurboJPEG handle, creating it on first use.
+fn with_handle<H, T>(
+    cell: &'static std::thread::LocalKey<RefCell<Option<H>>>,
+    create: fn() -> turbojpeg::Result<H>,
+    f: impl FnOnce(&mut H) -> T,
+) -> std::result::Result<T, turbojpeg::Error> {
+    cell.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(create()?);
+        }
+        Ok(f(slot.as_mut().expect("handle was just created")))
+    })
+}
+
+/// DCT scales that libjpeg-turbo decodes with SIMD, smallest first.
+const DCT_SCALES: [turbojpeg::ScalingFactor; 4] = [
+    turbojpeg::ScalingFactor::ONE_EIGHTH,
+    turbojpeg::ScalingFactor::ONE_QUARTER,
+    turbojpeg::ScalingFactor::ONE_HALF,
+    turbojpeg::ScalingFactor::ONE,
+];
+
+/// Decodes a JPEG with libjpeg-turbo at the smallest DCT scale (1/8, 1/4, 1/2 or 1) whose
+/// result is at least `min_width` x `min_height` (or full size); `None` when the bytes are not a
+/// JPEG this path handles (CMYK JPEGs go to the general decoder). Like libjpeg and Pillow, it
+/// rejects truncated data instead of filling the missing rows with grey.
 fn decode_jpeg_scaled(bytes: &[u8], min_width: u32, min_height: u32) -> Option<Result<Image>> {
     if image::guess_format(bytes).ok()? != ImageFormat::Jpeg {
         return None;
     }
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    if let Err(e) = decoder.read_info() {
-        return Some(Err(decode_error(bytes, e)));
-    }
-    let info = decoder.info()?;
-    let channels = match info.pixel_format {
-        jpeg_decoder::PixelFormat::L8 => 1,
-        jpeg_decoder::PixelFormat::RGB24 => 3,
-        // CMYK and 16-bit JPEGs are rare: the general decoder handles them.
-        _ => return None,
-    };
-    let want_w = min_width.clamp(1, u16::MAX as u32) as u16;
-    let want_h = min_height.clamp(1, u16::MAX as u32) as u16;
-    let (width, height) = match decoder.scale(want_w, want_h) {
-        Ok(dims) => dims,
-        Err(e) => return Some(Err(decode_error(bytes, e))),
-    };
-    Some(
-        decoder
-            .decode()
-            .map_err(|e| decode_error(bytes, e))
-            .and_then(|data| {
-                let image = Image {
-                    width: width as u32,
-                    height: height as u32,
-                    channels,
-                    data,
-                };
-                if image.data.len() == (width as usize) * (height as usize) * channels as usize {
-                    Ok(image)
-                } else {
-                    Err(decode_error(
-                        bytes,
-                        "decoded size does not match the header",
-                    ))
+    let decoded = with_handle(
+        &DECOMPRESSOR,
+        turbojpeg::Decompressor::new,
+        |decompressor| {
+            let header = match decompressor.read_header(bytes) {
+                Ok(header) => header,
+                Err(e) => return Some(Err(decode_error(bytes, e))),
+            };
+            let (format, channels) = match header.colorspace {
+                turbojpeg::Colorspace::Gray => (turbojpeg::PixelFormat::GRAY, 1u8),
+                turbojpeg::Colorspace::RGB | turbojpeg::Colorspace::YCbCr => {
+                    (turbojpeg::PixelFormat::RGB, 3)
                 }
-            }),
-    )
+                // CMYK and YCCK are rare: the general decoder converts them.
+                _ => return None,
+            };
+            let scale = DCT_SCALES
+                .into_iter()
+                .find(|s| {
+                    s.scale(header.width) >= min_width as usize
+                        && s.scale(header.height) >= min_height as usize
+                })
+                .unwrap_or(turbojpeg::ScalingFactor::ONE);
+            let (width, height) = (scale.scale(header.width), scale.scale(header.height));
+            let pitch = width * channels as usize;
+            let mut pixels = vec![0u8; pitch * height];
+            let result = decompressor.set_scaling_factor(scale).and_then(|()| {
+                decompressor.decompress(
+                    bytes,
+                    turbojpeg::Image {
+                        pixels: pixels.as_mut_slice(),
+                        width,
+                        pitch,
+                        height,
+                        format,
+                    },
+                )
+            });
+            Some(result.map_err(|e| decode_error(bytes, e)).map(|()| Image {
+                width: width as u32,
+                height: height as u32,
+                channels,
+                data: pixels,
+            }))
+        },
+    );
+    decoded.unwrap_or_else(|e| Some(Err(decode_error(bytes, e))))
 }
 
 /// Decodes, crops and resizes in one step. JPEGs are decoded at a reduced DCT scale when the
@@ -421,7 +459,6 @@ impl EncodeFormat {
 
 /// Encodes the image as JPEG or PNG.
 pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(src.data.len() / 4 + 1024);
     match format {
         EncodeFormat::Jpeg(quality) => {
             if src.channels == 2 || src.channels == 4 {
@@ -430,24 +467,26 @@ pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
                         .into(),
                 ));
             }
-            // jpeg-encoder (SIMD) is several times faster than the image crate's encoder.
-            let (width, height) = match (u16::try_from(src.width), u16::try_from(src.height)) {
-                (Ok(w), Ok(h)) => (w, h),
-                _ => {
-                    return Err(ImageError::Encode(format!(
-                        "{}x{} is larger than JPEG's 65535x65535",
-                        src.width, src.height
-                    )));
-                }
-            };
-            let color = if src.channels == 1 {
-                jpeg_encoder::ColorType::Luma
+            let (format, subsamp) = if src.channels == 1 {
+                (turbojpeg::PixelFormat::GRAY, turbojpeg::Subsamp::Gray)
             } else {
-                jpeg_encoder::ColorType::Rgb
+                // 4:2:0, as Pillow and TensorFlow's encode_jpeg use by default.
+                (turbojpeg::PixelFormat::RGB, turbojpeg::Subsamp::Sub2x2)
             };
-            jpeg_encoder::Encoder::new(&mut out, quality)
-                .encode(src.data, width, height, color)
-                .map_err(|e| ImageError::Encode(e.to_string()))?;
+            let image = turbojpeg::Image {
+                pixels: src.data,
+                width: src.width as usize,
+                pitch: src.width as usize * src.channels as usize,
+                height: src.height as usize,
+                format,
+            };
+            with_handle(&COMPRESSOR, turbojpeg::Compressor::new, |compressor| {
+                compressor.set_quality(quality as i32)?;
+                compressor.set_subsamp(subsamp)?;
+                compressor.compress_to_vec(image)
+            })
+            .and_then(|encoded| encoded)
+            .map_err(|e| ImageError::Encode(e.to_string()))
         }
         EncodeFormat::Png => {
             let color = match src.channels {
@@ -456,12 +495,13 @@ pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
                 3 => ExtendedColorType::Rgb8,
                 _ => ExtendedColorType::Rgba8,
             };
+            let mut out = Vec::with_capacity(src.data.len() / 2 + 1024);
             PngEncoder::new(&mut out)
                 .write_image(src.data, src.width, src.height, color)
                 .map_err(|e| ImageError::Encode(e.to_string()))?;
+            Ok(out)
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
