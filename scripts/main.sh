@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quiver's main job on the embedded default (local engine, local store ./quiver-data):
 # assemble the sample image folders, then run the hot-dog-style ETL in SQL
-# (decode → centre-crop → resize 200x200 → TFRecord shards) and read the shards back.
+# (decode → centre-crop → resize 200x200 → TFRecord shards), then train, evaluate and register
+# CNN classifiers on those shards.
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_install_build_tools
@@ -12,4 +13,6 @@ cargo build --locked -q --workspace --all-targets
 rm -rf quiver-data/tfrecords
 quiver_log "running examples/hotdog_etl.sql"
 "$CARGO_TARGET_DIR/debug/quiver" sql -f examples/hotdog_etl.sql
-quiver_log "done: TFRecord shards are in quiver-data/tfrecords/"
+quiver_log "running examples/train_models.sql"
+"$CARGO_TARGET_DIR/debug/quiver" sql -f examples/train_models.sql
+quiver_log "done: TFRecord shards in quiver-data/tfrecords/, models in quiver-data/models/"

@@ -6,6 +6,8 @@ Creates, under OUT_DIR:
   photos/{train,test}/<subject>/*.jpg   crops of scikit-image's real colour photographs
                                          (astronaut, cat, coffee, rocket, motorcycle, ...)
   fashion/{train,test}/<class>/*.png    Fashion-MNIST images (Debian's dataset-fashion-mnist)
+  faces/{train,test}/{face,non_face}/*.png  scikit-image's lfw_subset (100 real faces, 100
+                                         non-faces, 25x25 grey), a two-class photo set
 
 The layout is the hot-dog layout (split/label/file); no hot-dog photos can be downloaded
 here, so the labels are the photos' subjects. Deterministic for a given seed; idempotent.
@@ -83,6 +85,18 @@ def fashion(out, per_class):
             Image.fromarray(img).save(os.path.join(folder, f"{split}_{i:05d}.png"))
 
 
+def faces(out, rng):
+    from skimage import data
+    images = data.lfw_subset()  # the first 100 are faces, the last 100 are not
+    order = rng.permutation(len(images))
+    for rank, i in enumerate(order):
+        split = "test" if rank % 5 == 0 else "train"
+        label = "face" if i < 100 else "non_face"
+        folder = os.path.join(out, "faces", split, label)
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray((images[i] * 255).round().astype(np.uint8)).save(os.path.join(folder, f"{i:03d}.png"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
@@ -90,12 +104,13 @@ def main():
     ap.add_argument("--fashion-per-class", type=int, default=200)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
-    stamp = os.path.join(args.out, f".sample-v1-{args.photos_per_label}-{args.fashion_per_class}-{args.seed}")
+    stamp = os.path.join(args.out, f".sample-v2-{args.photos_per_label}-{args.fashion_per_class}-{args.seed}")
     if os.path.exists(stamp):
         return
     rng = np.random.default_rng(args.seed)
     photos(args.out, args.photos_per_label, rng)
     fashion(args.out, args.fashion_per_class)
+    faces(args.out, np.random.default_rng(args.seed))
     open(stamp, "w").close()
     print(f"sample data ready in {args.out}", file=sys.stderr)
 

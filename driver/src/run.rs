@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::sql::parser::DFParser;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use quiver_engine::progress::ProgressSnapshot;
 use quiver_engine::{Progress, QuiverError, Result, Session, SessionOptions};
@@ -83,22 +82,27 @@ pub(crate) async fn sql_command(
 
 /// Runs every statement of `sql` in order, stopping at the first error.
 pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Result<()> {
-    let statements = DFParser::parse_sql(sql)?;
+    let statements = quiver_sql::parse(sql)?;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
         let text = statement.to_string();
         let started = Instant::now();
         let before = session.progress().snapshot();
-        let ticker = Ticker::start(Arc::clone(session.progress()), before);
+        // Training draws its own progress (a bar, and a line per epoch).
+        let ticker = (!matches!(statement, quiver_sql::Statement::CreateModel(_)))
+            .then(|| Ticker::start(Arc::clone(session.progress()), before));
         let result = async {
-            let state = session.context().state();
-            let plan = state.statement_to_plan(statement).await?;
-            let frame = session.context().execute_logical_plan(plan).await?;
+            let frame = quiver_sql::execute(session, statement)
+                .await
+                .map_err(datafusion::error::DataFusionError::from)?;
             let has_columns = !frame.schema().fields().is_empty();
             Ok((has_columns, frame.collect().await?))
         }
         .await;
-        let work = ticker.stop();
+        let work = match ticker {
+            Some(ticker) => ticker.stop(),
+            None => session.progress().snapshot().since(&before),
+        };
         let (has_columns, batches) = result.map_err(|e: datafusion::error::DataFusionError| {
             if count > 1 {
                 QuiverError::Config(format!(

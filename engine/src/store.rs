@@ -160,6 +160,22 @@ pub fn store_url(url: &Url) -> ObjectStoreUrl {
     ObjectStoreUrl::parse(store_base(url)).expect("scheme://host is a valid URL")
 }
 
+/// The object-store path of `url` inside its store (`file://` URLs are absolute paths).
+pub fn object_path(url: &Url) -> Result<object_store::path::Path> {
+    let bad = |reason: String| QuiverError::Location {
+        location: url.to_string(),
+        reason,
+    };
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|()| bad("not a valid local path".into()))?;
+        object_store::path::Path::from_absolute_path(path).map_err(|e| bad(e.to_string()))
+    } else {
+        object_store::path::Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))
+    }
+}
+
 /// Turns a user's location into a URL: URLs (`s3://b/p`, `memory://m/p`, `file:///p`) are kept,
 /// plain paths are made absolute against the current directory. A location naming an existing
 /// directory, or ending in `/`, gets a trailing slash.

@@ -1,7 +1,9 @@
-//! Quiver's operators: image functions, `read_images`, and the TFRecord file format.
+//! Quiver's operators: image functions, `read_images`, the TFRecord file format, and machine
+//! learning (models, training, evaluation, the registry, `predict`).
 
 pub mod image_ops;
 pub mod image_udfs;
+pub mod ml;
 pub mod read_images;
 pub mod tfrecord;
 

@@ -98,17 +98,7 @@ impl ReadImagesTable {
     }
 
     fn prefix(&self) -> Result<Path> {
-        if self.location.scheme() == "file" {
-            let path = self.location.to_file_path().map_err(|()| {
-                DataFusionError::Plan(format!(
-                    "read_images: bad file location '{}'",
-                    self.location
-                ))
-            })?;
-            Ok(Path::from_absolute_path(path)?)
-        } else {
-            Ok(Path::from_url_path(self.location.path())?)
-        }
+        Ok(quiver_engine::store::object_path(&self.location)?)
     }
 
     /// Lists the image files, sorted by path and sampled.

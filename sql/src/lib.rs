@@ -13,6 +13,7 @@
 //! ```
 
 pub mod display;
+pub mod statements;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,23 +27,30 @@ use datafusion::datasource::file_format::format_as_file_type;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlanBuilder};
 use quiver_engine::{Result, Session, SessionOptions, resolve_location};
+use quiver_operators::ml;
+use quiver_operators::ml::predict::{MlTableFunc, PredictFunc};
 use quiver_operators::tfrecord::ImageEncoding;
 use quiver_operators::{
     ImageFunc, ReadImagesFunc, ReadImagesTable, TfRecordFormat, TfRecordFormatFactory,
     TfRecordOptions,
 };
 
+pub use statements::{Statement, execute, parse};
+
 /// Names of the table functions Quiver registers.
-pub const TABLE_FUNCTIONS: [&str; 1] = ["read_images"];
+pub const TABLE_FUNCTIONS: [&str; 3] = ["read_images", "ml_evaluate", "models"];
 
 /// Names of every scalar function Quiver registers.
 pub fn scalar_function_names() -> Vec<&'static str> {
-    quiver_operators::ImageOp::ALL
+    let mut names: Vec<_> = quiver_operators::ImageOp::ALL
         .iter()
         .map(|op| op.name())
-        .collect()
+        .collect();
+    names.push("predict");
+    names
 }
 
 /// Registers all of Quiver's functions and formats on `session`.
@@ -52,6 +60,13 @@ pub fn register_all(session: &Session) -> Result<()> {
         ctx.register_udf(udf);
     }
     ctx.register_udtf(TABLE_FUNCTIONS[0], Arc::new(ReadImagesFunc));
+    let registry = ml::registry(session).map_err(datafusion::error::DataFusionError::from)?;
+    ctx.register_udf(ScalarUDF::new_from_impl(PredictFunc::new(registry.clone())));
+    ctx.register_udtf(
+        TABLE_FUNCTIONS[1],
+        Arc::new(MlTableFunc::evaluate(registry.clone())),
+    );
+    ctx.register_udtf(TABLE_FUNCTIONS[2], Arc::new(MlTableFunc::models(registry)));
     let state = ctx.state_ref();
     let mut state = state.write();
     state.register_file_format(Arc::new(TfRecordFormatFactory), true)?;

@@ -43,9 +43,14 @@ impl AsyncDB for QuiverDb {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
         let err = |e: DataFusionError| DbError(e.to_string());
-        let frame = self
-            .session
-            .sql(sql)
+        let mut statements = quiver_sql::parse(sql).map_err(|e| DbError(e.to_string()))?;
+        if statements.len() != 1 {
+            return Err(DbError(format!(
+                "expected one statement, got {}",
+                statements.len()
+            )));
+        }
+        let frame = quiver_sql::execute(&self.session, statements.remove(0))
             .await
             .map_err(|e| DbError(e.to_string()))?;
         let schema = frame.schema().inner().clone();

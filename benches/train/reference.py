@@ -1,0 +1,68 @@
+"""Keras on the CPU, the reference for Quiver's training throughput: the same architectures,
+data, batch size and optimizer as benches/train/run.sh gives Quiver.
+
+    python reference.py IMAGE_DIR --model dnn|cnn --epochs N --threads T
+
+Reads the same PNG folder (split/label/*.png) with Pillow, scales to [0, 1], and trains with
+model.fit (Adam, lr 0.001, batch 64, shuffled). Prints JSON: images/s of each epoch, and the
+accuracy of the last epoch on the training data.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def load(folder):
+    labels = sorted(os.listdir(folder))
+    xs, ys = [], []
+    for i, label in enumerate(labels):
+        for name in sorted(os.listdir(os.path.join(folder, label))):
+            xs.append(np.asarray(Image.open(os.path.join(folder, label, name)), dtype=np.float32) / 255.0)
+            ys.append(i)
+    return np.stack(xs)[..., None], np.array(ys), len(labels)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("images")
+    ap.add_argument("--model", choices=["dnn", "cnn"], required=True)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tf.keras.utils.set_random_seed(42)
+    x, y, classes = load(args.images)
+    layers = tf.keras.layers
+    if args.model == "dnn":
+        model = tf.keras.Sequential([layers.Input(x.shape[1:]), layers.Flatten()]
+                                    + [l for u in (512, 256, 128) for l in (layers.Dense(u, "relu"), layers.Dropout(0.2))]
+                                    + [layers.Dense(classes)])
+    else:
+        model = tf.keras.Sequential([layers.Input(x.shape[1:])]
+                                    + [l for f in (32, 64) for l in (layers.Conv2D(f, 3, padding="same", activation="relu"), layers.MaxPooling2D(2))]
+                                    + [layers.Flatten(), layers.Dropout(0.2), layers.Dense(128, "relu"), layers.Dropout(0.2), layers.Dense(classes)])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.001),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+    class Timer(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            rates.append(len(x) / (time.perf_counter() - self.t))
+
+    rates = []
+    history = model.fit(x, y, batch_size=64, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[Timer()])
+    print(json.dumps({"images": len(x), "images_per_second": rates,
+                      "accuracy": history.history["accuracy"][-1]}))
+
+
+if __name__ == "__main__":
+    main()

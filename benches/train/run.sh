@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Benchmark: training throughput (images/s) of the same DNN and CNN on the same Fashion-MNIST
+# images and cores, Quiver (Burn flex backend, CPU) against Keras (tensorflow-cpu).
+#   bash benches/train/run.sh [--per-class N] [--epochs E]   (defaults: 500 per class, 2 epochs)
+source "$(dirname "$0")/../../scripts/env.sh"
+cd "$QUIVER_ROOT"
+per_class=500; epochs=2
+while [ $# -gt 0 ]; do
+  case $1 in --per-class) per_class=$2; shift 2;; --epochs) epochs=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
+done
+cores=$(nproc)
+quiver_install_build_tools
+quiver_install_datasets
+quiver_install_refenv
+data="$QUIVER_CACHE/bench-train-$per_class"
+"$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 2 --fashion-per-class "$per_class"
+images="$data/fashion/train"
+cargo build --release --locked -q --bin quiver --example hotdog_etl
+QUIVER="$CARGO_TARGET_DIR/release/quiver"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+quiver_rate() {  # mean images/s of the epochs after the first, from metrics.jsonl
+  "$QUIVER" --store "$work/$1" sql "CREATE MODEL m OPTIONS ($2, epochs = $epochs, batch_size = 64,
+    learning_rate = 0.001, dropout = 0.2) AS SELECT image_decode(content) AS image, label
+    FROM read_images('$images/')" >/dev/null 2>"$work/$1.log" || { cat "$work/$1.log" >&2; exit 1; }
+  "$REFENV/bin/python" - "$work/$1/training/m/v1/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rates = [r["examples_per_second"] for r in rows]
+print(round(sum(rates[1:] or rates) / len(rates[1:] or rates), 1), round(rows[-1]["accuracy"], 4))
+PY
+}
+keras_rate() {
+  "$REFENV/bin/python" benches/train/reference.py "$images" --model "$1" --epochs "$epochs" --threads "$cores" 2>/dev/null | tail -1 |
+    "$REFENV/bin/python" -c 'import json,sys; r=json.load(sys.stdin); x=r["images_per_second"]; x=x[1:] or x; print(round(sum(x)/len(x),1), round(r["accuracy"],4))'
+}
+
+read -r q_dnn q_dnn_acc < <(quiver_rate dnn "model_type = 'dnn_classifier', hidden_units = [512, 256, 128]")
+read -r k_dnn k_dnn_acc < <(keras_rate dnn)
+read -r q_cnn q_cnn_acc < <(quiver_rate cnn "model_type = 'cnn_classifier', conv_filters = [32, 64], dense_units = [128]")
+read -r k_cnn k_cnn_acc < <(keras_rate cnn)
+n=$(find "$images" -type f | wc -l)
+echo
+echo "Training benchmark: $n Fashion-MNIST images (28x28), batch 64, Adam, $epochs epochs, $cores cores, $(lscpu | sed -n 's/^Model name: *//p')"
+echo "images/s of the epochs after the first (training accuracy of the last epoch in brackets)"
+printf '%-44s %12s %12s %8s\n' model quiver keras ratio
+for m in dnn cnn; do
+  q=q_$m; k=k_$m; qa=q_${m}_acc; ka=k_${m}_acc
+  printf '%-44s %12s %12s %7.2fx\n' "$m" "${!q} (${!qa})" "${!k} (${!ka})" "$(python3 -c "print(${!q} / ${!k})")"
+done

@@ -1,0 +1,491 @@
+//! Training data: a DataFusion query streamed into shuffled batches of float tensors, without
+//! collecting the table. Partitions are read in parallel (one task each, converting rows to
+//! examples as they arrive) and merged round-robin in a fixed order, so that a seed gives the
+//! same batches every time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
+use datafusion::dataframe::DataFrame;
+use futures::StreamExt;
+use quiver_engine::image::{ImageArray, is_image_type};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+use super::MlError;
+use super::spec::{InputKind, InputSpec, LabelMap, compare_labels};
+
+/// One example: its features (u8 pixels, HWC, or floats) and class index.
+#[derive(Debug, Clone)]
+struct Example {
+    features: Features,
+    label: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Features {
+    Pixels(Vec<u8>),
+    Floats(Vec<f32>),
+}
+
+/// A batch ready for the device: `features` is `[n, channels, height, width]` row-major
+/// (channels-first; DNN inputs are `[n, 1, 1, len]`).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Scaled input values.
+    pub features: Vec<f32>,
+    /// Class index of each example.
+    pub labels: Vec<i64>,
+    /// Examples in the batch.
+    pub len: usize,
+}
+
+/// Works out the input spec from the query's schema and first row: the image size, or the
+/// tensor length (`input_shape` overrides the shape of tensor inputs, e.g. `[28, 28, 1]`).
+pub async fn input_spec(
+    frame: &DataFrame,
+    column: &str,
+    input_shape: Option<Vec<usize>>,
+) -> Result<InputSpec, MlError> {
+    let field = column_field(frame, column)?;
+    let kind = if is_image_type(field.data_type()) {
+        InputKind::Image
+    } else if matches!(
+        field.data_type(),
+        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _)
+    ) {
+        InputKind::Tensor
+    } else {
+        return Err(MlError::Input(format!(
+            "input column '{column}' is {}: expected a decoded image (image_decode(...)) or a \
+             list of numbers",
+            field.data_type()
+        )));
+    };
+    let first = frame
+        .clone()
+        .select_columns(&[column])?
+        .limit(0, Some(1))?
+        .collect()
+        .await?;
+    let Some(array) = first.iter().find(|b| b.num_rows() > 0).map(|b| b.column(0)) else {
+        return Err(MlError::Input("the training query returned no rows".into()));
+    };
+    let shape = match kind {
+        InputKind::Image => {
+            let images = ImageArray::try_new(array.as_ref())?;
+            let image = images.get(0)?.ok_or_else(|| {
+                MlError::Input(format!("input column '{column}' is NULL in the first row"))
+            })?;
+            vec![
+                image.height as usize,
+                image.width as usize,
+                image.channels as usize,
+            ]
+        }
+        InputKind::Tensor => {
+            let floats = float_lists(array, column)?;
+            vec![floats.value_length(0) as usize]
+        }
+    };
+    let shape = match (kind, input_shape) {
+        (InputKind::Tensor, Some(wanted)) => {
+            if wanted.iter().product::<usize>() != shape[0] {
+                return Err(MlError::Option(format!(
+                    "input_shape {wanted:?} has {} values but column '{column}' holds {}",
+                    wanted.iter().product::<usize>(),
+                    shape[0]
+                )));
+            }
+            wanted
+        }
+        (InputKind::Image, Some(_)) => {
+            return Err(MlError::Option(
+                "input_shape applies to tensor inputs; images carry their own size".into(),
+            ));
+        }
+        (_, None) => shape,
+    };
+    Ok(InputSpec {
+        column: column.to_string(),
+        kind,
+        shape,
+        scale: if kind == InputKind::Image {
+            1.0 / 255.0
+        } else {
+            1.0
+        },
+    })
+}
+
+/// The sorted distinct labels of the query; NULL labels are an error.
+pub async fn label_map(frame: &DataFrame, column: &str) -> Result<LabelMap, MlError> {
+    let field = column_field(frame, column)?;
+    let integer = field.data_type().is_integer();
+    if !integer
+        && !matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
+        )
+    {
+        return Err(MlError::Input(format!(
+            "label column '{column}' is {}: expected strings or integers",
+            field.data_type()
+        )));
+    }
+    let batches = frame
+        .clone()
+        .select_columns(&[column])?
+        .distinct()?
+        .collect()
+        .await?;
+    let mut labels = Vec::new();
+    for batch in &batches {
+        let strings = cast(batch.column(0), &DataType::Utf8)?;
+        let strings = strings.as_string::<i32>();
+        if strings.null_count() > 0 {
+            return Err(MlError::Input(format!(
+                "label column '{column}' has NULL values: filter them out (WHERE {column} IS NOT \
+                 NULL) or fill them in"
+            )));
+        }
+        labels.extend(strings.iter().flatten().map(str::to_string));
+    }
+    labels.sort_by(|a, b| compare_labels(a, b, integer));
+    if labels.len() < 2 {
+        return Err(MlError::Input(format!(
+            "label column '{column}' has {} distinct value(s): a classifier needs at least 2",
+            labels.len()
+        )));
+    }
+    Ok(LabelMap {
+        column: column.to_string(),
+        integer,
+        labels,
+    })
+}
+
+fn column_field(frame: &DataFrame, column: &str) -> Result<Arc<Field>, MlError> {
+    frame
+        .schema()
+        .inner()
+        .field_with_name(column)
+        .map(|f| Arc::new(f.clone()))
+        .map_err(|_| {
+            let names: Vec<_> = frame
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            MlError::Input(format!(
+                "column '{column}' is not in the query (its columns: {})",
+                names.join(", ")
+            ))
+        })
+}
+
+/// A list column as `List<Float32>`.
+fn float_lists(
+    array: &ArrayRef,
+    column: &str,
+) -> Result<datafusion::arrow::array::ListArray, MlError> {
+    let target = DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    let cast = cast(array, &target).map_err(|e| {
+        MlError::Input(format!(
+            "input column '{column}' ({}) cannot be read as floats: {e}",
+            array.data_type()
+        ))
+    })?;
+    Ok(cast.as_list::<i32>().clone())
+}
+
+/// Reads an input column's rows as features, checking each against the spec.
+fn input_features(
+    input: &ArrayRef,
+    spec: &InputSpec,
+    first_row: u64,
+) -> Result<Vec<Features>, MlError> {
+    let row_error =
+        |i: usize, what: String| MlError::Input(format!("row {}: {what}", first_row + i as u64));
+    let null = |i: usize| row_error(i, format!("input column '{}' is NULL", spec.column));
+    let mut out = Vec::with_capacity(input.len());
+    match spec.kind {
+        InputKind::Image => {
+            let images = ImageArray::try_new(input.as_ref())?;
+            for i in 0..images.len() {
+                let image = images.get(i)?.ok_or_else(|| null(i))?;
+                let shape = [
+                    image.height as usize,
+                    image.width as usize,
+                    image.channels as usize,
+                ];
+                if shape[..] != spec.shape[..] {
+                    return Err(row_error(
+                        i,
+                        format!(
+                            "image is {}x{}x{} but the model takes {}x{}x{} (height x width x \
+                             channels): resize all images to one size with image_resize, and \
+                             use image_to_grayscale for mixed channels",
+                            shape[0],
+                            shape[1],
+                            shape[2],
+                            spec.shape[0],
+                            spec.shape[1],
+                            spec.shape[2]
+                        ),
+                    ));
+                }
+                out.push(Features::Pixels(image.data.to_vec()));
+            }
+        }
+        InputKind::Tensor => {
+            let lists = float_lists(input, &spec.column)?;
+            let want = spec.len();
+            for i in 0..lists.len() {
+                if lists.is_null(i) {
+                    return Err(null(i));
+                }
+                let values = lists.value(i);
+                let values = values.as_primitive::<Float32Type>();
+                if values.len() != want {
+                    return Err(row_error(
+                        i,
+                        format!(
+                            "input has {} values but the model takes {want}",
+                            values.len()
+                        ),
+                    ));
+                }
+                out.push(Features::Floats(values.values().to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Converts one record batch into examples.
+fn to_examples(
+    batch: &RecordBatch,
+    spec: &InputSpec,
+    labels: &LabelLookup,
+    first_row: u64,
+) -> Result<Vec<Example>, MlError> {
+    let input = batch
+        .column_by_name(&spec.column)
+        .ok_or_else(|| MlError::Input(format!("input column '{}' is missing", spec.column)))?;
+    let label_column = batch
+        .column_by_name(&labels.column)
+        .ok_or_else(|| MlError::Input(format!("label column '{}' is missing", labels.column)))?;
+    let label_strings = cast(label_column, &DataType::Utf8)?;
+    let label_strings = label_strings.as_string::<i32>();
+    input_features(input, spec, first_row)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, features)| {
+            let row = first_row + i as u64;
+            if label_strings.is_null(i) {
+                return Err(MlError::Input(format!(
+                    "row {row}: label column '{}' is NULL",
+                    labels.column
+                )));
+            }
+            let value = label_strings.value(i);
+            let label = labels.index.get(value).copied().ok_or_else(|| {
+                MlError::Input(format!(
+                    "row {row}: label '{value}' is not in the model's label map"
+                ))
+            })?;
+            Ok(Example { features, label })
+        })
+        .collect()
+}
+
+/// An input column as model-ready values (`[rows, channels, height, width]`), for `predict`.
+pub fn input_values(input: &ArrayRef, spec: &InputSpec) -> Result<Vec<f32>, MlError> {
+    let features = input_features(input, spec, 0)?;
+    let mut out = Vec::with_capacity(features.len() * spec.len());
+    for f in &features {
+        push_chw(&mut out, f, spec);
+    }
+    Ok(out)
+}
+
+/// Label → class index, for the data pipeline.
+#[derive(Debug, Clone)]
+struct LabelLookup {
+    column: String,
+    index: HashMap<String, usize>,
+}
+
+impl From<&LabelMap> for LabelLookup {
+    fn from(map: &LabelMap) -> Self {
+        Self {
+            column: map.column.clone(),
+            index: map
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i))
+                .collect(),
+        }
+    }
+}
+
+/// Streams shuffled batches of one epoch.
+pub struct BatchStream {
+    partitions: Vec<mpsc::Receiver<Result<Vec<Example>, MlError>>>,
+    next_partition: usize,
+    pending: std::collections::VecDeque<Example>,
+    buffer: Vec<Example>,
+    buffer_size: usize,
+    rng: Option<StdRng>,
+    spec: InputSpec,
+    batch_size: usize,
+    drained: bool,
+}
+
+impl BatchStream {
+    /// Starts reading `frame` (all partitions in parallel). With a seed, examples pass through
+    /// a shuffle buffer of `buffer_size`; without, they keep the query's order.
+    pub async fn start(
+        frame: &DataFrame,
+        spec: &InputSpec,
+        labels: &LabelMap,
+        batch_size: usize,
+        shuffle: Option<(u64, usize)>,
+    ) -> Result<Self, MlError> {
+        let streams = frame.clone().execute_stream_partitioned().await?;
+        let lookup = Arc::new(LabelLookup::from(labels));
+        let mut partitions = Vec::with_capacity(streams.len());
+        for mut stream in streams {
+            let (tx, rx) = mpsc::channel(2);
+            let spec = spec.clone();
+            let lookup = Arc::clone(&lookup);
+            tokio::spawn(async move {
+                let mut row = 0u64;
+                while let Some(batch) = stream.next().await {
+                    let examples = batch
+                        .map_err(MlError::from)
+                        .and_then(|b| to_examples(&b, &spec, &lookup, row));
+                    let failed = examples.is_err();
+                    if let Ok(e) = &examples {
+                        row += e.len() as u64;
+                    }
+                    if tx.send(examples).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            partitions.push(rx);
+        }
+        let (rng, buffer_size) = match shuffle {
+            Some((seed, size)) => (Some(StdRng::seed_from_u64(seed)), size.max(1)),
+            None => (None, 0),
+        };
+        Ok(Self {
+            partitions,
+            next_partition: 0,
+            pending: Default::default(),
+            buffer: Vec::with_capacity(buffer_size),
+            buffer_size,
+            rng,
+            spec: spec.clone(),
+            batch_size: batch_size.max(1),
+            drained: false,
+        })
+    }
+
+    /// The next example in order from the partitions (round-robin over partitions, one record
+    /// batch at a time), or `None` at the end.
+    async fn next_ordered(&mut self) -> Result<Option<Example>, MlError> {
+        loop {
+            if let Some(example) = self.pending.pop_front() {
+                return Ok(Some(example));
+            }
+            if self.partitions.is_empty() {
+                return Ok(None);
+            }
+            let i = self.next_partition % self.partitions.len();
+            match self.partitions[i].recv().await {
+                Some(examples) => {
+                    self.pending.extend(examples?);
+                    self.next_partition = i + 1;
+                }
+                None => {
+                    self.partitions.remove(i);
+                    self.next_partition = i;
+                }
+            }
+        }
+    }
+
+    /// The next example after the shuffle buffer.
+    async fn next_example(&mut self) -> Result<Option<Example>, MlError> {
+        if self.rng.is_none() {
+            return self.next_ordered().await;
+        }
+        while !self.drained && self.buffer.len() < self.buffer_size {
+            match self.next_ordered().await? {
+                Some(example) => self.buffer.push(example),
+                None => self.drained = true,
+            }
+        }
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let rng = self.rng.as_mut().expect("shuffling");
+        let j = rng.random_range(0..self.buffer.len());
+        Ok(Some(self.buffer.swap_remove(j)))
+    }
+
+    /// The next batch (the last one may be smaller), or `None` at the end of the epoch.
+    pub async fn next_batch(&mut self) -> Result<Option<Batch>, MlError> {
+        let per_example = self.spec.len();
+        let mut features = Vec::with_capacity(self.batch_size * per_example);
+        let mut labels = Vec::with_capacity(self.batch_size);
+        while labels.len() < self.batch_size {
+            let Some(example) = self.next_example().await? else {
+                break;
+            };
+            push_chw(&mut features, &example.features, &self.spec);
+            labels.push(example.label as i64);
+        }
+        if labels.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            len: labels.len(),
+            features,
+            labels,
+        }))
+    }
+}
+
+/// Appends one example's values, scaled and reordered from HWC to CHW.
+fn push_chw(out: &mut Vec<f32>, features: &Features, spec: &InputSpec) {
+    let scale = spec.scale;
+    match (features, spec.chw()) {
+        (Features::Pixels(px), Some([c, h, w])) if c > 1 => {
+            for ch in 0..c {
+                out.extend((0..h * w).map(|i| px[i * c + ch] as f32 * scale));
+            }
+        }
+        (Features::Floats(v), Some([c, h, w])) if c > 1 => {
+            for ch in 0..c {
+                out.extend((0..h * w).map(|i| v[i * c + ch] * scale));
+            }
+        }
+        (Features::Pixels(px), _) => out.extend(px.iter().map(|&p| p as f32 * scale)),
+        (Features::Floats(v), _) => out.extend(v.iter().map(|&x| x * scale)),
+    }
+}
+
+/// The `[channels, height, width]` a batch example is laid out as.
+pub fn batch_dims(spec: &InputSpec) -> [usize; 3] {
+    spec.chw().unwrap_or([1, 1, spec.len()])
+}

@@ -1,0 +1,38 @@
+//! The `device` option: `cpu`, or `cuda[:N]` in builds with the `cuda` feature.
+
+use super::MlError;
+
+/// A training or inference device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU (Burn's `flex` backend), all cores.
+    Cpu,
+    /// CUDA GPU number N.
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`; CUDA is an error in builds without the `cuda` feature.
+pub fn parse(name: &str) -> Result<Device, MlError> {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let index = match name.strip_prefix("cuda") {
+        Some("") => Some(0),
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()),
+        None => None,
+    };
+    match index {
+        #[cfg(feature = "cuda")]
+        Some(index) => Ok(Device::Cuda(index)),
+        #[cfg(not(feature = "cuda"))]
+        Some(_) => Err(MlError::Option(format!(
+            "device '{name}' is not available: this build of Quiver has no CUDA support \
+             (build it with --features cuda)"
+        ))),
+        None => Err(MlError::Option(format!(
+            "device '{name}' is not one of cpu, cuda, cuda:N"
+        ))),
+    }
+}

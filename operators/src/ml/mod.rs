@@ -1,0 +1,104 @@
+//! Machine learning: DNN and CNN image classifiers on Burn, streamed training data, the training
+//! loop with checkpoints and metrics, evaluation, the model registry and `predict`.
+//!
+//! [`ModelBuilder`] takes the same options as SQL's `CREATE MODEL ... OPTIONS (...)`:
+//!
+//! ```no_run
+//! # async fn demo(session: &quiver_engine::Session) -> Result<(), quiver_operators::ml::MlError> {
+//! use quiver_operators::ml::ModelBuilder;
+//! let frame = session.sql("SELECT image, label FROM train").await?;
+//! let card = ModelBuilder::new("fashion", "cnn_classifier")?
+//!     .option("epochs", 3)?
+//!     .option("conv_filters", vec![32, 64])?
+//!     .train(session, frame, "SELECT image, label FROM train")
+//!     .await?;
+//! println!("registered {} version {}", card.name, card.version);
+//! # Ok(()) }
+//! ```
+
+pub mod data;
+pub mod device;
+pub mod evaluate;
+pub mod events;
+pub mod model;
+pub mod options;
+pub mod predict;
+pub mod registry;
+pub mod spec;
+pub mod store;
+pub mod train;
+
+pub use evaluate::{ClassMetrics, Evaluation};
+pub use options::{ModelBuilder, OptionValue};
+pub use registry::{ModelCard, Registry};
+pub use train::{EpochMetrics, TrainJob, TrainOutcome};
+
+use datafusion::error::DataFusionError;
+use quiver_engine::QuiverError;
+
+/// Why a training, evaluation or prediction failed; the message names the option, column, row
+/// or file.
+#[derive(Debug, thiserror::Error)]
+pub enum MlError {
+    /// A model option is unknown or has a bad value.
+    #[error("model option error: {0}")]
+    Option(String),
+    /// The input data does not fit (missing column, NULL label, wrong size...).
+    #[error("training data error: {0}")]
+    Input(String),
+    /// A model or version is not in the registry.
+    #[error("{0}")]
+    NotFound(String),
+    /// The model name is taken.
+    #[error("{0}")]
+    Exists(String),
+    /// A checkpoint or registry file is missing or unreadable.
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
+    /// Training diverged or the backend failed.
+    #[error("training error: {0}")]
+    Training(String),
+    /// The object store failed.
+    #[error("object store error: {0}")]
+    Store(String),
+    /// The query engine failed.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// JSON (de)serialisation failed.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<QuiverError> for MlError {
+    fn from(e: QuiverError) -> Self {
+        Self::DataFusion(e.into())
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for MlError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Self::DataFusion(e.into())
+    }
+}
+
+impl From<MlError> for DataFusionError {
+    fn from(e: MlError) -> Self {
+        match e {
+            MlError::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+/// The registry of `session`: `models/` in its default store.
+pub fn registry(session: &quiver_engine::Session) -> Result<Registry, MlError> {
+    let url = session.default_store().join("models/").map_err(|e| {
+        MlError::Option(format!(
+            "bad default store {}: {e}",
+            session.default_store()
+        ))
+    })?;
+    let store = session.store_for(&url)?;
+    let root = quiver_engine::store::object_path(&url)?;
+    Ok(Registry::new(store, root, url.to_string()))
+}

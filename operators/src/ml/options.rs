@@ -1,0 +1,423 @@
+//! Model options, shared by SQL's `CREATE MODEL ... OPTIONS (...)` and the Rust
+//! [`ModelBuilder`], and the one function that trains and registers a model.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use datafusion::dataframe::DataFrame;
+use quiver_engine::Session;
+
+use super::data::{input_spec, label_map};
+use super::evaluate::evaluate_model;
+use super::model::Classifier;
+use super::registry::{ModelCard, validate_name};
+use super::spec::{Activation, Architecture, OptimizerSpec, TrainOptions};
+use super::train::{TrainJob, load_weights, train};
+use super::{MlError, registry};
+
+/// An option value: a string, a number, a boolean or a list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    /// `'text'`.
+    Str(String),
+    /// `3`, `0.001`.
+    Num(f64),
+    /// `true` / `false`.
+    Bool(bool),
+    /// `[512, 256]`.
+    List(Vec<OptionValue>),
+}
+
+impl From<&str> for OptionValue {
+    fn from(s: &str) -> Self {
+        Self::Str(s.to_string())
+    }
+}
+impl From<String> for OptionValue {
+    fn from(s: String) -> Self {
+        Self::Str(s)
+    }
+}
+impl From<f64> for OptionValue {
+    fn from(n: f64) -> Self {
+        Self::Num(n)
+    }
+}
+impl From<i32> for OptionValue {
+    fn from(n: i32) -> Self {
+        Self::Num(n as f64)
+    }
+}
+impl From<bool> for OptionValue {
+    fn from(b: bool) -> Self {
+        Self::Bool(b)
+    }
+}
+impl<T: Into<OptionValue>> From<Vec<T>> for OptionValue {
+    fn from(v: Vec<T>) -> Self {
+        Self::List(v.into_iter().map(Into::into).collect())
+    }
+}
+
+impl std::fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Str(s) => write!(f, "'{s}'"),
+            Self::Num(n) => write!(f, "{n}"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::List(items) => {
+                let items: Vec<_> = items.iter().map(ToString::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+        }
+    }
+}
+
+fn want_str(key: &str, v: &OptionValue) -> Result<String, MlError> {
+    match v {
+        OptionValue::Str(s) => Ok(s.clone()),
+        other => Err(MlError::Option(format!(
+            "{key} must be a string, not {other}"
+        ))),
+    }
+}
+
+fn want_num(key: &str, v: &OptionValue) -> Result<f64, MlError> {
+    match v {
+        OptionValue::Num(n) => Ok(*n),
+        other => Err(MlError::Option(format!(
+            "{key} must be a number, not {other}"
+        ))),
+    }
+}
+
+fn want_count(key: &str, v: &OptionValue, min: usize) -> Result<usize, MlError> {
+    let n = want_num(key, v)?;
+    if n.fract() != 0.0 || n < min as f64 || n > u32::MAX as f64 {
+        return Err(MlError::Option(format!(
+            "{key} must be a whole number of at least {min}, not {n}"
+        )));
+    }
+    Ok(n as usize)
+}
+
+fn want_counts(key: &str, v: &OptionValue, min: usize) -> Result<Vec<usize>, MlError> {
+    match v {
+        OptionValue::List(items) => items.iter().map(|i| want_count(key, i, min)).collect(),
+        other => Err(MlError::Option(format!(
+            "{key} must be a list such as [512, 256], not {other}"
+        ))),
+    }
+}
+
+fn want_rate(key: &str, v: &OptionValue) -> Result<f64, MlError> {
+    let n = want_num(key, v)?;
+    if !(0.0..1.0).contains(&n) {
+        return Err(MlError::Option(format!("{key} must be in [0, 1), not {n}")));
+    }
+    Ok(n)
+}
+
+/// Options of `CREATE MODEL` and their meaning, for errors and documentation.
+pub const MODEL_OPTIONS: &[(&str, &str)] = &[
+    ("model_type", "'dnn_classifier' or 'cnn_classifier'"),
+    (
+        "hidden_units",
+        "DNN hidden layer sizes, default [512, 256, 128]",
+    ),
+    (
+        "conv_filters",
+        "CNN filters per conv block, default [32, 64]",
+    ),
+    ("kernel_size", "CNN kernel side, default 3"),
+    ("dense_units", "CNN dense layers, default [128]"),
+    ("activation", "'relu' (default), 'tanh', 'sigmoid', 'gelu'"),
+    ("dropout", "dropout rate, default 0.2"),
+    ("epochs", "default 5"),
+    ("batch_size", "default 64"),
+    ("learning_rate", "default 0.001"),
+    ("optimizer", "'adam' (default) or 'sgd'"),
+    ("momentum", "SGD momentum, default 0.9"),
+    ("seed", "default 42"),
+    (
+        "early_stopping_patience",
+        "epochs without improvement, default 0 (off)",
+    ),
+    (
+        "shuffle_buffer",
+        "examples, default 10000 (capped at ~256 MiB)",
+    ),
+    ("device", "'cpu' (default), 'cuda', 'cuda:N'"),
+    (
+        "input_column",
+        "default: the one column that is not the label",
+    ),
+    ("label_column", "default 'label'"),
+    ("input_shape", "shape of a tensor input, e.g. [28, 28, 1]"),
+    (
+        "validation_query",
+        "SQL of the validation data, evaluated after each epoch",
+    ),
+];
+
+/// Builds, trains and registers a model; the Rust face of `CREATE MODEL`.
+#[derive(Debug, Clone)]
+pub struct ModelBuilder {
+    name: String,
+    model_type: String,
+    hidden_units: Vec<usize>,
+    conv_filters: Vec<usize>,
+    kernel_size: usize,
+    dense_units: Vec<usize>,
+    activation: Activation,
+    dropout: f64,
+    momentum: f64,
+    optimizer: String,
+    options: TrainOptions,
+    input_column: Option<String>,
+    label_column: String,
+    input_shape: Option<Vec<usize>>,
+    validation_query: Option<String>,
+    replace: bool,
+}
+
+impl ModelBuilder {
+    /// A model named `name` of `model_type` (`dnn_classifier` or `cnn_classifier`) with
+    /// default options.
+    pub fn new(name: &str, model_type: &str) -> Result<Self, MlError> {
+        validate_name(name)?;
+        let mut builder = Self {
+            name: name.to_string(),
+            model_type: String::new(),
+            hidden_units: vec![512, 256, 128],
+            conv_filters: vec![32, 64],
+            kernel_size: 3,
+            dense_units: vec![128],
+            activation: Activation::Relu,
+            dropout: 0.2,
+            momentum: 0.9,
+            optimizer: "adam".into(),
+            options: TrainOptions::default(),
+            input_column: None,
+            label_column: "label".into(),
+            input_shape: None,
+            validation_query: None,
+            replace: false,
+        };
+        builder.set("model_type", &OptionValue::from(model_type))?;
+        Ok(builder)
+    }
+
+    /// Registers a new version when the name exists (`CREATE OR REPLACE MODEL`) instead of
+    /// failing; older versions stay.
+    pub fn replace(mut self, replace: bool) -> Self {
+        self.replace = replace;
+        self
+    }
+
+    /// Sets one option by its SQL name (see [`MODEL_OPTIONS`]).
+    pub fn option(mut self, key: &str, value: impl Into<OptionValue>) -> Result<Self, MlError> {
+        self.set(key, &value.into())?;
+        Ok(self)
+    }
+
+    /// Sets one option in place.
+    pub fn set(&mut self, key: &str, v: &OptionValue) -> Result<(), MlError> {
+        match key.to_ascii_lowercase().as_str() {
+            "model_type" => {
+                let t = want_str(key, v)?.to_ascii_lowercase();
+                if t != "dnn_classifier" && t != "cnn_classifier" {
+                    return Err(MlError::Option(format!(
+                        "model_type '{t}' is not 'dnn_classifier' or 'cnn_classifier'"
+                    )));
+                }
+                self.model_type = t;
+            }
+            "hidden_units" => self.hidden_units = want_counts(key, v, 1)?,
+            "conv_filters" => self.conv_filters = want_counts(key, v, 1)?,
+            "dense_units" => self.dense_units = want_counts(key, v, 1)?,
+            "kernel_size" => self.kernel_size = want_count(key, v, 1)?,
+            "activation" => self.activation = Activation::parse(&want_str(key, v)?)?,
+            "dropout" => self.dropout = want_rate(key, v)?,
+            "momentum" => self.momentum = want_rate(key, v)?,
+            "epochs" => self.options.epochs = want_count(key, v, 1)?,
+            "batch_size" => self.options.batch_size = want_count(key, v, 1)?,
+            "learning_rate" => {
+                let lr = want_num(key, v)?;
+                if lr <= 0.0 || !lr.is_finite() {
+                    return Err(MlError::Option(format!(
+                        "learning_rate must be positive, not {lr}"
+                    )));
+                }
+                self.options.learning_rate = lr;
+            }
+            "optimizer" => {
+                let o = want_str(key, v)?.to_ascii_lowercase();
+                if o != "adam" && o != "sgd" {
+                    return Err(MlError::Option(format!(
+                        "optimizer '{o}' is not 'adam' or 'sgd'"
+                    )));
+                }
+                self.optimizer = o;
+            }
+            "seed" => self.options.seed = want_count(key, v, 0)? as u64,
+            "early_stopping_patience" => {
+                self.options.early_stopping_patience = want_count(key, v, 0)?
+            }
+            "shuffle_buffer" => self.options.shuffle_buffer = want_count(key, v, 1)?,
+            "device" => {
+                let d = want_str(key, v)?;
+                super::device::parse(&d)?;
+                self.options.device = d;
+            }
+            "input_column" => self.input_column = Some(want_str(key, v)?),
+            "label_column" => self.label_column = want_str(key, v)?,
+            "input_shape" => self.input_shape = Some(want_counts(key, v, 1)?),
+            "validation_query" => self.validation_query = Some(want_str(key, v)?),
+            other => {
+                let known: Vec<_> = MODEL_OPTIONS.iter().map(|(k, _)| *k).collect();
+                return Err(MlError::Option(format!(
+                    "unknown option '{other}' (known: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn architecture(&self) -> Architecture {
+        if self.model_type == "cnn_classifier" {
+            Architecture::CnnClassifier {
+                conv_filters: self.conv_filters.clone(),
+                kernel_size: self.kernel_size,
+                dense_units: self.dense_units.clone(),
+                activation: self.activation,
+                dropout: self.dropout,
+            }
+        } else {
+            Architecture::DnnClassifier {
+                hidden_units: self.hidden_units.clone(),
+                activation: self.activation,
+                dropout: self.dropout,
+            }
+        }
+    }
+
+    /// Trains on `frame` and registers the result in the session's registry. `training_data`
+    /// describes the data (the SQL text) in `model.json`. A crashed run of the same model and
+    /// options resumes from its last checkpoint.
+    pub async fn train(
+        mut self,
+        session: &Session,
+        frame: DataFrame,
+        training_data: &str,
+    ) -> Result<ModelCard, MlError> {
+        let registry = registry(session)?;
+        let existing = registry.versions(&self.name).await?;
+        if !existing.is_empty() && !self.replace {
+            return Err(MlError::Exists(format!(
+                "model '{}' exists (versions {existing:?}): use CREATE OR REPLACE MODEL to add a \
+                 version, or another name",
+                self.name
+            )));
+        }
+        self.options.optimizer = if self.optimizer == "sgd" {
+            OptimizerSpec::Sgd {
+                momentum: self.momentum,
+            }
+        } else {
+            OptimizerSpec::Adam
+        };
+        let labels = label_map(&frame, &self.label_column).await?;
+        let input_column = match &self.input_column {
+            Some(c) => c.clone(),
+            None => {
+                let others: Vec<_> = frame
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|n| n != &self.label_column)
+                    .collect();
+                match &others[..] {
+                    [one] => one.clone(),
+                    _ => {
+                        return Err(MlError::Option(format!(
+                            "the query has columns {others:?} besides the label '{}': name the \
+                             input with input_column",
+                            self.label_column
+                        )));
+                    }
+                }
+            }
+        };
+        let input = input_spec(&frame, &input_column, self.input_shape.clone()).await?;
+        // Hold at most ~256 MiB of examples in the shuffle buffer.
+        let cap = (256 << 20) / input.len().max(1);
+        self.options.shuffle_buffer = self
+            .options
+            .shuffle_buffer
+            .min(cap.max(self.options.batch_size));
+        let architecture = self.architecture();
+        // Fail on a bad architecture before reading any data.
+        Classifier::<burn::backend::Flex>::new(
+            &architecture,
+            &input,
+            labels.labels.len(),
+            &Default::default(),
+        )?;
+        let validation =
+            match &self.validation_query {
+                Some(sql) => Some(session.sql(sql).await.map_err(|e| {
+                    MlError::Option(format!("validation_query does not plan: {e}"))
+                })?),
+                None => None,
+            };
+        let version = registry.next_version(&self.name).await?;
+        let run_url = session
+            .default_store()
+            .join(&format!("training/{}/v{version}/", self.name))
+            .map_err(|e| MlError::Option(e.to_string()))?;
+        let job = TrainJob {
+            architecture: architecture.clone(),
+            input: input.clone(),
+            labels: labels.clone(),
+            options: self.options.clone(),
+            store: session.store_for(&run_url)?,
+            run_dir: quiver_engine::store::object_path(&run_url)?,
+            run_url: run_url.to_string(),
+        };
+        let outcome = train(&frame, validation.as_ref(), &job).await?;
+        let evaluation = match &validation {
+            Some(v) => {
+                let model = Classifier::<burn::backend::Flex>::new(
+                    &architecture,
+                    &input,
+                    labels.labels.len(),
+                    &Default::default(),
+                )?;
+                let model = load_weights(model, outcome.weights.clone(), "the trained model")?;
+                Some(evaluate_model(&model, v, &input, &labels, self.options.batch_size).await?)
+            }
+            None => None,
+        };
+        let card = ModelCard {
+            name: self.name.clone(),
+            version,
+            architecture,
+            input,
+            labels,
+            training: self.options.clone(),
+            history: outcome.history,
+            evaluation,
+            training_data: training_data.to_string(),
+            run: run_url.to_string(),
+            weights: String::new(),
+            quiver_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        registry.register(card, outcome.weights).await
+    }
+}

@@ -1,0 +1,200 @@
+//! The model registry in the shared store: `models/<name>/<version>/{model.json,
+//! model.safetensors}`. The weights are written first and `model.json` last, with
+//! create-only semantics, so a version is never overwritten and never half-visible.
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use super::MlError;
+use super::evaluate::Evaluation;
+use super::spec::{Architecture, InputSpec, LabelMap, TrainOptions};
+use super::store::{create_bytes, get_bytes, list_dirs, put_bytes};
+use super::train::EpochMetrics;
+
+/// `model.json`: everything needed to use, compare and reproduce a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Registry name.
+    pub name: String,
+    /// Version number, from 1.
+    pub version: u64,
+    /// `dnn_classifier` or `cnn_classifier`, with its hyperparameters.
+    pub architecture: Architecture,
+    /// The input column, its shape and normalisation.
+    pub input: InputSpec,
+    /// Class index ↔ label.
+    pub labels: LabelMap,
+    /// How it was trained.
+    pub training: TrainOptions,
+    /// Per-epoch metrics of the training run.
+    pub history: Vec<EpochMetrics>,
+    /// Evaluation on the validation query, if there was one.
+    pub evaluation: Option<Evaluation>,
+    /// The training query (SQL text or a description of the DataFrame).
+    pub training_data: String,
+    /// The run folder with checkpoints, metrics and event files.
+    pub run: String,
+    /// The weights file in the version folder.
+    pub weights: String,
+    /// Quiver's version.
+    pub quiver_version: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// The registry under one store prefix (normally `<default store>/models/`).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+}
+
+impl Registry {
+    /// A registry rooted at `root` (the `models/` folder) of `store`; `url` names it in messages.
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path, url: String) -> Self {
+        Self { store, root, url }
+    }
+
+    /// The versions of `name`, ascending (only complete ones, with a `model.json`).
+    pub async fn versions(&self, name: &str) -> Result<Vec<u64>, MlError> {
+        let mut versions = Vec::new();
+        for dir in list_dirs(&self.store, &self.root.clone().join(name)).await? {
+            if let Ok(v) = dir.parse::<u64>() {
+                versions.push(v);
+            }
+        }
+        versions.sort_unstable();
+        let mut complete = Vec::new();
+        for v in versions {
+            let card = self.version_dir(name, v).clone().join("model.json");
+            if self.store.head(&card).await.is_ok() {
+                complete.push(v);
+            }
+        }
+        Ok(complete)
+    }
+
+    /// Names of all registered models, sorted.
+    pub async fn names(&self) -> Result<Vec<String>, MlError> {
+        let mut names = list_dirs(&self.store, &self.root).await?;
+        names.sort();
+        Ok(names)
+    }
+
+    fn version_dir(&self, name: &str, version: u64) -> Path {
+        self.root
+            .clone()
+            .join(name)
+            .clone()
+            .join(version.to_string())
+    }
+
+    /// The URL of a version's folder.
+    pub fn version_url(&self, name: &str, version: u64) -> String {
+        format!("{}/{name}/{version}/", self.url.trim_end_matches('/'))
+    }
+
+    /// The version a new registration of `name` would get.
+    pub async fn next_version(&self, name: &str) -> Result<u64, MlError> {
+        let mut highest = 0;
+        for dir in list_dirs(&self.store, &self.root.clone().join(name)).await? {
+            if let Ok(v) = dir.parse::<u64>() {
+                highest = highest.max(v);
+            }
+        }
+        Ok(highest + 1)
+    }
+
+    /// Registers `card` with `weights` as the next free version and returns it (the card's
+    /// `version` is set here).
+    pub async fn register(
+        &self,
+        mut card: ModelCard,
+        weights: Vec<u8>,
+    ) -> Result<ModelCard, MlError> {
+        validate_name(&card.name)?;
+        loop {
+            card.version = self.next_version(&card.name).await?;
+            let dir = self.version_dir(&card.name, card.version);
+            card.weights = "model.safetensors".into();
+            put_bytes(
+                &self.store,
+                &dir.clone().join("model.safetensors"),
+                weights.clone(),
+            )
+            .await?;
+            if create_bytes(
+                &self.store,
+                &dir.clone().join("model.json"),
+                serde_json::to_vec_pretty(&card)?,
+            )
+            .await?
+            {
+                return Ok(card);
+            }
+            // Another writer took this version in the meantime: try the next one.
+        }
+    }
+
+    /// The card and weights of `name` at `version` (the newest when `None`).
+    pub async fn load(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<(ModelCard, Vec<u8>), MlError> {
+        let version = match version {
+            Some(v) => v,
+            None => *self.versions(name).await?.last().ok_or_else(|| {
+                MlError::NotFound(format!(
+                    "model '{name}' is not in the registry at {}",
+                    self.url
+                ))
+            })?,
+        };
+        let dir = self.version_dir(name, version);
+        let card = get_bytes(&self.store, &dir.clone().join("model.json"))
+            .await?
+            .ok_or_else(|| {
+                MlError::NotFound(format!(
+                    "model '{name}' has no version {version} in the registry at {}",
+                    self.url
+                ))
+            })?;
+        let card: ModelCard = serde_json::from_slice(&card).map_err(|e| {
+            MlError::Checkpoint(format!(
+                "{}model.json is unreadable: {e}",
+                self.version_url(name, version)
+            ))
+        })?;
+        let weights = get_bytes(&self.store, &dir.clone().join(card.weights.as_str()))
+            .await?
+            .ok_or_else(|| {
+                MlError::Checkpoint(format!(
+                    "{}{} is missing",
+                    self.version_url(name, version),
+                    card.weights
+                ))
+            })?;
+        Ok((card, weights))
+    }
+}
+
+/// Model names are single path segments of letters, digits, `_`, `-` and `.`.
+pub fn validate_name(name: &str) -> Result<(), MlError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MlError::Option(format!(
+            "model name '{name}' may only contain letters, digits, '_', '-' and '.'"
+        )))
+    }
+}

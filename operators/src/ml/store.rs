@@ -1,0 +1,75 @@
+//! Small object-store helpers for run folders and the model registry.
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+use super::MlError;
+
+fn store_error(path: &Path, e: object_store::Error) -> MlError {
+    MlError::Store(format!("{path}: {e}"))
+}
+
+/// Writes (or replaces) one object.
+pub async fn put_bytes(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<(), MlError> {
+    store
+        .put(path, PutPayload::from(bytes))
+        .await
+        .map(|_| ())
+        .map_err(|e| store_error(path, e))
+}
+
+/// Writes one object only if it does not exist yet; `false` when it does.
+pub async fn create_bytes(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<bool, MlError> {
+    match store
+        .put_opts(path, PutPayload::from(bytes), PutMode::Create.into())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(store_error(path, e)),
+    }
+}
+
+/// Reads one object; `None` when it does not exist.
+pub async fn get_bytes(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, MlError> {
+    match store.get(path).await {
+        Ok(result) => Ok(Some(
+            result
+                .bytes()
+                .await
+                .map_err(|e| store_error(path, e))?
+                .to_vec(),
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(store_error(path, e)),
+    }
+}
+
+/// Names of the folders directly under `prefix`.
+pub async fn list_dirs(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<String>, MlError> {
+    let listing = store
+        .list_with_delimiter(Some(prefix))
+        .await
+        .map_err(|e| store_error(prefix, e))?;
+    Ok(listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect())
+}

@@ -1,0 +1,504 @@
+//! The training loop: epochs over streamed, shuffled batches; Adam or SGD; loss and accuracy on
+//! the training set and an optional validation query; a checkpoint in the store after every
+//! epoch; `metrics.jsonl` and TensorBoard event files written as training runs; resume from the
+//! last checkpoint.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn_store::{ModuleSnapshot, SafetensorsStore};
+use datafusion::dataframe::DataFrame;
+use indicatif::{ProgressBar, ProgressStyle};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use super::MlError;
+use super::data::{BatchStream, batch_dims};
+use super::evaluate::{Evaluation, evaluate_model};
+use super::events::EventFile;
+use super::model::Classifier;
+use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
+use super::store::{get_bytes, list_dirs, put_bytes};
+
+/// Everything one training run needs, apart from the data.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    /// The model to train.
+    pub architecture: Architecture,
+    /// What it reads.
+    pub input: InputSpec,
+    /// Its classes.
+    pub labels: LabelMap,
+    /// How to train.
+    pub options: TrainOptions,
+    /// The store holding the run folder.
+    pub store: Arc<dyn ObjectStore>,
+    /// The run folder: `checkpoints/`, `metrics.jsonl`, `events.out.tfevents.*`, `run.json`.
+    pub run_dir: Path,
+    /// The run folder as a URL, for messages.
+    pub run_url: String,
+}
+
+/// Metrics of one epoch, one line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss (with dropout active).
+    pub loss: f64,
+    /// Training accuracy (with dropout active).
+    pub accuracy: f64,
+    /// Validation loss, with a validation query.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy, with a validation query.
+    pub val_accuracy: Option<f64>,
+    /// Training examples seen.
+    pub examples: u64,
+    /// Wall-clock seconds of the epoch's training steps.
+    pub seconds: f64,
+    /// Training throughput.
+    pub examples_per_second: f64,
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The trained weights as safetensors.
+    pub weights: Vec<u8>,
+    /// Metrics of every epoch, including those before a resume.
+    pub history: Vec<EpochMetrics>,
+    /// The epoch the run resumed after, if it resumed.
+    pub resumed_after: Option<usize>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+/// State stored with each checkpoint (the RNG state is derived from the seed and the epoch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    epoch: usize,
+    history: Vec<EpochMetrics>,
+    best_loss: f64,
+    epochs_without_improvement: usize,
+    seed: u64,
+}
+
+/// Identity of a run, written once as `run.json`: a resume must train the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunSpec {
+    architecture: Architecture,
+    input: InputSpec,
+    labels: LabelMap,
+    options: TrainOptions,
+}
+
+/// Trains on `train` (and validates on `validation` after each epoch) on the job's device.
+pub async fn train(
+    train: &DataFrame,
+    validation: Option<&DataFrame>,
+    job: &TrainJob,
+) -> Result<TrainOutcome, MlError> {
+    match super::device::parse(&job.options.device)? {
+        super::device::Device::Cpu => {
+            train_on::<burn::backend::Autodiff<burn::backend::Flex>>(
+                train,
+                validation,
+                job,
+                Default::default(),
+            )
+            .await
+        }
+        #[cfg(feature = "cuda")]
+        super::device::Device::Cuda(index) => {
+            train_on::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                train,
+                validation,
+                job,
+                burn::backend::cuda::CudaDevice::new(index),
+            )
+            .await
+        }
+    }
+}
+
+async fn train_on<B: AutodiffBackend>(
+    train: &DataFrame,
+    validation: Option<&DataFrame>,
+    job: &TrainJob,
+    device: B::Device,
+) -> Result<TrainOutcome, MlError> {
+    let options = &job.options;
+    let classes = job.labels.labels.len();
+    B::seed(&device, options.seed);
+    let model = Classifier::<B>::new(&job.architecture, &job.input, classes, &device)?;
+    let run = RunSpec {
+        architecture: job.architecture.clone(),
+        input: job.input.clone(),
+        labels: job.labels.clone(),
+        options: options.clone(),
+    };
+    let resumed = resume_state(job, &run).await?;
+    match options.optimizer {
+        OptimizerSpec::Adam => {
+            let optimizer = AdamConfig::new()
+                .with_epsilon(1e-7)
+                .init::<B, Classifier<B>>();
+            epochs(train, validation, job, device, model, optimizer, resumed).await
+        }
+        OptimizerSpec::Sgd { momentum } => {
+            let momentum = (momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(momentum)
+                    .with_dampening(0.0)
+            });
+            let optimizer = SgdConfig::new()
+                .with_momentum(momentum)
+                .init::<B, Classifier<B>>();
+            epochs(train, validation, job, device, model, optimizer, resumed).await
+        }
+    }
+}
+
+/// Where a run left off: `None` for a fresh run (after writing `run.json`).
+async fn resume_state(job: &TrainJob, run: &RunSpec) -> Result<Option<CheckpointState>, MlError> {
+    let spec_path = job.run_dir.clone().join("run.json");
+    match get_bytes(&job.store, &spec_path).await? {
+        Some(bytes) => {
+            let stored: RunSpec = serde_json::from_slice(&bytes).map_err(|e| {
+                MlError::Checkpoint(format!("{}/run.json is unreadable: {e}", job.run_url))
+            })?;
+            if &stored != run {
+                return Err(MlError::Checkpoint(format!(
+                    "{} holds a different training run (other options or data); delete it or \
+                     train under another name",
+                    job.run_url
+                )));
+            }
+        }
+        None => {
+            put_bytes(&job.store, &spec_path, serde_json::to_vec_pretty(run)?).await?;
+            return Ok(None);
+        }
+    }
+    let mut last = None;
+    for dir in list_dirs(&job.store, &job.run_dir.clone().join("checkpoints")).await? {
+        if let Some(epoch) = dir
+            .strip_prefix("epoch-")
+            .and_then(|e| e.parse::<usize>().ok())
+        {
+            let state = checkpoint_dir(job, epoch).clone().join("state.json");
+            if let Some(bytes) = get_bytes(&job.store, &state).await? {
+                let state: CheckpointState = serde_json::from_slice(&bytes).map_err(|e| {
+                    MlError::Checkpoint(format!("{}/{state} is unreadable: {e}", job.run_url))
+                })?;
+                if last
+                    .as_ref()
+                    .is_none_or(|l: &CheckpointState| l.epoch < state.epoch)
+                {
+                    last = Some(state);
+                }
+            }
+        }
+    }
+    Ok(last)
+}
+
+fn checkpoint_dir(job: &TrainJob, epoch: usize) -> Path {
+    job.run_dir
+        .clone()
+        .join("checkpoints")
+        .clone()
+        .join(format!("epoch-{epoch:04}"))
+}
+
+/// Model weights as safetensors bytes.
+pub(crate) fn weights_bytes<B: Backend>(model: &Classifier<B>) -> Result<Vec<u8>, MlError> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .map_err(|e| MlError::Checkpoint(format!("cannot serialise the weights: {e}")))?;
+    store
+        .get_bytes()
+        .map_err(|e| MlError::Checkpoint(format!("cannot serialise the weights: {e}")))
+}
+
+/// Loads safetensors weights into a freshly built model.
+pub(crate) fn load_weights<B: Backend>(
+    mut model: Classifier<B>,
+    bytes: Vec<u8>,
+    what: &str,
+) -> Result<Classifier<B>, MlError> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let applied = model
+        .load_from(&mut store)
+        .map_err(|e| MlError::Checkpoint(format!("cannot load the weights of {what}: {e}")))?;
+    if !applied.missing.is_empty() || !applied.errors.is_empty() {
+        return Err(MlError::Checkpoint(format!(
+            "the weights of {what} do not fit the model: missing {:?}, errors {:?}",
+            applied.missing, applied.errors
+        )));
+    }
+    Ok(model)
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn epochs<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
+    train: &DataFrame,
+    validation: Option<&DataFrame>,
+    job: &TrainJob,
+    device: B::Device,
+    mut model: Classifier<B>,
+    mut optimizer: O,
+    resumed: Option<CheckpointState>,
+) -> Result<TrainOutcome, MlError> {
+    let options = &job.options;
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let mut state = CheckpointState {
+        epoch: 0,
+        history: Vec::new(),
+        best_loss: f64::INFINITY,
+        epochs_without_improvement: 0,
+        seed: options.seed,
+    };
+    let resumed_after = resumed.as_ref().map(|s| s.epoch);
+    if let Some(saved) = resumed {
+        let dir = checkpoint_dir(job, saved.epoch);
+        let what = format!("{}/{dir}", job.run_url);
+        // Burn's own record keeps the parameter ids the optimizer state is keyed by.
+        let weights = get_bytes(&job.store, &dir.clone().join("model.bin"))
+            .await?
+            .ok_or_else(|| MlError::Checkpoint(format!("{what}/model.bin is missing")))?;
+        let record = recorder
+            .load(weights, &device)
+            .map_err(|e| MlError::Checkpoint(format!("{what}/model.bin: {e}")))?;
+        model = model.load_record(record);
+        let optim = get_bytes(&job.store, &dir.clone().join("optimizer.bin"))
+            .await?
+            .ok_or_else(|| MlError::Checkpoint(format!("{what}/optimizer.bin is missing")))?;
+        let record = recorder
+            .load(optim, &device)
+            .map_err(|e| MlError::Checkpoint(format!("{what}/optimizer.bin: {e}")))?;
+        optimizer = optimizer.load_record(record);
+        eprintln!("resuming {} after epoch {}", job.run_url, saved.epoch);
+        state = saved;
+    }
+    let mut events = EventFile::new(now());
+    for m in &state.history {
+        log_epoch(&mut events, m);
+    }
+    let events_path = job
+        .run_dir
+        .clone()
+        .join(format!("events.out.tfevents.{}.quiver", now() as u64));
+    let [c, h, w] = batch_dims(&job.input);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut stopped_early = false;
+    while state.epoch < options.epochs {
+        let epoch = state.epoch + 1;
+        // Seeding per epoch makes dropout and shuffling after a resume equal an uninterrupted run.
+        let epoch_seed = options
+            .seed
+            .wrapping_add((epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        B::seed(&device, epoch_seed);
+        let mut batches = BatchStream::start(
+            train,
+            &job.input,
+            &job.labels,
+            options.batch_size,
+            Some((epoch_seed, options.shuffle_buffer)),
+        )
+        .await?;
+        let bar = progress_bar(epoch, options.epochs);
+        let started = Instant::now();
+        let mut last_line = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
+        while let Some(batch) = batches.next_batch().await? {
+            let n = batch.len;
+            let x =
+                Tensor::<B, 4>::from_data(TensorData::new(batch.features, [n, c, h, w]), &device);
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &device);
+            let (next, loss, hits) = tokio::task::block_in_place(|| {
+                let logits = model.forward(x);
+                let loss = loss_fn.forward(logits.clone(), y.clone());
+                let hits = logits
+                    .argmax(1)
+                    .flatten::<1>(0, 1)
+                    .equal(y)
+                    .int()
+                    .sum()
+                    .into_scalar()
+                    .elem::<i64>();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let loss = loss.into_scalar().elem::<f64>();
+                (
+                    optimizer.step(options.learning_rate, model, grads),
+                    loss,
+                    hits,
+                )
+            });
+            model = next;
+            if !loss.is_finite() {
+                return Err(MlError::Training(format!(
+                    "the loss became {loss} in epoch {epoch}: lower the learning_rate"
+                )));
+            }
+            loss_sum += loss * n as f64;
+            correct += hits;
+            seen += n as u64;
+            bar.inc(n as u64);
+            let status = format!(
+                "loss {:.4} acc {:.3} {:.0} ex/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / started.elapsed().as_secs_f64()
+            );
+            // In logs (no terminal) a line every 10 seconds stands in for the bar.
+            if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
+                eprintln!(
+                    "epoch {epoch}/{}: {seen} examples, {status}",
+                    options.epochs
+                );
+                last_line = Instant::now();
+            }
+            bar.set_message(status);
+        }
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        if seen == 0 {
+            return Err(MlError::Input("the training query returned no rows".into()));
+        }
+        let val = match validation {
+            Some(frame) => Some(
+                evaluate_model(
+                    &model.valid(),
+                    frame,
+                    &job.input,
+                    &job.labels,
+                    options.batch_size,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let metrics = EpochMetrics {
+            epoch,
+            loss: loss_sum / seen as f64,
+            accuracy: correct as f64 / seen as f64,
+            val_loss: val.as_ref().map(|v: &Evaluation| v.loss),
+            val_accuracy: val.as_ref().map(|v| v.accuracy),
+            examples: seen,
+            seconds,
+            examples_per_second: seen as f64 / seconds,
+        };
+        eprintln!("{}", describe(&metrics, options.epochs));
+        log_epoch(&mut events, &metrics);
+        let monitored = metrics.val_loss.unwrap_or(metrics.loss);
+        if monitored < state.best_loss {
+            state.best_loss = monitored;
+            state.epochs_without_improvement = 0;
+        } else {
+            state.epochs_without_improvement += 1;
+        }
+        state.epoch = epoch;
+        state.history.push(metrics);
+        // The checkpoint: weights and optimizer first, state.json (the marker) last.
+        let dir = checkpoint_dir(job, epoch);
+        let weights = recorder
+            .record(model.clone().into_record(), ())
+            .map_err(|e| MlError::Checkpoint(format!("cannot serialise the model: {e}")))?;
+        put_bytes(&job.store, &dir.clone().join("model.bin"), weights).await?;
+        let optim = recorder
+            .record(optimizer.to_record(), ())
+            .map_err(|e| MlError::Checkpoint(format!("cannot serialise the optimizer: {e}")))?;
+        put_bytes(&job.store, &dir.clone().join("optimizer.bin"), optim).await?;
+        put_bytes(
+            &job.store,
+            &dir.clone().join("state.json"),
+            serde_json::to_vec_pretty(&state)?,
+        )
+        .await?;
+        let mut lines = Vec::new();
+        for m in &state.history {
+            serde_json::to_writer(&mut lines, m)?;
+            lines.push(b'\n');
+        }
+        put_bytes(
+            &job.store,
+            &job.run_dir.clone().join("metrics.jsonl"),
+            lines,
+        )
+        .await?;
+        put_bytes(&job.store, &events_path, events.bytes().to_vec()).await?;
+        if options.early_stopping_patience > 0
+            && state.epochs_without_improvement >= options.early_stopping_patience
+        {
+            eprintln!(
+                "early stopping after epoch {epoch}: no improvement for {} epochs",
+                state.epochs_without_improvement
+            );
+            stopped_early = true;
+            break;
+        }
+    }
+    Ok(TrainOutcome {
+        weights: weights_bytes(&model)?,
+        history: state.history,
+        resumed_after,
+        stopped_early,
+    })
+}
+
+fn log_epoch(events: &mut EventFile, m: &EpochMetrics) {
+    let mut values = vec![
+        ("epoch_loss", m.loss),
+        ("epoch_accuracy", m.accuracy),
+        ("examples_per_second", m.examples_per_second),
+    ];
+    if let (Some(l), Some(a)) = (m.val_loss, m.val_accuracy) {
+        values.push(("val_loss", l));
+        values.push(("val_accuracy", a));
+    }
+    events.scalars(now(), m.epoch as i64, &values);
+}
+
+/// One line per epoch, for logs.
+pub fn describe(m: &EpochMetrics, epochs: usize) -> String {
+    let mut line = format!(
+        "epoch {}/{epochs}: loss {:.4} accuracy {:.4}",
+        m.epoch, m.loss, m.accuracy
+    );
+    if let (Some(l), Some(a)) = (m.val_loss, m.val_accuracy) {
+        line.push_str(&format!(" val_loss {l:.4} val_accuracy {a:.4}"));
+    }
+    line.push_str(&format!(
+        " ({} examples, {:.1}s, {:.0} examples/s)",
+        m.examples, m.seconds, m.examples_per_second
+    ));
+    line
+}
+
+fn progress_bar(epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} epoch {prefix} {pos} examples {msg}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

@@ -1,0 +1,362 @@
+//! Quiver's statements beyond DataFusion's: `CREATE [OR REPLACE] MODEL name OPTIONS (...) AS
+//! query` and `SHOW MODELS`. [`parse`] splits a script into statements (ours and DataFusion's);
+//! [`execute`] runs one.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use quiver_engine::{QuiverError, Result, Session};
+use quiver_operators::ml::{ModelBuilder, OptionValue};
+
+/// One statement of a script.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// Anything DataFusion parses (queries, DDL, COPY, ...).
+    DataFusion(Box<DfStatement>),
+    /// `CREATE [OR REPLACE] MODEL`.
+    CreateModel(CreateModel),
+    /// `SHOW MODELS`.
+    ShowModels,
+}
+
+impl std::fmt::Display for Statement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DataFusion(s) => write!(f, "{s}"),
+            Self::CreateModel(m) => {
+                let options: Vec<_> = m
+                    .options
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect();
+                write!(
+                    f,
+                    "CREATE {}MODEL {} OPTIONS ({}) AS {}",
+                    if m.replace { "OR REPLACE " } else { "" },
+                    m.name,
+                    options.join(", "),
+                    m.query
+                )
+            }
+            Self::ShowModels => write!(f, "SHOW MODELS"),
+        }
+    }
+}
+
+/// A parsed `CREATE MODEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateModel {
+    /// The model's registry name.
+    pub name: String,
+    /// `OR REPLACE`: register a new version of an existing name.
+    pub replace: bool,
+    /// The options, in order.
+    pub options: Vec<(String, OptionValue)>,
+    /// The training query's text.
+    pub query: String,
+}
+
+fn syntax(msg: impl Into<String>) -> QuiverError {
+    QuiverError::DataFusion(DataFusionError::Plan(msg.into()))
+}
+
+/// Splits `sql` into statements and parses each.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| syntax(format!("SQL syntax error: {e}")))?;
+    // Byte offset of a token's start, to cut statements out of the original text (re-rendering
+    // tokens would lose quoting).
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |loc: Location| -> usize {
+        let start = line_starts
+            .get((loc.line.max(1) - 1) as usize)
+            .copied()
+            .unwrap_or(sql.len());
+        sql[start..]
+            .char_indices()
+            .nth(loc.column.max(1) as usize - 1)
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let mut statements = Vec::new();
+    let mut begin = 0;
+    for end in
+        (0..=tokens.len()).filter(|&j| j == tokens.len() || tokens[j].token == Token::SemiColon)
+    {
+        let chunk = &tokens[begin..end];
+        let end_offset = tokens.get(end).map_or(sql.len(), |t| offset(t.span.start));
+        begin = end + 1;
+        let spans: Vec<&TokenWithSpan> = chunk
+            .iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+            .collect();
+        let Some(first) = spans.first() else {
+            continue;
+        };
+        let words: Vec<&Token> = spans.iter().map(|t| &t.token).collect();
+        let keyword = |i: usize, k: &str| matches!(words.get(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+        if keyword(0, "CREATE")
+            && (keyword(1, "MODEL")
+                || (keyword(1, "OR") && keyword(2, "REPLACE") && keyword(3, "MODEL")))
+        {
+            let (mut create, query_start) = parse_create_model(&words)?;
+            create.query = spans
+                .get(query_start)
+                .map_or("", |t| sql[offset(t.span.start)..end_offset].trim())
+                .to_string();
+            if create.query.is_empty() {
+                return Err(syntax(format!(
+                    "CREATE MODEL {}: the training query after AS is empty",
+                    create.name
+                )));
+            }
+            statements.push(Statement::CreateModel(create));
+        } else if keyword(0, "SHOW") && keyword(1, "MODELS") && words.len() == 2 {
+            statements.push(Statement::ShowModels);
+        } else {
+            let text = &sql[offset(first.span.start)..end_offset];
+            for statement in DFParser::parse_sql(text)? {
+                statements.push(Statement::DataFusion(Box::new(statement)));
+            }
+        }
+    }
+    Ok(statements)
+}
+
+/// Parses `CREATE [OR REPLACE] MODEL name [OPTIONS (...)] AS`; returns the statement without
+/// its query and the index of the query's first token.
+fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
+    const USAGE: &str = "usage: CREATE [OR REPLACE] MODEL name OPTIONS (model_type = \
+                         'cnn_classifier', epochs = 5, ...) AS SELECT input, label FROM ...";
+    let replace = matches!(words[1], Token::Word(w) if w.value.eq_ignore_ascii_case("OR"));
+    let mut i = if replace { 4 } else { 2 };
+    let name = match words.get(i) {
+        Some(Token::Word(w)) => w.value.clone(),
+        Some(Token::SingleQuotedString(s)) => s.clone(),
+        other => {
+            return Err(syntax(format!(
+                "CREATE MODEL: expected a model name, found {}; {USAGE}",
+                other.map_or("the end".to_string(), |t| t.to_string())
+            )));
+        }
+    };
+    i += 1;
+    let is_word = |t: Option<&&Token>, k: &str| matches!(t, Some(Token::Word(w)) if w.value.eq_ignore_ascii_case(k));
+    let mut options = Vec::new();
+    if is_word(words.get(i), "OPTIONS") {
+        i += 1;
+        if words.get(i) != Some(&&Token::LParen) {
+            return Err(syntax(format!(
+                "CREATE MODEL: expected '(' after OPTIONS; {USAGE}"
+            )));
+        }
+        i += 1;
+        while words.get(i) != Some(&&Token::RParen) {
+            let key = match words.get(i) {
+                Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
+                other => {
+                    return Err(syntax(format!(
+                        "CREATE MODEL: expected an option name, found {}; {USAGE}",
+                        other.map_or("the end".to_string(), |t| t.to_string())
+                    )));
+                }
+            };
+            i += 1;
+            if words.get(i) != Some(&&Token::Eq) {
+                return Err(syntax(format!(
+                    "CREATE MODEL: expected '=' after option {key}"
+                )));
+            }
+            i += 1;
+            let (value, next) = parse_value(words, i, &key)?;
+            options.push((key, value));
+            i = next;
+            match words.get(i) {
+                Some(Token::Comma) => i += 1,
+                Some(Token::RParen) => {}
+                _ => {
+                    return Err(syntax(format!(
+                        "CREATE MODEL: expected ',' or ')' after option {}",
+                        options.last().expect("pushed").0
+                    )));
+                }
+            }
+        }
+        i += 1;
+    }
+    if !is_word(words.get(i), "AS") {
+        return Err(syntax(format!(
+            "CREATE MODEL {name}: expected AS and the training query; {USAGE}"
+        )));
+    }
+    Ok((
+        CreateModel {
+            name,
+            replace,
+            options,
+            query: String::new(),
+        },
+        i + 1,
+    ))
+}
+
+fn parse_value(words: &[&Token], i: usize, key: &str) -> Result<(OptionValue, usize)> {
+    let bad = |found: Option<&&Token>| {
+        syntax(format!(
+            "CREATE MODEL: option {key} needs a string, number, true/false or [list], found {}",
+            found.map_or("the end".to_string(), |t| t.to_string())
+        ))
+    };
+    match words.get(i) {
+        Some(Token::SingleQuotedString(s) | Token::DoubleQuotedString(s)) => {
+            Ok((OptionValue::Str(s.clone()), i + 1))
+        }
+        Some(Token::Number(n, _)) => Ok((
+            OptionValue::Num(n.parse().map_err(|_| bad(words.get(i)))?),
+            i + 1,
+        )),
+        Some(Token::Minus) => match words.get(i + 1) {
+            Some(Token::Number(n, _)) => Ok((
+                OptionValue::Num(-n.parse::<f64>().map_err(|_| bad(words.get(i + 1)))?),
+                i + 2,
+            )),
+            other => Err(bad(other)),
+        },
+        Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("true") => {
+            Ok((OptionValue::Bool(true), i + 1))
+        }
+        Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("false") => {
+            Ok((OptionValue::Bool(false), i + 1))
+        }
+        Some(Token::LBracket) => {
+            let mut items = Vec::new();
+            let mut j = i + 1;
+            if words.get(j) == Some(&&Token::RBracket) {
+                return Ok((OptionValue::List(items), j + 1));
+            }
+            loop {
+                let (item, next) = parse_value(words, j, key)?;
+                items.push(item);
+                match words.get(next) {
+                    Some(Token::Comma) => j = next + 1,
+                    Some(Token::RBracket) => return Ok((OptionValue::List(items), next + 1)),
+                    other => return Err(bad(other)),
+                }
+            }
+        }
+        other => Err(bad(other)),
+    }
+}
+
+/// Runs one statement; DDL, COPY and CREATE MODEL run at once, queries when collected.
+pub async fn execute(session: &Session, statement: Statement) -> Result<DataFrame> {
+    match statement {
+        Statement::DataFusion(statement) => {
+            let state = session.context().state();
+            let plan = state.statement_to_plan(*statement).await?;
+            Ok(session.context().execute_logical_plan(plan).await?)
+        }
+        Statement::ShowModels => {
+            session
+                .sql("SELECT * FROM models() ORDER BY name, version")
+                .await
+        }
+        Statement::CreateModel(create) => create_model(session, create).await,
+    }
+}
+
+async fn create_model(session: &Session, create: CreateModel) -> Result<DataFrame> {
+    let ml = |e: quiver_operators::ml::MlError| QuiverError::DataFusion(e.into());
+    let model_type = create
+        .options
+        .iter()
+        .find(|(k, _)| k == "model_type")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| syntax(format!("CREATE MODEL {}: OPTIONS must name a model_type ('dnn_classifier' or 'cnn_classifier')", create.name)))?;
+    let OptionValue::Str(model_type) = model_type else {
+        return Err(syntax("model_type must be a string"));
+    };
+    let mut builder = ModelBuilder::new(&create.name, &model_type)
+        .map_err(ml)?
+        .replace(create.replace);
+    for (key, value) in &create.options {
+        builder.set(key, value).map_err(ml)?;
+    }
+    let frame = session.sql(&create.query).await?;
+    let card = builder
+        .train(session, frame, &create.query)
+        .await
+        .map_err(ml)?;
+    let last = card.history.last();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("version", DataType::UInt64, false),
+        Field::new("epochs", DataType::UInt64, false),
+        Field::new("loss", DataType::Float64, true),
+        Field::new("accuracy", DataType::Float64, true),
+        Field::new("val_accuracy", DataType::Float64, true),
+        Field::new("location", DataType::Utf8, false),
+    ]));
+    let registry = quiver_operators::ml::registry(session).map_err(ml)?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![card.name.clone()])),
+        Arc::new(UInt64Array::from(vec![card.version])),
+        Arc::new(UInt64Array::from(vec![card.history.len() as u64])),
+        Arc::new(Float64Array::from(vec![last.map(|m| m.loss)])),
+        Arc::new(Float64Array::from(vec![last.map(|m| m.accuracy)])),
+        Arc::new(Float64Array::from(vec![
+            card.evaluation.as_ref().map(|e| e.accuracy),
+        ])),
+        Arc::new(StringArray::from(vec![
+            registry.version_url(&card.name, card.version),
+        ])),
+    ];
+    let batch = RecordBatch::try_new(schema, columns).map_err(DataFusionError::from)?;
+    Ok(session.context().read_batch(batch)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_scripts_and_parses_create_model() {
+        let script = "SELECT 1; -- a comment\nCREATE OR REPLACE MODEL m OPTIONS (model_type = 'dnn_classifier', hidden_units = [64, 32], learning_rate = 0.01, seed = -1) AS SELECT x, label FROM t WHERE a = ';' AND b = 'it''s';\nSHOW MODELS";
+        let statements = parse(script).unwrap();
+        assert_eq!(statements.len(), 3);
+        let Statement::CreateModel(m) = &statements[1] else {
+            panic!("{:?}", statements[1])
+        };
+        assert_eq!(m.name, "m");
+        assert!(m.replace);
+        assert_eq!(
+            m.options[1],
+            (
+                "hidden_units".into(),
+                OptionValue::List(vec![OptionValue::Num(64.0), OptionValue::Num(32.0)])
+            )
+        );
+        assert_eq!(m.options[3].1, OptionValue::Num(-1.0));
+        assert!(m.query.ends_with("b = 'it''s'"), "{}", m.query);
+        assert!(matches!(statements[2], Statement::ShowModels));
+    }
+
+    #[test]
+    fn create_model_syntax_errors_name_the_problem() {
+        let err = parse("CREATE MODEL m OPTIONS (epochs 3) AS SELECT 1").unwrap_err();
+        assert!(
+            err.to_string().contains("expected '=' after option epochs"),
+            "{err}"
+        );
+        let err = parse("CREATE MODEL m OPTIONS (epochs = 3)").unwrap_err();
+        assert!(err.to_string().contains("expected AS"), "{err}");
+    }
+}

@@ -1,0 +1,119 @@
+"""Training through the CLI on real images: an image folder → read_images → image functions →
+CREATE MODEL → ml_evaluate / predict; TensorBoard reads the event files; a training process
+killed after an epoch resumes from its checkpoint and ends with the same model as an
+uninterrupted run."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+
+import numpy as np
+
+from conftest import QUIVER
+
+
+def run_sql(store, sql, check=True):
+    proc = subprocess.run([QUIVER, "--store", str(store), "sql", "--format", "json", sql],
+                          capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return rows, proc
+
+
+def safetensors(path):
+    """The tensors of a .safetensors file as numpy arrays (the format is a JSON header + data)."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        assert meta["dtype"] == "F32", meta
+        out[name] = np.frombuffer(data[start:end], dtype=np.float32).reshape(meta["shape"])
+    return out
+
+
+def test_faces_cnn_from_an_image_folder(samples, tmp_path):
+    faces = os.path.join(samples, "faces")
+    rows, proc = run_sql(tmp_path, f"""
+        CREATE MODEL faces OPTIONS (model_type = 'cnn_classifier', conv_filters = [16, 32],
+          dense_units = [32], epochs = 10, batch_size = 16, learning_rate = 0.002, seed = 7,
+          validation_query = 'SELECT image_decode(content) AS image, label FROM read_images(''{faces}/test/'')')
+        AS SELECT image_decode(content) AS image, label FROM read_images('{faces}/train/');
+        SELECT label, precision, recall, accuracy FROM
+          ml_evaluate('faces', 'SELECT image_decode(content) AS image, label FROM read_images(''{faces}/test/'')')
+        ORDER BY label NULLS LAST""")
+    assert "epoch 10/10" in proc.stderr, proc.stderr
+    assert rows[0]["model"] == "faces" and rows[0]["version"] == 1, rows[0]
+    rows = rows[1:]  # the rows of ml_evaluate
+    accuracy = rows[0]["accuracy"]
+    print(f"faces vs non-faces, 160 train / 40 test images, CNN 10 epochs: test accuracy {accuracy:.3f}")
+    assert accuracy >= 0.8, rows
+    assert [r.get("label") for r in rows] == ["face", "non_face", None]
+
+    # TensorBoard reads the event file written during training.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_dir = tmp_path / "training" / "faces" / "v1"
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    losses = acc.Scalars("epoch_loss")
+    assert [e.step for e in losses] == list(range(1, 11))
+    assert losses[-1].value < losses[0].value
+    assert len(acc.Scalars("val_accuracy")) == 10
+    history = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [round(h["loss"], 5) for h in history] == [round(e.value, 5) for e in losses]
+
+    # predict() agrees with ml_evaluate.
+    rows, _ = run_sql(tmp_path, f"""
+        SELECT avg(CASE WHEN predict('faces', image_decode(content))['label'] = label THEN 1.0 ELSE 0.0 END) AS acc
+        FROM read_images('{faces}/test/')""")
+    assert abs(rows[0]["acc"] - accuracy) < 1e-9
+
+
+def test_mixed_image_sizes_are_refused(samples, tmp_path):
+    photos = os.path.join(samples, "photos", "train")
+    _, proc = run_sql(tmp_path, f"""
+        CREATE MODEL photos OPTIONS (model_type = 'cnn_classifier')
+        AS SELECT image_decode(content) AS image, label FROM read_images('{photos}/')""", check=False)
+    assert proc.returncode != 0
+    assert "resize all images to one size with image_resize" in proc.stderr, proc.stderr
+    assert not (tmp_path / "models" / "photos").exists()
+
+
+def test_killed_training_resumes_to_the_same_model(samples, tmp_path):
+    fashion = os.path.join(samples, "fashion", "train")
+    sql = f"""CREATE MODEL fashion OPTIONS (model_type = 'dnn_classifier', hidden_units = [256],
+                epochs = 6, batch_size = 32, seed = 3, dropout = 0.1)
+              AS SELECT image_decode(content) AS image, label FROM read_images('{fashion}/')"""
+    straight = tmp_path / "straight"
+    run_sql(straight, sql)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([QUIVER, "--store", str(killed), "sql", sql],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker = killed / "training" / "fashion" / "v1" / "checkpoints" / "epoch-0002" / "state.json"
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no checkpoint after epoch 2"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models" / "fashion").exists(), "killed before registering"
+
+    _, resumed = run_sql(killed, sql)
+    assert "resuming" in resumed.stderr and "after epoch" in resumed.stderr, resumed.stderr
+    a = safetensors(straight / "models" / "fashion" / "1" / "model.safetensors")
+    b = safetensors(killed / "models" / "fashion" / "1" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    ha = [json.loads(l)["loss"] for l in open(straight / "training/fashion/v1/metrics.jsonl")]
+    hb = [json.loads(l)["loss"] for l in open(killed / "training/fashion/v1/metrics.jsonl")]
+    np.testing.assert_allclose(ha, hb, rtol=1e-5)
