@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: training throughput (images/s) of the same DNN and CNN on the same Fashion-MNIST
 # images and cores, Quiver (Burn flex backend, CPU) against Keras (tensorflow-cpu).
-#   bash benches/train/run.sh [--per-class N] [--epochs E]   (defaults: 500 per class, 2 epochs)
+#   bash benches/train/run.sh [--per-class N] [--epochs E] [--dev]
+# (defaults: 500 per class, 2 epochs, release build; --dev uses the dev-profile binary, whose
+# dependencies (Burn, DataFusion) are optimised but Quiver's own crates are not)
 source "$(dirname "$0")/../../scripts/env.sh"
 cd "$QUIVER_ROOT"
-per_class=500; epochs=2
+per_class=500; epochs=2; dev=0
 while [ $# -gt 0 ]; do
-  case $1 in --per-class) per_class=$2; shift 2;; --epochs) epochs=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
+  case $1 in --per-class) per_class=$2; shift 2;; --epochs) epochs=$2; shift 2;; --dev) dev=1; shift;; *) echo "unknown $1" >&2; exit 2;; esac
 done
 cores=$(nproc)
 quiver_install_build_tools
@@ -15,8 +17,13 @@ quiver_install_refenv
 data="$QUIVER_CACHE/bench-train-$per_class"
 "$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 2 --fashion-per-class "$per_class"
 images="$data/fashion/train"
-cargo build --release --locked -q --bin quiver --example hotdog_etl
-QUIVER="$CARGO_TARGET_DIR/release/quiver"
+if [ $dev = 1 ]; then
+  cargo build --locked -q --workspace --all-targets
+  QUIVER="$CARGO_TARGET_DIR/debug/quiver"
+else
+  cargo build --release --locked -q --bin quiver --example hotdog_etl
+  QUIVER="$CARGO_TARGET_DIR/release/quiver"
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -42,7 +49,7 @@ read -r q_cnn q_cnn_acc < <(quiver_rate cnn "model_type = 'cnn_classifier', conv
 read -r k_cnn k_cnn_acc < <(keras_rate cnn)
 n=$(find "$images" -type f | wc -l)
 echo
-echo "Training benchmark: $n Fashion-MNIST images (28x28), batch 64, Adam, $epochs epochs, $cores cores, $(lscpu | sed -n 's/^Model name: *//p')"
+echo "Training benchmark ($([ $dev = 1 ] && echo dev || echo release) build): $n Fashion-MNIST images (28x28), batch 64, Adam, $epochs epochs, $cores cores, $(lscpu | sed -n 's/^Model name: *//p')"
 echo "images/s of the epochs after the first (training accuracy of the last epoch in brackets)"
 printf '%-44s %12s %12s %8s\n' model quiver keras ratio
 for m in dnn cnn; do
