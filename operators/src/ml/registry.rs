@@ -61,13 +61,7 @@ impl Registry {
 
     /// The versions of `name`, ascending (only complete ones, with a `model.json`).
     pub async fn versions(&self, name: &str) -> Result<Vec<u64>, MlError> {
-        let mut versions = Vec::new();
-        for dir in list_dirs(&self.store, &self.root.clone().join(name)).await? {
-            if let Ok(v) = dir.parse::<u64>() {
-                versions.push(v);
-            }
-        }
-        versions.sort_unstable();
+        let versions = self.version_folders(name).await?;
         let mut complete = Vec::new();
         for v in versions {
             let card = self.version_dir(name, v).clone().join("model.json");
@@ -100,13 +94,22 @@ impl Registry {
 
     /// The version a new registration of `name` would get.
     pub async fn next_version(&self, name: &str) -> Result<u64, MlError> {
-        let mut highest = 0;
-        for dir in list_dirs(&self.store, &self.root.clone().join(name)).await? {
-            if let Ok(v) = dir.parse::<u64>() {
-                highest = highest.max(v);
-            }
-        }
-        Ok(highest + 1)
+        Ok(self
+            .version_folders(name)
+            .await?
+            .last()
+            .map_or(1, |v| v + 1))
+    }
+
+    /// Numbers of the version folders of `name` (complete or not), ascending.
+    async fn version_folders(&self, name: &str) -> Result<Vec<u64>, MlError> {
+        let mut versions: Vec<u64> = list_dirs(&self.store, &self.root.clone().join(name))
+            .await?
+            .iter()
+            .filter_map(|dir| dir.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
     }
 
     /// Registers `card` with `weights` as the next free version and returns it (the card's

@@ -211,6 +211,22 @@ async fn resume_state(job: &TrainJob, run: &RunSpec) -> Result<Option<Checkpoint
     Ok(last)
 }
 
+/// Loads one Burn record (`model.bin`, `optimizer.bin`) from a checkpoint folder.
+async fn checkpoint_record<B: Backend, R: burn::record::Record<B>>(
+    job: &TrainJob,
+    dir: &Path,
+    file: &str,
+    device: &B::Device,
+) -> Result<R, MlError> {
+    let what = format!("{}/{dir}/{file}", job.run_url);
+    let bytes = get_bytes(&job.store, &dir.clone().join(file))
+        .await?
+        .ok_or_else(|| MlError::Checkpoint(format!("{what} is missing")))?;
+    BinBytesRecorder::<FullPrecisionSettings>::default()
+        .load(bytes, device)
+        .map_err(|e| MlError::Checkpoint(format!("{what}: {e}")))
+}
+
 fn checkpoint_dir(job: &TrainJob, epoch: usize) -> Path {
     job.run_dir
         .clone()
@@ -278,21 +294,9 @@ async fn epochs<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
     let resumed_after = resumed.as_ref().map(|s| s.epoch);
     if let Some(saved) = resumed {
         let dir = checkpoint_dir(job, saved.epoch);
-        let what = format!("{}/{dir}", job.run_url);
         // Burn's own record keeps the parameter ids the optimizer state is keyed by.
-        let weights = get_bytes(&job.store, &dir.clone().join("model.bin"))
-            .await?
-            .ok_or_else(|| MlError::Checkpoint(format!("{what}/model.bin is missing")))?;
-        let record = recorder
-            .load(weights, &device)
-            .map_err(|e| MlError::Checkpoint(format!("{what}/model.bin: {e}")))?;
-        model = model.load_record(record);
-        let optim = get_bytes(&job.store, &dir.clone().join("optimizer.bin"))
-            .await?
-            .ok_or_else(|| MlError::Checkpoint(format!("{what}/optimizer.bin is missing")))?;
-        let record = recorder
-            .load(optim, &device)
-            .map_err(|e| MlError::Checkpoint(format!("{what}/optimizer.bin: {e}")))?;
+        model = model.load_record(checkpoint_record(job, &dir, "model.bin", &device).await?);
+        let record = checkpoint_record(job, &dir, "optimizer.bin", &device).await?;
         optimizer = optimizer.load_record(record);
         eprintln!("resuming {} after epoch {}", job.run_url, saved.epoch);
         state = saved;
