@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_DIR = os.environ.get("QUIVER_FASHION_DIR", "/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t_shirt", "trouser", "pullover", "dress", "coat",
                    "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 PHOTOS = {  # subject -> scikit-image data files (real photographs)

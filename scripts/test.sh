@@ -10,6 +10,9 @@ quiver_log "cargo fmt --check"
 cargo fmt --all -- --check
 quiver_log "cargo clippy"
 cargo clippy --locked --all-targets -q -- -D warnings
+# The CUDA build (no GPU or toolkit needed to compile: cudarc loads the driver at run time).
+quiver_log "cargo clippy --features cuda"
+CUDARC_CUDA_VERSION=13000 cargo clippy --locked --all-targets -q --features quiver-operators/cuda -- -D warnings
 quiver_log "cargo build + test"
 cargo build --locked -q --workspace --all-targets
 cargo test --locked -q --workspace

@@ -25,7 +25,7 @@ pub fn parse(name: &str) -> Result<Device, MlError> {
     };
     match index {
         #[cfg(feature = "cuda")]
-        Some(index) => Ok(Device::Cuda(index)),
+        Some(index) => cuda_available(index).map(|()| Device::Cuda(index)),
         #[cfg(not(feature = "cuda"))]
         Some(_) => Err(MlError::Option(format!(
             "device '{name}' is not available: this build of Quiver has no CUDA support \
@@ -35,4 +35,27 @@ pub fn parse(name: &str) -> Result<Device, MlError> {
             "device '{name}' is not one of cpu, cuda, cuda:N"
         ))),
     }
+}
+
+/// Checks that a CUDA driver is installed and that GPU `index` exists, so that a missing GPU is
+/// a clear error before any work starts rather than a failure inside the CUDA runtime.
+#[cfg(feature = "cuda")]
+fn cuda_available(index: usize) -> Result<(), MlError> {
+    // SAFETY: only tries to load the driver library (libcuda); no CUDA call is made here.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(MlError::Option(format!(
+            "device 'cuda:{index}' is not available: no CUDA driver (libcuda) on this machine"
+        )));
+    }
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| {
+        MlError::Option(format!(
+            "device 'cuda:{index}' is not available: the CUDA driver failed: {e:?}"
+        ))
+    })?;
+    if index >= count.max(0) as usize {
+        return Err(MlError::Option(format!(
+            "device 'cuda:{index}' is not available: this machine has {count} CUDA device(s)"
+        )));
+    }
+    Ok(())
 }

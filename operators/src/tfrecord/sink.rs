@@ -5,13 +5,13 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, plan_err};
+use datafusion::common::{exec_err, internal_err, plan_err};
 use datafusion::datasource::physical_plan::FileSinkConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
@@ -172,14 +172,19 @@ impl ShardWriter {
 }
 
 /// Writes the batches of `stream` into `writer`; returns the rows written.
+/// Stops with an error once `cancel` is set (another shard failed).
 async fn write_stream(
     mut stream: SendableRecordBatchStream,
     writer: &mut ShardWriter,
     options: &TfRecordOptions,
     progress: Option<&Progress>,
+    cancel: &AtomicBool,
 ) -> Result<u64> {
     let mut rows = 0;
     while let Some(batch) = stream.try_next().await? {
+        if cancel.load(Ordering::Relaxed) {
+            return exec_err!("TFRecord write cancelled because another shard failed");
+        }
         let image_format = options.image_format;
         let records = tokio::task::spawn_blocking(move || batch_to_examples(&batch, image_format))
             .await
@@ -332,8 +337,14 @@ impl ExecutionPlan for TfRecordSinkExec {
                 for p in 0..input.output_partitioning().partition_count() {
                     match input.execute(p, Arc::clone(&context)) {
                         Ok(stream) => {
-                            match write_stream(stream, &mut writer, &options, progress.as_deref())
-                                .await
+                            match write_stream(
+                                stream,
+                                &mut writer,
+                                &options,
+                                progress.as_deref(),
+                                &AtomicBool::new(false),
+                            )
+                            .await
                             {
                                 Ok(n) => rows += n,
                                 Err(e) => {
@@ -356,6 +367,10 @@ impl ExecutionPlan for TfRecordSinkExec {
                     }
                 }
             } else {
+                // Failed shards stop the others through `cancel` rather than by
+                // aborting tasks: an aborted task could leave a blocking file write
+                // running that recreates a staged file after the clean-up.
+                let cancel = Arc::new(AtomicBool::new(false));
                 let mut tasks = tokio::task::JoinSet::new();
                 for (p, path) in staged.iter().enumerate() {
                     let stream = input.execute(p, Arc::clone(&context));
@@ -363,11 +378,18 @@ impl ExecutionPlan for TfRecordSinkExec {
                         ShardWriter::new(Arc::clone(&store), path.clone(), options.gzip);
                     let options = options.clone();
                     let progress = progress.clone();
+                    let cancel = Arc::clone(&cancel);
                     tasks.spawn(async move {
                         let written = match stream {
                             Ok(stream) => {
-                                write_stream(stream, &mut writer, &options, progress.as_deref())
-                                    .await
+                                write_stream(
+                                    stream,
+                                    &mut writer,
+                                    &options,
+                                    progress.as_deref(),
+                                    &cancel,
+                                )
+                                .await
                             }
                             Err(e) => Err(e),
                         };
@@ -388,11 +410,11 @@ impl ExecutionPlan for TfRecordSinkExec {
                         Ok(Err(e)) => {
                             if first_error.is_none() {
                                 first_error = Some(e);
-                                tasks.abort_all();
+                                cancel.store(true, Ordering::Relaxed);
                             }
                         }
-                        Err(e) if e.is_cancelled() => {}
                         Err(e) => {
+                            cancel.store(true, Ordering::Relaxed);
                             first_error.get_or_insert(DataFusionError::Execution(format!(
                                 "TFRecord writer task failed: {e}"
                             )));
