@@ -45,3 +45,16 @@ quiver_sample_data() {
     quiver_install_refenv
     "$REFENV/bin/python" "$QUIVER_ROOT/scripts/sample_data.py" "$1"
 }
+
+# Builds Quiver and sets QUIVER to its binary: the dev profile when $1 is 1, else release. Each
+# profile always builds the same target selection, so that Cargo never rebuilds DataFusion for
+# a different feature set.
+quiver_build_binary() {
+    if [ "${1:-0}" = 1 ]; then
+        cargo build --locked -q --workspace --all-targets
+        QUIVER="$CARGO_TARGET_DIR/debug/quiver"
+    else
+        cargo build --release --locked -q --bin quiver --example hotdog_etl
+        QUIVER="$CARGO_TARGET_DIR/release/quiver"
+    fi
+}

@@ -1,11 +1,12 @@
 """Keras on the CPU, the reference for Quiver's training throughput: the same architectures,
 data, batch size and optimizer as benches/train/run.sh gives Quiver.
 
-    python reference.py IMAGE_DIR --model dnn|cnn --epochs N --threads T
+    python reference.py IMAGE_DIR --model dnn|cnn --epochs N --threads T [--test DIR]
 
 Reads the same PNG folder (split/label/*.png) with Pillow, scales to [0, 1], and trains with
-model.fit (Adam, lr 0.001, batch 64, shuffled). Prints JSON: images/s of each epoch, and the
-accuracy of the last epoch on the training data.
+model.fit (Adam, lr 0.001, batch 64, shuffled). Prints JSON: images/s and seconds of each epoch,
+the accuracy of the last epoch on the training data and, with --test, the accuracy on that
+folder after each epoch (evaluated outside the timed part).
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ from PIL import Image
 
 
 def load(folder):
+    """Images of split/label/*.png as floats in [0, 1] `[n, h, w, 1]`, labels, class count."""
     labels = sorted(os.listdir(folder))
     xs, ys = [], []
     for i, label in enumerate(labels):
@@ -32,6 +34,7 @@ def main():
     ap.add_argument("--model", choices=["dnn", "cnn"], required=True)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--test")
     args = ap.parse_args()
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import tensorflow as tf
@@ -39,6 +42,7 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.keras.utils.set_random_seed(42)
     x, y, classes = load(args.images)
+    test = load(args.test) if args.test else None
     layers = tf.keras.layers
     if args.model == "dnn":
         model = tf.keras.Sequential([layers.Input(x.shape[1:]), layers.Flatten()]
@@ -56,12 +60,15 @@ def main():
             self.t = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            rates.append(len(x) / (time.perf_counter() - self.t))
+            seconds.append(time.perf_counter() - self.t)
+            rates.append(len(x) / seconds[-1])
+            if test:
+                test_accuracy.append(float(self.model.evaluate(test[0], test[1], batch_size=256, verbose=0)[1]))
 
-    rates = []
+    rates, seconds, test_accuracy = [], [], []
     history = model.fit(x, y, batch_size=64, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[Timer()])
-    print(json.dumps({"images": len(x), "images_per_second": rates,
-                      "accuracy": history.history["accuracy"][-1]}))
+    print(json.dumps({"images": len(x), "images_per_second": rates, "seconds": seconds,
+                      "accuracy": history.history["accuracy"][-1], "test_accuracy": test_accuracy}))
 
 
 if __name__ == "__main__":

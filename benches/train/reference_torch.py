@@ -14,18 +14,15 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from reference import load  # the same PNG loader as the Keras reference
 
-def load(folder):
-    labels = sorted(os.listdir(folder))
-    xs, ys = [], []
-    for i, label in enumerate(labels):
-        for name in sorted(os.listdir(os.path.join(folder, label))):
-            xs.append(np.asarray(Image.open(os.path.join(folder, label, name)), dtype=np.float32) / 255.0)
-            ys.append(i)
-    return torch.tensor(np.stack(xs)[:, None]), torch.tensor(ys), len(labels)
+
+def tensors(loaded):
+    """The loader's NHWC arrays as NCHW tensors."""
+    x, y, classes = loaded
+    return torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y), classes
 
 
 def model_for(kind, shape, classes):
@@ -53,7 +50,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(42)
     device = torch.device("cuda")
-    x, y, classes = load(args.images)
+    x, y, classes = tensors(load(args.images))
     x, y = x.to(device), y.to(device)
     model = model_for(args.model, x.shape[1:], classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001, eps=1e-7)
@@ -78,7 +75,7 @@ def main():
         rates.append(len(x) / (time.perf_counter() - start))
     result = {"images": len(x), "images_per_second": rates, "accuracy": accuracy}
     if args.test:
-        tx, ty, _ = load(args.test)
+        tx, ty, _ = tensors(load(args.test))
         model.eval()
         with torch.no_grad():
             predicted = torch.cat([model(tx[i:i + 1024].to(device)).argmax(1).cpu() for i in range(0, len(tx), 1024)])

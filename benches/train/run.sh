@@ -17,13 +17,7 @@ quiver_install_refenv
 data="$QUIVER_CACHE/bench-train-$per_class"
 "$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 2 --fashion-per-class "$per_class"
 images="$data/fashion/train"
-if [ $dev = 1 ]; then
-  cargo build --locked -q --workspace --all-targets
-  QUIVER="$CARGO_TARGET_DIR/debug/quiver"
-else
-  cargo build --release --locked -q --bin quiver --example hotdog_etl
-  QUIVER="$CARGO_TARGET_DIR/release/quiver"
-fi
+quiver_build_binary $dev
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

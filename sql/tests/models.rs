@@ -162,6 +162,20 @@ async fn dnn_trains_evaluates_predicts_and_registers() {
         f64_at(&predicted, "p", 0) >= 0.1,
         "the top class has at least 1/10"
     );
+    // A NULL input predicts NULL; the rows around it are predicted as before.
+    let mixed = run(
+        &session,
+        "SELECT arrow_cast(count(*), 'UInt64') AS n, \
+         arrow_cast(count(p['label']), 'UInt64') AS labelled, \
+         arrow_cast(sum(CASE WHEN p['label'] = label THEN 1 ELSE 0 END), 'UInt64') AS correct FROM \
+         (SELECT label, predict('fashion_dnn', CASE WHEN k % 2 = 0 THEN pixels END) AS p FROM \
+         (SELECT *, row_number() OVER () AS k FROM test))",
+    )
+    .await
+    .unwrap();
+    assert_eq!(u64_at(&mixed, "n", 0), 1000);
+    assert_eq!(u64_at(&mixed, "labelled", 0), 500);
+    assert!(u64_at(&mixed, "correct", 0) > 300, "{mixed:?}");
 
     // The registry and the run folder.
     let version = dir.path().join("models/fashion_dnn/1");

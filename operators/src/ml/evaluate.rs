@@ -3,12 +3,12 @@
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use super::conv::ConvBackend;
 use super::data::{BatchStream, batch_dims};
 use super::model::Classifier;
 use super::spec::{InputSpec, LabelMap};
@@ -44,7 +44,7 @@ pub struct Evaluation {
 }
 
 /// Evaluates `model` (in inference mode) over every row of `frame`.
-pub async fn evaluate_model<B: Backend>(
+pub async fn evaluate_model<B: ConvBackend>(
     model: &Classifier<B>,
     frame: &DataFrame,
     input: &InputSpec,

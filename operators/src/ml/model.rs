@@ -6,8 +6,10 @@ use burn::nn::activation::{Activation as ActivationLayer, ActivationConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::conv::ConvBackend;
 
 use super::MlError;
 use super::spec::{Activation, Architecture, InputSpec};
@@ -100,13 +102,25 @@ impl<B: Backend> Classifier<B> {
             activation: activation.init(device),
         })
     }
+}
 
+impl<B: ConvBackend> Classifier<B> {
     /// Logits `[batch, classes]` for a batch `[batch, channels, height, width]` (DNNs flatten
     /// it).
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x = input;
         for conv in &self.convs {
-            x = self.pool.forward(self.activation.forward(conv.forward(x)));
+            let bias = conv
+                .bias
+                .as_ref()
+                .expect("conv layers are built with a bias");
+            let y = B::conv2d_same(
+                x.into_primitive().tensor(),
+                conv.weight.val().into_primitive().tensor(),
+                bias.val().into_primitive().tensor(),
+            );
+            x = Tensor::from_primitive(TensorPrimitive::Float(y));
+            x = self.pool.forward(self.activation.forward(x));
         }
         let mut x: Tensor<B, 2> = x.flatten(1, 3);
         if !self.convs.is_empty() {

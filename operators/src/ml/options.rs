@@ -10,7 +10,7 @@ use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::Classifier;
 use super::registry::{ModelCard, validate_name};
-use super::spec::{Activation, Architecture, OptimizerSpec, TrainOptions};
+use super::spec::{Activation, Architecture, InputKind, OptimizerSpec, TrainOptions};
 use super::train::{TrainJob, load_weights, train};
 use super::{MlError, registry};
 
@@ -128,7 +128,7 @@ pub const MODEL_OPTIONS: &[(&str, &str)] = &[
         "conv_filters",
         "CNN filters per conv block, default [32, 64]",
     ),
-    ("kernel_size", "CNN kernel side, default 3"),
+    ("kernel_size", "CNN kernel side (odd), default 3"),
     ("dense_units", "CNN dense layers, default [128]"),
     ("activation", "'relu' (default), 'tanh', 'sigmoid', 'gelu'"),
     ("dropout", "dropout rate, default 0.2"),
@@ -144,7 +144,8 @@ pub const MODEL_OPTIONS: &[(&str, &str)] = &[
     ),
     (
         "shuffle_buffer",
-        "examples, default 10000 (capped at ~256 MiB)",
+        "examples, default: as many as fit in 256 MiB (image folders list files class by \
+         class, so a small buffer trains on a few classes at a time)",
     ),
     ("device", "'cpu' (default), 'cuda', 'cuda:N'"),
     (
@@ -235,7 +236,15 @@ impl ModelBuilder {
             "hidden_units" => self.hidden_units = want_counts(key, v, 1)?,
             "conv_filters" => self.conv_filters = want_counts(key, v, 1)?,
             "dense_units" => self.dense_units = want_counts(key, v, 1)?,
-            "kernel_size" => self.kernel_size = want_count(key, v, 1)?,
+            "kernel_size" => {
+                let k = want_count(key, v, 1)?;
+                if k % 2 == 0 {
+                    return Err(MlError::Option(format!(
+                        "kernel_size must be odd so that 'same' padding is symmetric, got {k}"
+                    )));
+                }
+                self.kernel_size = k;
+            }
             "activation" => self.activation = Activation::parse(&want_str(key, v)?)?,
             "dropout" => self.dropout = want_rate(key, v)?,
             "momentum" => self.momentum = want_rate(key, v)?,
@@ -351,8 +360,13 @@ impl ModelBuilder {
             }
         };
         let input = input_spec(&frame, &input_column, self.input_shape.clone()).await?;
-        // Hold at most ~256 MiB of examples in the shuffle buffer.
-        let cap = (256 << 20) / input.len().max(1);
+        // Hold at most ~256 MiB of examples in the shuffle buffer (pixels are bytes, tensor
+        // values f32).
+        let bytes = match input.kind {
+            InputKind::Image => input.len(),
+            InputKind::Tensor => 4 * input.len(),
+        };
+        let cap = (256 << 20) / bytes.max(1);
         self.options.shuffle_buffer = self
             .options
             .shuffle_buffer

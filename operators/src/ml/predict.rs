@@ -10,8 +10,10 @@ use burn::backend::Flex;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, TensorData};
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, ListBuilder, RecordBatch, StringBuilder, StructArray, UInt64Builder,
+    Array, ArrayRef, BooleanArray, Float64Builder, ListBuilder, RecordBatch, StringBuilder,
+    StructArray, UInt64Builder,
 };
+use datafusion::arrow::compute::filter;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
@@ -219,14 +221,27 @@ impl ScalarUDFImpl for PredictFunc {
             .expect("checked arity")
             .to_array(args.number_rows)?;
         let model = block_on(self.cache.get(&self.registry, &name, version))?;
-        let probs = model
-            .probabilities(&input)
-            .map_err(|e| MlError::Input(format!("predict('{name}'): {e}")))?;
+        // NULL inputs (say, images that image_decode(.., 'null') skipped) predict NULL.
+        let nulls = input.logical_nulls().filter(|n| n.null_count() > 0);
+        let present = match &nulls {
+            Some(n) => filter(&input, &BooleanArray::new(n.inner().clone(), None))?,
+            None => input,
+        };
+        let mut probs = model
+            .probabilities(&present)
+            .map_err(|e| MlError::Input(format!("predict('{name}'): {e}")))?
+            .into_iter();
         let mut labels = StringBuilder::new();
         let mut best = Float64Builder::new();
-        for row in probs {
+        for row in 0..args.number_rows {
+            if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+                labels.append_null();
+                best.append_null();
+                continue;
+            }
+            let probs = probs.next().expect("one prediction per non-NULL row");
             let (i, p) =
-                row.iter().enumerate().fold(
+                probs.iter().enumerate().fold(
                     (0, f32::MIN),
                     |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
                 );
@@ -237,7 +252,7 @@ impl ScalarUDFImpl for PredictFunc {
         Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
             prediction_fields(),
             columns,
-            None,
+            nulls,
         )?)))
     }
 }

@@ -175,7 +175,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Stop when the monitored loss has not improved for this many epochs (0 = never).
     pub early_stopping_patience: usize,
-    /// Examples held in the shuffle buffer (across partitions).
+    /// Examples held in the shuffle buffer (across partitions); capped to ~256 MiB of
+    /// examples before training, so the default shuffles any dataset that fits in that.
     pub shuffle_buffer: usize,
     /// `cpu` or `cuda[:N]`.
     pub device: String,
@@ -190,7 +191,7 @@ impl Default for TrainOptions {
             optimizer: OptimizerSpec::Adam,
             seed: 42,
             early_stopping_patience: 0,
-            shuffle_buffer: 10_000,
+            shuffle_buffer: usize::MAX,
             device: "cpu".into(),
         }
     }

@@ -21,6 +21,7 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use super::conv::ConvBackend;
 use super::data::{BatchStream, batch_dims};
 use super::evaluate::{Evaluation, evaluate_model};
 use super::events::EventFile;
@@ -129,7 +130,7 @@ pub async fn train(
     }
 }
 
-async fn train_on<B: AutodiffBackend>(
+async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     train: &DataFrame,
     validation: Option<&DataFrame>,
     job: &TrainJob,
@@ -273,7 +274,10 @@ fn now() -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn epochs<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
+async fn epochs<
+    B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend,
+    O: Optimizer<Classifier<B>, B>,
+>(
     train: &DataFrame,
     validation: Option<&DataFrame>,
     job: &TrainJob,
