@@ -2,6 +2,7 @@
 //! query` and `SHOW MODELS`. [`parse`] splits a script into statements (ours and DataFusion's);
 //! [`execute`] runs one.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
@@ -9,6 +10,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, TableFactor, Value, VisitMut, VisitorMut,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use quiver_engine::{QuiverError, Result, Session};
@@ -123,12 +127,47 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
             statements.push(Statement::ShowModels);
         } else {
             let text = &sql[offset(first.span.start)..end_offset];
-            for statement in DFParser::parse_sql(text)? {
+            for mut statement in DFParser::parse_sql(text)? {
+                if let DfStatement::Statement(statement) = &mut statement {
+                    let _ = statement.visit(&mut QueryArguments);
+                }
                 statements.push(Statement::DataFusion(Box::new(statement)));
             }
         }
     }
     Ok(statements)
+}
+
+/// Table functions that take a query as an argument, as text or as `(SELECT ...)`.
+const QUERY_ARGUMENT_FUNCTIONS: &[&str] = &["ml_evaluate"];
+
+/// Hands a `(SELECT ...)` argument of [`QUERY_ARGUMENT_FUNCTIONS`] over as its SQL text:
+/// DataFusion would plan it as a scalar subquery, which must have a single column.
+struct QueryArguments;
+
+impl VisitorMut for QueryArguments {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = factor
+            && QUERY_ARGUMENT_FUNCTIONS
+                .iter()
+                .any(|f| name.to_string().eq_ignore_ascii_case(f))
+        {
+            for arg in &mut args.args {
+                if let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg
+                    && let Expr::Subquery(query) = expr
+                {
+                    *expr = Expr::Value(Value::SingleQuotedString(query.to_string()).into());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Parses `CREATE [OR REPLACE] MODEL name [OPTIONS (...)] AS`; returns the statement without
@@ -347,6 +386,23 @@ mod tests {
         assert_eq!(m.options[3].1, OptionValue::Num(-1.0));
         assert!(m.query.ends_with("b = 'it''s'"), "{}", m.query);
         assert!(matches!(statements[2], Statement::ShowModels));
+    }
+
+    #[test]
+    fn query_arguments_become_text() {
+        let statements = parse(
+            "SELECT * FROM ml_evaluate('m', 2, (SELECT image, label FROM t WHERE label <> 'x'))",
+        )
+        .unwrap();
+        let Statement::DataFusion(statement) = &statements[0] else {
+            panic!("{:?}", statements[0])
+        };
+        assert!(
+            statement
+                .to_string()
+                .contains("ml_evaluate('m', 2, 'SELECT image, label FROM t WHERE label <> ''x''')"),
+            "{statement}"
+        );
     }
 
     #[test]

