@@ -9,10 +9,10 @@ quiver_install_build_tools
 quiver_sample_data quiver-data/samples
 # The dev profile optimises dependencies (see Cargo.toml) and shares its build with the tests.
 quiver_log "building quiver"
-cargo build --locked -q --workspace --all-targets
+quiver_build_binary 1
 rm -rf quiver-data/tfrecords
 quiver_log "running examples/hotdog_etl.sql"
-"$CARGO_TARGET_DIR/debug/quiver" sql -f examples/hotdog_etl.sql
+"$QUIVER" sql -f examples/hotdog_etl.sql
 quiver_log "running examples/train_models.sql"
-"$CARGO_TARGET_DIR/debug/quiver" sql -f examples/train_models.sql
+"$QUIVER" sql -f examples/train_models.sql
 quiver_log "done: TFRecord shards in quiver-data/tfrecords/, models in quiver-data/models/"

@@ -9,9 +9,7 @@ copies=3
 cores=$(nproc)
 quiver_install_build_tools
 quiver_sample_data "$QUIVER_CACHE/samples"
-# Same target selection as every release build here, so that features unify the same way.
-cargo build --release --locked -q --bin quiver --example hotdog_etl
-QUIVER="$CARGO_TARGET_DIR/release/quiver"
+quiver_build_binary 0
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for i in $(seq 1 "$copies"); do cp -r "$QUIVER_CACHE/samples/photos" "$work/images-$i"; done

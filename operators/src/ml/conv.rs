@@ -14,7 +14,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
@@ -27,29 +27,30 @@ pub trait ConvBackend: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let pad = weight.shape().dims::<4>()[2] / 2;
-        Self::conv2d(
-            x,
-            weight,
-            Some(bias),
-            ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
-        )
+        burn_conv2d_same::<Self>(x, weight, bias)
     }
+}
+
+/// [`ConvBackend::conv2d_same`] through Burn's own convolution.
+fn burn_conv2d_same<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let pad = weight.shape().dims::<4>()[2] / 2;
+    B::conv2d(
+        x,
+        weight,
+        Some(bias),
+        ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
+    )
 }
 
 impl ConvBackend for Flex {
     fn conv2d_same(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         match Shapes::of(&x, &weight) {
             Some(shapes) => forward(&shapes, &x, &weight, &bias),
-            None => {
-                let pad = weight.shape().dims::<4>()[2] / 2;
-                Self::conv2d(
-                    x,
-                    weight,
-                    Some(bias),
-                    ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
-                )
-            }
+            None => burn_conv2d_same::<Self>(x, weight, bias),
         }
     }
 }
@@ -59,7 +60,7 @@ impl ConvBackend for Flex {
 struct ConvSameBackward;
 
 impl Backward<Flex, 3> for ConvSameBackward {
-    type State = (NodeId, NodeId);
+    type State = (NodeId, NodeId, Shapes);
 
     fn backward(
         self,
@@ -69,10 +70,9 @@ impl Backward<Flex, 3> for ConvSameBackward {
     ) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state) = ops.state;
+        let (x_state, weight_state, shapes) = ops.state;
         let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
         let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
-        let shapes = Shapes::of(&x, &weight).expect("checked in the forward pass");
         let (dx, dweight, dbias) = backward(&shapes, &x, &weight, &grad, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, dx);
@@ -92,19 +92,10 @@ impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if Shapes::of(&x.primitive, &weight.primitive).is_none() {
-            let pad = weight.shape().dims::<4>()[2] / 2;
-            return Self::conv2d(
-                x,
-                weight,
-                Some(bias),
-                ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
-            );
-        }
-        let run = |x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor| {
-            let shapes = Shapes::of(x, weight).expect("checked above");
-            forward(&shapes, x, weight, bias)
+        let Some(shapes) = Shapes::of(&x.primitive, &weight.primitive) else {
+            return burn_conv2d_same::<Self>(x, weight, bias);
         };
+        let output = forward(&shapes, &x.primitive, &weight.primitive, &bias.primitive);
         match ConvSameBackward
             .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
             .compute_bound()
@@ -113,12 +104,9 @@ impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                let output = run(&x.primitive, &weight.primitive, &bias.primitive);
-                prep.finish((x_state, weight_state), output)
+                prep.finish((x_state, weight_state, shapes), output)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(run(&x.primitive, &weight.primitive, &bias.primitive))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
 }
@@ -131,6 +119,7 @@ impl<C: CheckpointStrategy> ConvBackend for Autodiff<burn::backend::Cuda, C> {}
 
 /// The sizes of one convolution; `None` where this kernel does not apply (not f32, even
 /// kernel, channel mismatch), and Burn's convolution runs instead.
+#[derive(Debug, Clone, Copy)]
 struct Shapes {
     n: usize,
     c: usize,
@@ -160,17 +149,16 @@ impl Shapes {
     }
 }
 
-/// The f32 values of a tensor in row-major order.
-fn values(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn forward(s: &Shapes, x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
-    let (x, weight, bias) = (values(x), values(weight), values(bias));
+    let (x, weight, bias) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        bias.to_contiguous(),
+    );
     let (x, weight, bias): (&[f32], &[f32], &[f32]) =
         (x.storage(), weight.storage(), bias.storage());
     let (chw, fhw, hw, ckk) = (s.c * s.hw(), s.f * s.hw(), s.hw(), s.ckk());
@@ -200,7 +188,11 @@ fn backward(
     grad: &FlexTensor,
     need_dx: bool,
 ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
-    let (x, weight, grad) = (values(x), values(weight), values(grad));
+    let (x, weight, grad) = (
+        x.to_contiguous(),
+        weight.to_contiguous(),
+        grad.to_contiguous(),
+    );
     let (x, weight, grad): (&[f32], &[f32], &[f32]) =
         (x.storage(), weight.storage(), grad.storage());
     let (chw, fhw, hw, ckk) = (s.c * s.hw(), s.f * s.hw(), s.hw(), s.ckk());
