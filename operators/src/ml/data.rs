@@ -336,11 +336,14 @@ impl From<&LabelMap> for LabelLookup {
     }
 }
 
+/// Examples of one partition, a record batch at a time, from its reader task.
+type PartitionReceiver = mpsc::Receiver<Result<Vec<Example>, MlError>>;
+
 /// Streams shuffled batches of one epoch.
 pub struct BatchStream {
-    partitions: Vec<mpsc::Receiver<Result<Vec<Example>, MlError>>>,
+    /// Each partition's channel and the examples received from it but not yet taken.
+    partitions: Vec<(PartitionReceiver, std::collections::VecDeque<Example>)>,
     next_partition: usize,
-    pending: std::collections::VecDeque<Example>,
     buffer: Vec<Example>,
     buffer_size: usize,
     rng: Option<StdRng>,
@@ -381,7 +384,7 @@ impl BatchStream {
                     }
                 }
             });
-            partitions.push(rx);
+            partitions.push((rx, Default::default()));
         }
         let (rng, buffer_size) = match shuffle {
             Some((seed, size)) => (Some(StdRng::seed_from_u64(seed)), size.max(1)),
@@ -390,7 +393,6 @@ impl BatchStream {
         Ok(Self {
             partitions,
             next_partition: 0,
-            pending: Default::default(),
             buffer: Vec::with_capacity(buffer_size),
             buffer_size,
             rng,
@@ -400,22 +402,22 @@ impl BatchStream {
         })
     }
 
-    /// The next example in order from the partitions (round-robin over partitions, one record
-    /// batch at a time), or `None` at the end.
+    /// The next example in order from the partitions, or `None` at the end: round-robin over
+    /// the partitions one example at a time, so that the order does not depend on how a
+    /// partition's rows happen to be cut into record batches (which can vary with timing).
     async fn next_ordered(&mut self) -> Result<Option<Example>, MlError> {
         loop {
-            if let Some(example) = self.pending.pop_front() {
-                return Ok(Some(example));
-            }
             if self.partitions.is_empty() {
                 return Ok(None);
             }
             let i = self.next_partition % self.partitions.len();
-            match self.partitions[i].recv().await {
-                Some(examples) => {
-                    self.pending.extend(examples?);
-                    self.next_partition = i + 1;
-                }
+            let (rx, pending) = &mut self.partitions[i];
+            if let Some(example) = pending.pop_front() {
+                self.next_partition = i + 1;
+                return Ok(Some(example));
+            }
+            match rx.recv().await {
+                Some(examples) => pending.extend(examples?),
                 None => {
                     self.partitions.remove(i);
                     self.next_partition = i;

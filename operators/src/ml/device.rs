@@ -59,3 +59,13 @@ fn cuda_available(index: usize) -> Result<(), MlError> {
     }
     Ok(())
 }
+
+/// GPUs the CUDA driver reports (0 without a driver).
+#[cfg(feature = "cuda")]
+pub fn cuda_device_count() -> usize {
+    // SAFETY: only tries to load the driver library (libcuda).
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}

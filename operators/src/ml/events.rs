@@ -29,6 +29,57 @@ struct SummaryValue {
     tag: String,
     #[prost(float, optional, tag = "2")]
     simple_value: Option<f32>,
+    #[prost(message, optional, tag = "8")]
+    tensor: Option<TensorProto>,
+    #[prost(message, optional, tag = "9")]
+    metadata: Option<SummaryMetadata>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SummaryMetadata {
+    #[prost(message, optional, tag = "1")]
+    plugin_data: Option<PluginData>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PluginData {
+    #[prost(string, tag = "1")]
+    plugin_name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    content: Vec<u8>,
+}
+
+/// `tensorflow.TensorProto`, only as far as an empty float tensor needs.
+#[derive(Clone, PartialEq, Message)]
+struct TensorProto {
+    #[prost(int32, tag = "1")]
+    dtype: i32,
+    #[prost(message, optional, tag = "2")]
+    tensor_shape: Option<TensorShape>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TensorShape {
+    #[prost(message, repeated, tag = "2")]
+    dim: Vec<TensorDim>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TensorDim {
+    #[prost(int64, tag = "1")]
+    size: i64,
+}
+
+/// A summary a TensorBoard plugin reads: its name, the tag, and the plugin's own serialised
+/// data (the hparams plugin's `HParamsPluginData`, for example).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSummary {
+    /// The summary's tag, e.g. `_hparams_/session_start_info`.
+    pub tag: String,
+    /// The plugin, e.g. `hparams`.
+    pub plugin: String,
+    /// The plugin's serialised data.
+    pub content: Vec<u8>,
 }
 
 /// An event file being built in memory; object stores have no append, so the whole file is
@@ -67,8 +118,37 @@ impl EventFile {
                     .map(|(tag, v)| SummaryValue {
                         tag: tag.to_string(),
                         simple_value: Some(*v as f32),
+                        ..Default::default()
                     })
                     .collect(),
+            }),
+        });
+    }
+
+    /// Appends a plugin's summary at `step`, with the empty float tensor TensorFlow's summary
+    /// writers put beside plugin data.
+    pub fn plugin_summary(&mut self, wall_time: f64, step: i64, summary: &PluginSummary) {
+        self.push(Event {
+            wall_time,
+            step,
+            file_version: None,
+            summary: Some(Summary {
+                value: vec![SummaryValue {
+                    tag: summary.tag.clone(),
+                    simple_value: None,
+                    tensor: Some(TensorProto {
+                        dtype: 1,
+                        tensor_shape: Some(TensorShape {
+                            dim: vec![TensorDim { size: 0 }],
+                        }),
+                    }),
+                    metadata: Some(SummaryMetadata {
+                        plugin_data: Some(PluginData {
+                            plugin_name: summary.plugin.clone(),
+                            content: summary.content.clone(),
+                        }),
+                    }),
+                }],
             }),
         });
     }

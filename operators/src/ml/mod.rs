@@ -30,9 +30,9 @@ pub mod store;
 pub mod train;
 
 pub use evaluate::{ClassMetrics, Evaluation};
-pub use options::{ModelBuilder, OptionValue};
+pub use options::{Fitted, MODEL_OPTIONS, ModelBuilder, OptionValue};
 pub use registry::{ModelCard, Registry};
-pub use train::{EpochMetrics, TrainJob, TrainOutcome};
+pub use train::{EpochHook, EpochMetrics, LogSink, TrainHooks, TrainJob, TrainOutcome};
 
 use datafusion::error::DataFusionError;
 use quiver_engine::QuiverError;

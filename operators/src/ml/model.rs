@@ -1,13 +1,17 @@
 //! The classifiers as Burn modules: one module type for DNNs and CNNs, built from an
 //! [`Architecture`] and an [`InputSpec`].
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::activation::{Activation as ActivationLayer, ActivationConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use std::sync::Mutex;
+
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use rand::Rng;
+use rand::rngs::StdRng;
 
 use super::conv::ConvBackend;
 
@@ -25,9 +29,29 @@ pub struct Classifier<B: Backend> {
     activation: ActivationLayer<B>,
 }
 
+/// Burn's backends draw initial weights from one process-wide RNG: seeding it and building a
+/// model happen under this lock, so that models built concurrently (parallel trials) each get
+/// the weights of their own seed.
+static BACKEND_RNG: Mutex<()> = Mutex::new(());
+
 impl<B: Backend> Classifier<B> {
-    /// Builds a freshly initialised classifier (weights from the backend's seeded RNG).
+    /// Builds a classifier with weights initialised from `seed`.
     pub fn new(
+        architecture: &Architecture,
+        input: &InputSpec,
+        classes: usize,
+        device: &B::Device,
+        seed: u64,
+    ) -> Result<Self, MlError> {
+        let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, seed);
+        let model = Self::build(architecture, input, classes, device)?;
+        // Burn initialises parameters lazily, on first use: draw them now, under the lock.
+        model.visit(&mut Materialise);
+        Ok(model)
+    }
+
+    fn build(
         architecture: &Architecture,
         input: &InputSpec,
         classes: usize,
@@ -104,10 +128,45 @@ impl<B: Backend> Classifier<B> {
     }
 }
 
+/// Initialises every lazily initialised parameter it visits.
+struct Materialise;
+
+impl<B: Backend> ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        param.val();
+    }
+}
+
 impl<B: ConvBackend> Classifier<B> {
     /// Logits `[batch, classes]` for a batch `[batch, channels, height, width]` (DNNs flatten
-    /// it).
+    /// it), without dropout.
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward_with(input, |x| x)
+    }
+
+    /// Logits with dropout, its masks drawn from `rng` (the run's own generator, so that
+    /// concurrent runs stay reproducible).
+    pub fn forward_train(&self, input: Tensor<B, 4>, rng: &mut StdRng) -> Tensor<B, 2> {
+        let p = self.dropout.prob;
+        if p <= 0.0 {
+            return self.forward(input);
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        self.forward_with(input, |x| {
+            let dims = x.dims();
+            let mask: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
+                .collect();
+            let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, dims), &x.device());
+            x * mask
+        })
+    }
+
+    fn forward_with(
+        &self,
+        input: Tensor<B, 4>,
+        mut dropout: impl FnMut(Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
         let mut x = input;
         for conv in &self.convs {
             let bias = conv
@@ -124,12 +183,10 @@ impl<B: ConvBackend> Classifier<B> {
         }
         let mut x: Tensor<B, 2> = x.flatten(1, 3);
         if !self.convs.is_empty() {
-            x = self.dropout.forward(x);
+            x = dropout(x);
         }
         for layer in &self.dense {
-            x = self
-                .dropout
-                .forward(self.activation.forward(layer.forward(x)));
+            x = dropout(self.activation.forward(layer.forward(x)));
         }
         self.output.forward(x)
     }

@@ -5,17 +5,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::dataframe::DataFrame;
 use quiver_engine::Session;
+use url::Url;
 
 use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::Classifier;
 use super::registry::{ModelCard, validate_name};
 use super::spec::{Activation, Architecture, InputKind, OptimizerSpec, TrainOptions};
-use super::train::{TrainJob, load_weights, train};
+use super::train::{TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
 
-/// An option value: a string, a number, a boolean or a list.
-#[derive(Debug, Clone, PartialEq)]
+/// An option value: a string, a number, a boolean or a list (in JSON: the plain value).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum OptionValue {
     /// `'text'`.
     Str(String),
@@ -315,7 +317,7 @@ impl ModelBuilder {
     /// describes the data (the SQL text) in `model.json`. A crashed run of the same model and
     /// options resumes from its last checkpoint.
     pub async fn train(
-        mut self,
+        self,
         session: &Session,
         frame: DataFrame,
         training_data: &str,
@@ -329,7 +331,35 @@ impl ModelBuilder {
                 self.name
             )));
         }
-        self.options.optimizer = if self.optimizer == "sgd" {
+        let version = registry.next_version(&self.name).await?;
+        let run_url = session
+            .default_store()
+            .join(&format!("training/{}/v{version}/", self.name))
+            .map_err(|e| MlError::Option(e.to_string()))?;
+        let fitted = self
+            .fit(
+                session,
+                frame,
+                training_data,
+                &run_url,
+                TrainHooks::default(),
+            )
+            .await?;
+        registry.register(fitted.card, fitted.weights).await
+    }
+
+    /// Trains on `frame` in the run folder `run_url` (resuming from its last checkpoint) and
+    /// returns the model without registering it: the card's `version` is 0.
+    pub async fn fit(
+        &self,
+        session: &Session,
+        frame: DataFrame,
+        training_data: &str,
+        run_url: &Url,
+        hooks: TrainHooks,
+    ) -> Result<Fitted, MlError> {
+        let mut options = self.options.clone();
+        options.optimizer = if self.optimizer == "sgd" {
             OptimizerSpec::Sgd {
                 momentum: self.momentum,
             }
@@ -367,10 +397,7 @@ impl ModelBuilder {
             InputKind::Tensor => 4 * input.len(),
         };
         let cap = (256 << 20) / bytes.max(1);
-        self.options.shuffle_buffer = self
-            .options
-            .shuffle_buffer
-            .min(cap.max(self.options.batch_size));
+        options.shuffle_buffer = options.shuffle_buffer.min(cap.max(options.batch_size));
         let architecture = self.architecture();
         // Fail on a bad architecture before reading any data.
         Classifier::<burn::backend::Flex>::new(
@@ -378,6 +405,7 @@ impl ModelBuilder {
             &input,
             labels.labels.len(),
             &Default::default(),
+            0,
         )?;
         let validation =
             match &self.validation_query {
@@ -386,19 +414,15 @@ impl ModelBuilder {
                 })?),
                 None => None,
             };
-        let version = registry.next_version(&self.name).await?;
-        let run_url = session
-            .default_store()
-            .join(&format!("training/{}/v{version}/", self.name))
-            .map_err(|e| MlError::Option(e.to_string()))?;
         let job = TrainJob {
             architecture: architecture.clone(),
             input: input.clone(),
             labels: labels.clone(),
-            options: self.options.clone(),
-            store: session.store_for(&run_url)?,
-            run_dir: quiver_engine::store::object_path(&run_url)?,
+            options: options.clone(),
+            store: session.store_for(run_url)?,
+            run_dir: quiver_engine::store::object_path(run_url)?,
             run_url: run_url.to_string(),
+            hooks,
         };
         let outcome = train(&frame, validation.as_ref(), &job).await?;
         let evaluation = match &validation {
@@ -408,19 +432,20 @@ impl ModelBuilder {
                     &input,
                     labels.labels.len(),
                     &Default::default(),
+                    0,
                 )?;
                 let model = load_weights(model, outcome.weights.clone(), "the trained model")?;
-                Some(evaluate_model(&model, v, &input, &labels, self.options.batch_size).await?)
+                Some(evaluate_model(&model, v, &input, &labels, options.batch_size).await?)
             }
             None => None,
         };
         let card = ModelCard {
             name: self.name.clone(),
-            version,
+            version: 0,
             architecture,
             input,
             labels,
-            training: self.options.clone(),
+            training: options,
             history: outcome.history,
             evaluation,
             training_data: training_data.to_string(),
@@ -432,6 +457,24 @@ impl ModelBuilder {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
-        registry.register(card, outcome.weights).await
+        Ok(Fitted {
+            card,
+            weights: outcome.weights,
+            stopped_early: outcome.stopped_early,
+            stopped_by_scheduler: outcome.stopped_by_scheduler,
+        })
     }
+}
+
+/// A trained model that is not registered yet.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// Its card, with version 0.
+    pub card: ModelCard,
+    /// Its weights as safetensors.
+    pub weights: Vec<u8>,
+    /// Whether early stopping (patience) ended the run.
+    pub stopped_early: bool,
+    /// Whether the epoch hook (a scheduler) ended the run.
+    pub stopped_by_scheduler: bool,
 }

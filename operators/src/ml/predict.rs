@@ -58,6 +58,7 @@ impl LoadedModel {
             &card.input,
             card.labels.labels.len(),
             &Default::default(),
+            0,
         )?;
         let what = registry.version_url(name, card.version);
         let model = load_weights(model, weights, &what)?;

@@ -7,6 +7,14 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use super::MlError;
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn store_error(path: &Path, e: object_store::Error) -> MlError {
     MlError::Store(format!("{path}: {e}"))
 }

@@ -4,7 +4,8 @@
 //! last checkpoint.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -15,19 +16,22 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use datafusion::dataframe::DataFrame;
+use futures::future::BoxFuture;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStore;
 use object_store::path::Path;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
 use super::conv::ConvBackend;
 use super::data::{BatchStream, batch_dims};
 use super::evaluate::{Evaluation, evaluate_model};
-use super::events::EventFile;
+use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
-use super::store::{get_bytes, list_dirs, put_bytes};
+use super::store::{get_bytes, list_dirs, put_bytes, unix_now};
 
 /// Everything one training run needs, apart from the data.
 #[derive(Debug, Clone)]
@@ -46,6 +50,61 @@ pub struct TrainJob {
     pub run_dir: Path,
     /// The run folder as a URL, for messages.
     pub run_url: String,
+    /// Where the run reports to and computes on.
+    pub hooks: TrainHooks,
+}
+
+/// Called after each epoch's checkpoint; resolving to `false` ends the run there (an early-
+/// stopping scheduler's decision).
+pub type EpochHook = Arc<dyn Fn(EpochMetrics) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Receives a run's log lines.
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How a run reports and where it computes. The default logs to stderr with a progress bar and
+/// computes on every core.
+#[derive(Clone, Default)]
+pub struct TrainHooks {
+    /// Receives every log line instead of stderr; the progress bar is hidden.
+    pub log: Option<LogSink>,
+    /// Asked after every epoch whether to go on.
+    pub on_epoch: Option<EpochHook>,
+    /// Examples trained so far in the current epoch, for live displays.
+    pub progress: Option<Arc<AtomicU64>>,
+    /// The CPU threads the run computes on (an executor slot's share of the cores).
+    pub threads: Option<Arc<rayon::ThreadPool>>,
+    /// Written at the start of each event file (a trial's hyperparameters, for example).
+    pub summaries: Vec<PluginSummary>,
+}
+
+impl std::fmt::Debug for TrainHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainHooks")
+            .field("log", &self.log.is_some())
+            .field("on_epoch", &self.on_epoch.is_some())
+            .field(
+                "threads",
+                &self.threads.as_ref().map(|p| p.current_num_threads()),
+            )
+            .finish()
+    }
+}
+
+impl TrainJob {
+    fn log(&self, line: &str) {
+        match &self.hooks.log {
+            Some(sink) => sink(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Runs CPU-heavy work off the async runtime, on the run's threads.
+    fn compute<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        tokio::task::block_in_place(|| match &self.hooks.threads {
+            Some(pool) => pool.install(work),
+            None => work(),
+        })
+    }
 }
 
 /// Metrics of one epoch, one line of `metrics.jsonl`.
@@ -78,8 +137,10 @@ pub struct TrainOutcome {
     pub history: Vec<EpochMetrics>,
     /// The epoch the run resumed after, if it resumed.
     pub resumed_after: Option<usize>,
-    /// Whether early stopping ended the run.
+    /// Whether early stopping (patience) ended the run.
     pub stopped_early: bool,
+    /// Whether the epoch hook (a scheduler) ended the run.
+    pub stopped_by_scheduler: bool,
 }
 
 /// State stored with each checkpoint (the RNG state is derived from the seed and the epoch).
@@ -138,8 +199,13 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
 ) -> Result<TrainOutcome, MlError> {
     let options = &job.options;
     let classes = job.labels.labels.len();
-    B::seed(&device, options.seed);
-    let model = Classifier::<B>::new(&job.architecture, &job.input, classes, &device)?;
+    let model = Classifier::<B>::new(
+        &job.architecture,
+        &job.input,
+        classes,
+        &device,
+        options.seed,
+    )?;
     let run = RunSpec {
         architecture: job.architecture.clone(),
         input: job.input.clone(),
@@ -266,13 +332,6 @@ pub(crate) fn load_weights<B: Backend>(
     Ok(model)
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn epochs<
     B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend,
@@ -302,27 +361,33 @@ async fn epochs<
         model = model.load_record(checkpoint_record(job, &dir, "model.bin", &device).await?);
         let record = checkpoint_record(job, &dir, "optimizer.bin", &device).await?;
         optimizer = optimizer.load_record(record);
-        eprintln!("resuming {} after epoch {}", job.run_url, saved.epoch);
+        job.log(&format!(
+            "resuming {} after epoch {}",
+            job.run_url, saved.epoch
+        ));
         state = saved;
     }
-    let mut events = EventFile::new(now());
+    let mut events = EventFile::new(unix_now());
+    for summary in &job.hooks.summaries {
+        events.plugin_summary(unix_now(), 0, summary);
+    }
     for m in &state.history {
         log_epoch(&mut events, m);
     }
     let events_path = job
         .run_dir
         .clone()
-        .join(format!("events.out.tfevents.{}.quiver", now() as u64));
+        .join(format!("events.out.tfevents.{}.quiver", unix_now() as u64));
     let [c, h, w] = batch_dims(&job.input);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut stopped_early = false;
+    let (mut stopped_early, mut stopped_by_scheduler) = (false, false);
     while state.epoch < options.epochs {
         let epoch = state.epoch + 1;
         // Seeding per epoch makes dropout and shuffling after a resume equal an uninterrupted run.
         let epoch_seed = options
             .seed
             .wrapping_add((epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        B::seed(&device, epoch_seed);
+        let mut dropout_rng = StdRng::seed_from_u64(epoch_seed);
         let mut batches = BatchStream::start(
             train,
             &job.input,
@@ -331,7 +396,7 @@ async fn epochs<
             Some((epoch_seed, options.shuffle_buffer)),
         )
         .await?;
-        let bar = progress_bar(epoch, options.epochs);
+        let bar = progress_bar(epoch, options.epochs, job.hooks.log.is_none());
         let started = Instant::now();
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
@@ -340,8 +405,8 @@ async fn epochs<
             let x =
                 Tensor::<B, 4>::from_data(TensorData::new(batch.features, [n, c, h, w]), &device);
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &device);
-            let (next, loss, hits) = tokio::task::block_in_place(|| {
-                let logits = model.forward(x);
+            let (next, loss, hits) = job.compute(|| {
+                let logits = model.forward_train(x, &mut dropout_rng);
                 let loss = loss_fn.forward(logits.clone(), y.clone());
                 let hits = logits
                     .argmax(1)
@@ -369,6 +434,9 @@ async fn epochs<
             correct += hits;
             seen += n as u64;
             bar.inc(n as u64);
+            if let Some(progress) = &job.hooks.progress {
+                progress.store(seen, Ordering::Relaxed);
+            }
             let status = format!(
                 "loss {:.4} acc {:.3} {:.0} ex/s",
                 loss_sum / seen as f64,
@@ -377,10 +445,10 @@ async fn epochs<
             );
             // In logs (no terminal) a line every 10 seconds stands in for the bar.
             if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
-                eprintln!(
+                job.log(&format!(
                     "epoch {epoch}/{}: {seen} examples, {status}",
                     options.epochs
-                );
+                ));
                 last_line = Instant::now();
             }
             bar.set_message(status);
@@ -413,7 +481,7 @@ async fn epochs<
             seconds,
             examples_per_second: seen as f64 / seconds,
         };
-        eprintln!("{}", describe(&metrics, options.epochs));
+        job.log(&describe(&metrics, options.epochs));
         log_epoch(&mut events, &metrics);
         let monitored = metrics.val_loss.unwrap_or(metrics.loss);
         if monitored < state.best_loss {
@@ -455,11 +523,19 @@ async fn epochs<
         if options.early_stopping_patience > 0
             && state.epochs_without_improvement >= options.early_stopping_patience
         {
-            eprintln!(
+            job.log(&format!(
                 "early stopping after epoch {epoch}: no improvement for {} epochs",
                 state.epochs_without_improvement
-            );
+            ));
             stopped_early = true;
+            break;
+        }
+        if let Some(hook) = &job.hooks.on_epoch
+            && epoch < options.epochs
+            && !hook(state.history.last().expect("pushed").clone()).await
+        {
+            job.log(&format!("stopped by the scheduler after epoch {epoch}"));
+            stopped_by_scheduler = true;
             break;
         }
     }
@@ -468,6 +544,7 @@ async fn epochs<
         history: state.history,
         resumed_after,
         stopped_early,
+        stopped_by_scheduler,
     })
 }
 
@@ -481,7 +558,7 @@ fn log_epoch(events: &mut EventFile, m: &EpochMetrics) {
         values.push(("val_loss", l));
         values.push(("val_accuracy", a));
     }
-    events.scalars(now(), m.epoch as i64, &values);
+    events.scalars(unix_now(), m.epoch as i64, &values);
 }
 
 /// One line per epoch, for logs.
@@ -500,7 +577,10 @@ pub fn describe(m: &EpochMetrics, epochs: usize) -> String {
     line
 }
 
-fn progress_bar(epoch: usize, epochs: usize) -> ProgressBar {
+fn progress_bar(epoch: usize, epochs: usize, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} epoch {prefix} {pos} examples {msg}")
