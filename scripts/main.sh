@@ -2,7 +2,8 @@
 # Quiver's main job on the embedded default (local engine, local store ./quiver-data):
 # assemble the sample image folders, then run the hot-dog-style ETL in SQL
 # (decode → centre-crop → resize 200x200 → TFRecord shards), then train, evaluate and register
-# CNN classifiers on those shards.
+# CNN classifiers on those shards, then run a grid-search experiment (6 trials, 2 at a time)
+# and print its trials and the best model.
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_install_build_tools
@@ -15,4 +16,8 @@ quiver_log "running examples/hotdog_etl.sql"
 "$QUIVER" sql -f examples/hotdog_etl.sql
 quiver_log "running examples/train_models.sql"
 "$QUIVER" sql -f examples/train_models.sql
-quiver_log "done: TFRecord shards in quiver-data/tfrecords/, models in quiver-data/models/"
+# A re-run of the same experiment would resume (and find every trial done): start it afresh.
+rm -rf quiver-data/experiments/fashion_grid
+quiver_log "running examples/experiment_grid.sql"
+"$QUIVER" sql -f examples/experiment_grid.sql
+quiver_log "done: TFRecord shards in quiver-data/tfrecords/, models in quiver-data/models/, experiments in quiver-data/experiments/"

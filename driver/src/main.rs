@@ -1,4 +1,5 @@
-//! `quiver`: run SQL on Quiver's embedded engine (`quiver sql`), from a file or a shell.
+//! `quiver`: run SQL on Quiver's embedded engine (`quiver sql`), from a file or a shell, and
+//! look into experiments (`quiver experiment`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use quiver_engine::SessionOptions;
 
+mod experiment;
 mod run;
 
 /// Quiver: a dataflow engine for deep-learning pipelines.
@@ -43,6 +45,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = run::Format::Table)]
         format: run::Format,
     },
+    /// Experiments in the store: list them, show their trials, follow a trial's log.
+    Experiment {
+        #[command(subcommand)]
+        command: experiment::ExperimentCommand,
+        /// How tables are printed.
+        #[arg(long, value_enum, default_value_t = run::Format::Table)]
+        format: run::Format,
+    },
 }
 
 #[tokio::main]
@@ -60,6 +70,16 @@ async fn main() -> ExitCode {
             max_rows,
             format,
         } => run::sql_command(options, statements, file, run::Output { format, max_rows }).await,
+        Command::Experiment { command, format } => match quiver_sql::session(options) {
+            Ok(session) => {
+                let output = run::Output {
+                    format,
+                    max_rows: usize::MAX,
+                };
+                experiment::experiment_command(&session, command, output).await
+            }
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

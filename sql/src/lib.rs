@@ -30,6 +30,7 @@ use datafusion::datasource::listing::{
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlanBuilder};
 use quiver_engine::{Result, Session, SessionOptions, resolve_location};
+use quiver_operators::experiment::{ExperimentTableFunc, Experiments};
 use quiver_operators::ml;
 use quiver_operators::ml::predict::{MlTableFunc, PredictFunc};
 use quiver_operators::tfrecord::ImageEncoding;
@@ -41,7 +42,13 @@ use quiver_operators::{
 pub use statements::{Statement, execute, parse};
 
 /// Names of the table functions Quiver registers.
-pub const TABLE_FUNCTIONS: [&str; 3] = ["read_images", "ml_evaluate", "models"];
+pub const TABLE_FUNCTIONS: [&str; 5] = [
+    "read_images",
+    "ml_evaluate",
+    "models",
+    "experiments",
+    "experiment_trials",
+];
 
 /// Names of every scalar function Quiver registers.
 pub fn scalar_function_names() -> Vec<&'static str> {
@@ -67,6 +74,16 @@ pub fn register_all(session: &Session) -> Result<()> {
         Arc::new(MlTableFunc::evaluate(registry.clone())),
     );
     ctx.register_udtf(TABLE_FUNCTIONS[2], Arc::new(MlTableFunc::models(registry)));
+    let experiments =
+        Experiments::new(session).map_err(datafusion::error::DataFusionError::from)?;
+    ctx.register_udtf(
+        TABLE_FUNCTIONS[3],
+        Arc::new(ExperimentTableFunc::experiments(experiments.clone())),
+    );
+    ctx.register_udtf(
+        TABLE_FUNCTIONS[4],
+        Arc::new(ExperimentTableFunc::trials(experiments)),
+    );
     let state = ctx.state_ref();
     let mut state = state.write();
     state.register_file_format(Arc::new(TfRecordFormatFactory), true)?;

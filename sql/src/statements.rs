@@ -1,5 +1,6 @@
 //! Quiver's statements beyond DataFusion's: `CREATE [OR REPLACE] MODEL name OPTIONS (...) AS
-//! query` and `SHOW MODELS`. [`parse`] splits a script into statements (ours and DataFusion's);
+//! query`, `CREATE EXPERIMENT name OPTIONS (...) AS query`, `SHOW MODELS` and
+//! `SHOW EXPERIMENTS`. [`parse`] splits a script into statements (ours and DataFusion's);
 //! [`execute`] runs one.
 
 use std::ops::ControlFlow;
@@ -16,6 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use quiver_engine::{QuiverError, Result, Session};
+use quiver_operators::experiment::ExperimentBuilder;
 use quiver_operators::ml::{ModelBuilder, OptionValue};
 
 /// One statement of a script.
@@ -25,15 +27,19 @@ pub enum Statement {
     DataFusion(Box<DfStatement>),
     /// `CREATE [OR REPLACE] MODEL`.
     CreateModel(CreateModel),
+    /// `CREATE EXPERIMENT` (runs it, or resumes it when it exists with the same options).
+    CreateExperiment(CreateModel),
     /// `SHOW MODELS`.
     ShowModels,
+    /// `SHOW EXPERIMENTS`.
+    ShowExperiments,
 }
 
 impl std::fmt::Display for Statement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::DataFusion(s) => write!(f, "{s}"),
-            Self::CreateModel(m) => {
+            Self::CreateModel(m) | Self::CreateExperiment(m) => {
                 let options: Vec<_> = m
                     .options
                     .iter()
@@ -41,22 +47,28 @@ impl std::fmt::Display for Statement {
                     .collect();
                 write!(
                     f,
-                    "CREATE {}MODEL {} OPTIONS ({}) AS {}",
+                    "CREATE {}{} {} OPTIONS ({}) AS {}",
                     if m.replace { "OR REPLACE " } else { "" },
+                    if matches!(self, Self::CreateModel(_)) {
+                        "MODEL"
+                    } else {
+                        "EXPERIMENT"
+                    },
                     m.name,
                     options.join(", "),
                     m.query
                 )
             }
             Self::ShowModels => write!(f, "SHOW MODELS"),
+            Self::ShowExperiments => write!(f, "SHOW EXPERIMENTS"),
         }
     }
 }
 
-/// A parsed `CREATE MODEL`.
+/// A parsed `CREATE MODEL` or `CREATE EXPERIMENT`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateModel {
-    /// The model's registry name.
+    /// The model's registry name, or the experiment's name.
     pub name: String,
     /// `OR REPLACE`: register a new version of an existing name.
     pub replace: bool,
@@ -107,24 +119,41 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         };
         let words: Vec<&Token> = spans.iter().map(|t| &t.token).collect();
         let keyword = |i: usize, k: &str| matches!(words.get(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
-        if keyword(0, "CREATE")
-            && (keyword(1, "MODEL")
-                || (keyword(1, "OR") && keyword(2, "REPLACE") && keyword(3, "MODEL")))
-        {
-            let (mut create, query_start) = parse_create_model(&words)?;
+        let replace = keyword(1, "OR") && keyword(2, "REPLACE");
+        let object = if replace { 3 } else { 1 };
+        if keyword(0, "CREATE") && (keyword(object, "MODEL") || keyword(object, "EXPERIMENT")) {
+            let what = if keyword(object, "MODEL") {
+                "MODEL"
+            } else {
+                "EXPERIMENT"
+            };
+            if what == "EXPERIMENT" && replace {
+                return Err(syntax(
+                    "CREATE OR REPLACE EXPERIMENT is not supported: an experiment's trials are \
+                     kept; re-running CREATE EXPERIMENT with the same options resumes it, other \
+                     options need another name",
+                ));
+            }
+            let (mut create, query_start) = parse_create(&words, what)?;
             create.query = spans
                 .get(query_start)
                 .map_or("", |t| sql[offset(t.span.start)..end_offset].trim())
                 .to_string();
             if create.query.is_empty() {
                 return Err(syntax(format!(
-                    "CREATE MODEL {}: the training query after AS is empty",
+                    "CREATE {what} {}: the training query after AS is empty",
                     create.name
                 )));
             }
-            statements.push(Statement::CreateModel(create));
+            statements.push(if what == "MODEL" {
+                Statement::CreateModel(create)
+            } else {
+                Statement::CreateExperiment(create)
+            });
         } else if keyword(0, "SHOW") && keyword(1, "MODELS") && words.len() == 2 {
             statements.push(Statement::ShowModels);
+        } else if keyword(0, "SHOW") && keyword(1, "EXPERIMENTS") && words.len() == 2 {
+            statements.push(Statement::ShowExperiments);
         } else {
             let text = &sql[offset(first.span.start)..end_offset];
             for mut statement in DFParser::parse_sql(text)? {
@@ -170,11 +199,16 @@ impl VisitorMut for QueryArguments {
     }
 }
 
-/// Parses `CREATE [OR REPLACE] MODEL name [OPTIONS (...)] AS`; returns the statement without
-/// its query and the index of the query's first token.
-fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
-    const USAGE: &str = "usage: CREATE [OR REPLACE] MODEL name OPTIONS (model_type = \
-                         'cnn_classifier', epochs = 5, ...) AS SELECT input, label FROM ...";
+/// Parses `CREATE [OR REPLACE] MODEL|EXPERIMENT name [OPTIONS (...)] AS`; returns the
+/// statement without its query and the index of the query's first token.
+fn parse_create(words: &[&Token], what: &str) -> Result<(CreateModel, usize)> {
+    let usage = if what == "MODEL" {
+        "usage: CREATE [OR REPLACE] MODEL name OPTIONS (model_type = 'cnn_classifier', epochs = \
+         5, ...) AS SELECT input, label FROM ..."
+    } else {
+        "usage: CREATE EXPERIMENT name OPTIONS (model_type = 'cnn_classifier', learning_rate = \
+         [0.001, 0.005], max_parallel_trials = 2, ...) AS SELECT input, label FROM ..."
+    };
     let replace = matches!(words[1], Token::Word(w) if w.value.eq_ignore_ascii_case("OR"));
     let mut i = if replace { 4 } else { 2 };
     let name = match words.get(i) {
@@ -182,7 +216,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
         Some(Token::SingleQuotedString(s)) => s.clone(),
         other => {
             return Err(syntax(format!(
-                "CREATE MODEL: expected a model name, found {}; {USAGE}",
+                "CREATE {what}: expected a name, found {}; {usage}",
                 other.map_or("the end".to_string(), |t| t.to_string())
             )));
         }
@@ -194,7 +228,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
         i += 1;
         if words.get(i) != Some(&&Token::LParen) {
             return Err(syntax(format!(
-                "CREATE MODEL: expected '(' after OPTIONS; {USAGE}"
+                "CREATE {what}: expected '(' after OPTIONS; {usage}"
             )));
         }
         i += 1;
@@ -203,7 +237,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
                 Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
                 other => {
                     return Err(syntax(format!(
-                        "CREATE MODEL: expected an option name, found {}; {USAGE}",
+                        "CREATE {what}: expected an option name, found {}; {usage}",
                         other.map_or("the end".to_string(), |t| t.to_string())
                     )));
                 }
@@ -211,7 +245,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
             i += 1;
             if words.get(i) != Some(&&Token::Eq) {
                 return Err(syntax(format!(
-                    "CREATE MODEL: expected '=' after option {key}"
+                    "CREATE {what}: expected '=' after option {key}"
                 )));
             }
             i += 1;
@@ -223,7 +257,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
                 Some(Token::RParen) => {}
                 _ => {
                     return Err(syntax(format!(
-                        "CREATE MODEL: expected ',' or ')' after option {}",
+                        "CREATE {what}: expected ',' or ')' after option {}",
                         options.last().expect("pushed").0
                     )));
                 }
@@ -233,7 +267,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
     }
     if !is_word(words.get(i), "AS") {
         return Err(syntax(format!(
-            "CREATE MODEL {name}: expected AS and the training query; {USAGE}"
+            "CREATE {what} {name}: expected AS and the training query; {usage}"
         )));
     }
     Ok((
@@ -250,7 +284,7 @@ fn parse_create_model(words: &[&Token]) -> Result<(CreateModel, usize)> {
 fn parse_value(words: &[&Token], i: usize, key: &str) -> Result<(OptionValue, usize)> {
     let bad = |found: Option<&&Token>| {
         syntax(format!(
-            "CREATE MODEL: option {key} needs a string, number, true/false or [list], found {}",
+            "option {key} needs a string, number, true/false or [list], found {}",
             found.map_or("the end".to_string(), |t| t.to_string())
         ))
     };
@@ -295,7 +329,8 @@ fn parse_value(words: &[&Token], i: usize, key: &str) -> Result<(OptionValue, us
     }
 }
 
-/// Runs one statement; DDL, COPY and CREATE MODEL run at once, queries when collected.
+/// Runs one statement; DDL, COPY, CREATE MODEL and CREATE EXPERIMENT run at once, queries
+/// when collected.
 pub async fn execute(session: &Session, statement: Statement) -> Result<DataFrame> {
     match statement {
         Statement::DataFusion(statement) => {
@@ -309,20 +344,58 @@ pub async fn execute(session: &Session, statement: Statement) -> Result<DataFram
                 .await
         }
         Statement::CreateModel(create) => create_model(session, create).await,
+        Statement::ShowExperiments => {
+            session
+                .sql("SELECT * FROM experiments() ORDER BY name")
+                .await
+        }
+        Statement::CreateExperiment(create) => create_experiment(session, create).await,
     }
 }
 
-async fn create_model(session: &Session, create: CreateModel) -> Result<DataFrame> {
-    let ml = |e: quiver_operators::ml::MlError| QuiverError::DataFusion(e.into());
-    let model_type = create
-        .options
-        .iter()
-        .find(|(k, _)| k == "model_type")
-        .map(|(_, v)| v.clone())
-        .ok_or_else(|| syntax(format!("CREATE MODEL {}: OPTIONS must name a model_type ('dnn_classifier' or 'cnn_classifier')", create.name)))?;
-    let OptionValue::Str(model_type) = model_type else {
-        return Err(syntax("model_type must be a string"));
+fn ml(e: quiver_operators::ml::MlError) -> QuiverError {
+    QuiverError::DataFusion(e.into())
+}
+
+/// The `model_type` option, which every CREATE MODEL and CREATE EXPERIMENT needs.
+fn model_type(create: &CreateModel, what: &str) -> Result<String> {
+    match create.options.iter().find(|(k, _)| k == "model_type") {
+        Some((_, OptionValue::Str(t))) => Ok(t.clone()),
+        Some(_) => Err(syntax("model_type must be a string")),
+        None => Err(syntax(format!(
+            "CREATE {what} {}: OPTIONS must name a model_type ('dnn_classifier' or \
+             'cnn_classifier')",
+            create.name
+        ))),
+    }
+}
+
+/// Runs (or resumes) the experiment and returns its trials, best first.
+async fn create_experiment(session: &Session, create: CreateModel) -> Result<DataFrame> {
+    let mut builder =
+        ExperimentBuilder::new(&create.name, &model_type(&create, "EXPERIMENT")?).map_err(ml)?;
+    for (key, value) in &create.options {
+        builder.set(key, value.clone()).map_err(ml)?;
+    }
+    let report = builder.run(session, &create.query).await.map_err(ml)?;
+    if let Some(model) = &report.file.model {
+        eprintln!("best model registered at {model}");
+    }
+    let order = if report.file.objective.maximize {
+        "DESC"
+    } else {
+        "ASC"
     };
+    session
+        .sql(&format!(
+            "SELECT * FROM experiment_trials('{}') ORDER BY objective {order} NULLS LAST, trial",
+            create.name
+        ))
+        .await
+}
+
+async fn create_model(session: &Session, create: CreateModel) -> Result<DataFrame> {
+    let model_type = model_type(&create, "MODEL")?;
     let mut builder = ModelBuilder::new(&create.name, &model_type)
         .map_err(ml)?
         .replace(create.replace);
@@ -386,6 +459,20 @@ mod tests {
         assert_eq!(m.options[3].1, OptionValue::Num(-1.0));
         assert!(m.query.ends_with("b = 'it''s'"), "{}", m.query);
         assert!(matches!(statements[2], Statement::ShowModels));
+        let statements = parse(
+            "create experiment e options (model_type = 'dnn_classifier', learning_rate = [0.001, 0.005]) as select x, label from t; show experiments",
+        )
+        .unwrap();
+        let Statement::CreateExperiment(e) = &statements[0] else {
+            panic!("{:?}", statements[0])
+        };
+        assert_eq!(e.name, "e");
+        assert_eq!(e.query, "select x, label from t");
+        assert!(matches!(statements[1], Statement::ShowExperiments));
+        let err = parse("CREATE OR REPLACE EXPERIMENT e AS SELECT 1").unwrap_err();
+        assert!(err.to_string().contains("resumes it"), "{err}");
+        let err = parse("CREATE EXPERIMENT e OPTIONS (x = ) AS SELECT 1").unwrap_err();
+        assert!(err.to_string().contains("option x needs"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,33 @@
-//! Hyperparameter experiments: search spaces and the algorithms that propose trials.
+//! Hyperparameter experiments: search spaces and the algorithms that propose trials (grid,
+//! random, differential evolution, with ASHA early stopping), executors that run one trial per
+//! slot, and the runner that keeps everything in the shared store and resumes after a crash.
+//!
+//! ```no_run
+//! # async fn demo(session: &quiver_engine::Session) -> Result<(), quiver_operators::ml::MlError> {
+//! use quiver_operators::experiment::ExperimentBuilder;
+//! let report = ExperimentBuilder::new("fashion_grid", "cnn_classifier")?
+//!     .option("learning_rate", vec![0.001, 0.005])?
+//!     .option("dropout", vec![0.45, 0.5, 0.55])?
+//!     .option("epochs", 3)?
+//!     .option("max_parallel_trials", 2)?
+//!     .run(session, "SELECT image, label FROM train")
+//!     .await?;
+//! println!("best trial: {:?}", report.file.best_trial);
+//! # Ok(()) }
+//! ```
 
+pub mod executor;
+pub mod hparams;
+pub mod runner;
 pub mod space;
+pub mod spec;
+pub mod tables;
 
+pub use executor::{LocalExecutor, Slot, TrialExecutor, TrialOutput, TrialTask};
+pub use runner::{
+    ExperimentDir, ExperimentFile, ExperimentReport, Experiments, TrialRecord, TrialStatus,
+    run_experiment,
+};
 pub use space::{DifferentialEvolution, Domain, Params, SearchSpace};
+pub use spec::{EXPERIMENT_OPTIONS, ExperimentBuilder, ExperimentSpec, Objective, Search};
+pub use tables::ExperimentTableFunc;

@@ -123,6 +123,16 @@ impl SearchSpace {
         Ok(Self { params })
     }
 
+    /// The domain of `name`, if it is searched.
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.params.get(name)
+    }
+
+    /// The searched parameters and their domains, by name.
+    pub fn domains(&self) -> impl Iterator<Item = (&String, &Domain)> {
+        self.params.iter()
+    }
+
     /// Every combination of the choices, the last parameter (by name) varying fastest; each
     /// parameter must be a [`Domain::Choice`].
     pub fn grid(&self) -> Result<Vec<Params>, String> {

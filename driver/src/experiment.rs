@@ -1,0 +1,94 @@
+//! `quiver experiment list|trials|logs`: experiments in the store, their trials, and a trial's
+//! log, followed live while it runs.
+
+use std::io::Write;
+use std::time::Duration;
+
+use quiver_engine::{QuiverError, Result, Session};
+use quiver_operators::experiment::Experiments;
+
+use crate::run::{Output, run_all};
+
+/// What `quiver experiment` does.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ExperimentCommand {
+    /// One line per experiment: status, objective, best trial, registered model.
+    List,
+    /// One row per trial of an experiment, with its hyperparameters and metrics.
+    Trials {
+        /// The experiment.
+        name: String,
+    },
+    /// A trial's log; with --follow, new lines as they are written until the trial ends.
+    Logs {
+        /// The experiment.
+        name: String,
+        /// The trial, e.g. trial-0003.
+        trial: String,
+        /// Keep printing new lines until the trial ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+fn ml(e: quiver_operators::ml::MlError) -> QuiverError {
+    QuiverError::DataFusion(e.into())
+}
+
+pub(crate) async fn experiment_command(
+    session: &Session,
+    command: ExperimentCommand,
+    output: Output,
+) -> Result<()> {
+    match command {
+        ExperimentCommand::List => run_all(session, "SHOW EXPERIMENTS", output).await,
+        ExperimentCommand::Trials { name } => {
+            let sql = format!(
+                "SELECT * FROM experiment_trials('{}') ORDER BY trial",
+                name.replace('\'', "''")
+            );
+            run_all(session, &sql, output).await
+        }
+        ExperimentCommand::Logs {
+            name,
+            trial,
+            follow,
+        } => {
+            let dir = Experiments::new(session)
+                .map_err(ml)?
+                .dir(&name)
+                .map_err(ml)?;
+            if dir.file().await.map_err(ml)?.is_none() {
+                return Err(QuiverError::Config(format!(
+                    "experiment '{name}' does not exist at {}",
+                    dir.url
+                )));
+            }
+            let mut printed = 0;
+            loop {
+                // Read the end marker first: a log read after it is complete.
+                let finished = dir.result(&trial).await.map_err(ml)?.is_some();
+                let log = dir.log(&trial).await.map_err(ml)?;
+                if log.is_none() && dir.params(&trial).await.map_err(ml)?.is_none() {
+                    let trials = dir.trial_ids().await.map_err(ml)?;
+                    return Err(QuiverError::Config(format!(
+                        "experiment '{name}' has no trial '{trial}' (trials: {})",
+                        trials.join(", ")
+                    )));
+                }
+                let log = log.unwrap_or_default();
+                if log.len() > printed {
+                    std::io::stdout()
+                        .write_all(&log[printed..])
+                        .and_then(|()| std::io::stdout().flush())
+                        .map_err(|e| QuiverError::Config(format!("cannot print the log: {e}")))?;
+                    printed = log.len();
+                }
+                if !follow || finished {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,1441 @@
+//! Running an experiment: proposes trials, runs them on executor slots (retrying failures from
+//! their last checkpoint), stops poor ones early with ASHA, writes everything to the shared
+//! store as it happens, shows a live table of trials, and registers the best trial's model.
+//!
+//! Layout under `<store>/experiments/<name>/`: `experiment.json` (spec and status),
+//! `events.out.tfevents.*` (the HParams plugin's experiment summary) and per trial
+//! `trials/<trial>/{params.json, log.txt, checkpoints/, metrics.jsonl, events.out.tfevents.*,
+//! weights.safetensors, result.json}`, `result.json` written last.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use quiver_engine::Session;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::executor::{Slot, TRIAL_WEIGHTS, TrialExecutor, TrialOutput, TrialTask};
+use super::hparams::{HParamDomain, experiment_summary, session_start};
+use super::space::{DifferentialEvolution, Domain, Params};
+use super::spec::{AshaSettings, ExperimentSpec, Objective, Search};
+use crate::ml::events::EventFile;
+use crate::ml::store::{get_bytes, list_dirs, put_bytes, unix_now};
+use crate::ml::{EpochMetrics, MlError, ModelCard, OptionValue, TrainHooks, registry};
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialStatus {
+    /// Trained every epoch.
+    Completed,
+    /// Stopped early by the scheduler.
+    Stopped,
+    /// Failed on every attempt; re-running the experiment tries it again.
+    Failed,
+}
+
+impl TrialStatus {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// `params.json`: a trial's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialParams {
+    /// `trial-0003`.
+    pub trial: String,
+    /// Evolutionary search's generation (0 otherwise).
+    pub generation: usize,
+    /// The searched hyperparameters.
+    pub params: Params,
+}
+
+/// `result.json`: how a trial ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// `trial-0003`.
+    pub trial: String,
+    /// Evolutionary search's generation (0 otherwise).
+    pub generation: usize,
+    /// The searched hyperparameters.
+    pub params: Params,
+    /// How it ended.
+    pub status: TrialStatus,
+    /// The objective metric after its last epoch.
+    pub objective: Option<f64>,
+    /// Metrics of every epoch.
+    pub history: Vec<EpochMetrics>,
+    /// Attempts it took (1 without failures).
+    pub attempts: usize,
+    /// Seconds since the Unix epoch when it first started.
+    pub started_at: f64,
+    /// Seconds since the Unix epoch when it ended.
+    pub finished_at: f64,
+    /// The slot of its last attempt.
+    pub slot: String,
+    /// The last attempt's error, for failed trials.
+    pub error: Option<String>,
+    /// The folder of its last checkpoint.
+    pub checkpoint: Option<String>,
+    /// The trained model (version 0), for executors that produce one.
+    pub model: Option<ModelCard>,
+}
+
+/// `experiment.json`: the experiment as given, and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentFile {
+    /// Its name.
+    pub name: String,
+    /// `dnn_classifier` or `cnn_classifier`.
+    pub model_type: String,
+    /// The options as given.
+    pub options: Vec<(String, OptionValue)>,
+    /// The training query.
+    pub query: String,
+    /// `running`, `completed` or `failed`.
+    pub status: String,
+    /// What is optimised.
+    pub objective: Objective,
+    /// Trials finished (completed, stopped or failed).
+    pub trials_finished: usize,
+    /// The best trial so far.
+    pub best_trial: Option<String>,
+    /// Its objective value.
+    pub best_value: Option<f64>,
+    /// The registry folder of the best trial's model.
+    pub model: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created_at: f64,
+    /// Seconds since the Unix epoch.
+    pub updated_at: f64,
+    /// Quiver's version.
+    pub quiver_version: String,
+}
+
+/// What an experiment run produced.
+#[derive(Debug, Clone)]
+pub struct ExperimentReport {
+    /// `experiment.json` as it was left.
+    pub file: ExperimentFile,
+    /// Every trial, in trial order.
+    pub trials: Vec<TrialRecord>,
+    /// The folder of the experiment.
+    pub url: String,
+}
+
+/// An experiment's folder in the store.
+#[derive(Debug, Clone)]
+pub struct ExperimentDir {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// `experiments/<name>` in it.
+    pub dir: Path,
+    /// The folder's URL.
+    pub url: Url,
+}
+
+/// The `experiments/` folder of a store.
+#[derive(Debug, Clone)]
+pub struct Experiments {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: Url,
+}
+
+impl Experiments {
+    /// `experiments/` in the session's default store.
+    pub fn new(session: &Session) -> Result<Self, MlError> {
+        let url = session.default_store().join("experiments/").map_err(|e| {
+            MlError::Option(format!(
+                "bad default store {}: {e}",
+                session.default_store()
+            ))
+        })?;
+        Ok(Self {
+            store: session.store_for(&url)?,
+            root: quiver_engine::store::object_path(&url)?,
+            url,
+        })
+    }
+
+    /// The folder of experiment `name`.
+    pub fn dir(&self, name: &str) -> Result<ExperimentDir, MlError> {
+        crate::ml::registry::validate_name(name)?;
+        Ok(ExperimentDir {
+            store: Arc::clone(&self.store),
+            dir: self.root.clone().join(name),
+            url: self
+                .url
+                .join(&format!("{name}/"))
+                .map_err(|e| MlError::Option(format!("bad experiment name '{name}': {e}")))?,
+        })
+    }
+
+    /// Names of the experiments, sorted.
+    pub async fn names(&self) -> Result<Vec<String>, MlError> {
+        let mut names = list_dirs(&self.store, &self.root).await?;
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl ExperimentDir {
+    fn path(&self, file: &str) -> Path {
+        self.dir.clone().join(file)
+    }
+
+    /// The folder of one trial.
+    pub fn trial_dir(&self, trial: &str) -> Path {
+        self.dir.clone().join("trials").clone().join(trial)
+    }
+
+    fn trial_url(&self, trial: &str) -> Result<Url, MlError> {
+        self.url
+            .join(&format!("trials/{trial}/"))
+            .map_err(|e| MlError::Option(e.to_string()))
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, MlError> {
+        match get_bytes(&self.store, path).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                MlError::Checkpoint(format!("{}/{path} is unreadable: {e}", self.store))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), MlError> {
+        put_bytes(&self.store, path, serde_json::to_vec_pretty(value)?).await
+    }
+
+    /// `experiment.json`, if the experiment exists.
+    pub async fn file(&self) -> Result<Option<ExperimentFile>, MlError> {
+        self.read_json(&self.path("experiment.json")).await
+    }
+
+    /// The trial ids that have a folder, sorted.
+    pub async fn trial_ids(&self) -> Result<Vec<String>, MlError> {
+        let mut ids = list_dirs(&self.store, &self.dir.clone().join("trials")).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A trial's `params.json`.
+    pub async fn params(&self, trial: &str) -> Result<Option<TrialParams>, MlError> {
+        self.read_json(&self.trial_dir(trial).clone().join("params.json"))
+            .await
+    }
+
+    /// A trial's `result.json`, once it has ended.
+    pub async fn result(&self, trial: &str) -> Result<Option<TrialRecord>, MlError> {
+        self.read_json(&self.trial_dir(trial).clone().join("result.json"))
+            .await
+    }
+
+    /// The epochs a trial has finished so far (its `metrics.jsonl`).
+    pub async fn progress(&self, trial: &str) -> Result<Vec<EpochMetrics>, MlError> {
+        let path = self.trial_dir(trial).clone().join("metrics.jsonl");
+        let Some(bytes) = get_bytes(&self.store, &path).await? else {
+            return Ok(Vec::new());
+        };
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(MlError::from))
+            .collect()
+    }
+
+    /// A trial's log so far.
+    pub async fn log(&self, trial: &str) -> Result<Option<Vec<u8>>, MlError> {
+        get_bytes(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await
+    }
+}
+
+/// Runs (or resumes) `spec` on `executor`'s slots and registers the best trial's model.
+pub async fn run_experiment(
+    spec: &ExperimentSpec,
+    session: &Session,
+    executor: Arc<dyn TrialExecutor>,
+) -> Result<ExperimentReport, MlError> {
+    let exp = Experiments::new(session)?.dir(&spec.name)?;
+    let mut file = match exp.file().await? {
+        Some(stored) => {
+            if stored.model_type != spec.model_type
+                || stored.options != spec.options
+                || stored.query != spec.query
+            {
+                return Err(MlError::Exists(format!(
+                    "experiment '{}' exists at {} with other options or another query: give the \
+                     new one another name (re-running the same statement resumes it)",
+                    spec.name, exp.url
+                )));
+            }
+            ExperimentFile {
+                status: "running".into(),
+                updated_at: unix_now(),
+                ..stored
+            }
+        }
+        None => ExperimentFile {
+            name: spec.name.clone(),
+            model_type: spec.model_type.clone(),
+            options: spec.options.clone(),
+            query: spec.query.clone(),
+            status: "running".into(),
+            objective: spec.objective.clone(),
+            trials_finished: 0,
+            best_trial: None,
+            best_value: None,
+            model: None,
+            created_at: unix_now(),
+            updated_at: unix_now(),
+            quiver_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    };
+    exp.write_json(&exp.path("experiment.json"), &file).await?;
+    write_experiment_summary(&exp, spec, file.created_at).await?;
+    let slots: Vec<Slot> = executor
+        .slots()
+        .into_iter()
+        .take(spec.max_parallel_trials)
+        .collect();
+    if slots.is_empty() {
+        return Err(MlError::Training(
+            "the executor offers no slots to run trials on".into(),
+        ));
+    }
+    let planned = match &spec.search {
+        Search::Grid => spec.space.grid().map_err(MlError::Option)?.len(),
+        Search::Random { trials } => *trials,
+        Search::Evolutionary { de, generations } => de.population * generations,
+    };
+    let runner = Arc::new(Runner {
+        spec: spec.clone(),
+        exp: exp.clone(),
+        executor,
+        asha: spec
+            .asha
+            .map(|s| Asha::new(s, spec.max_epochs, spec.objective.clone())),
+        display: Display::new(spec, planned),
+    });
+    eprintln!(
+        "experiment {}: {planned} trials on {} slot(s) [{}], results in {}",
+        spec.name,
+        slots.len(),
+        slots
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        exp.url
+    );
+    let trials = match &spec.search {
+        Search::Grid => {
+            let proposals = spec.space.grid().map_err(MlError::Option)?;
+            Arc::clone(&runner)
+                .run_batch(0, 0, proposals, &slots)
+                .await?
+        }
+        Search::Random { trials } => {
+            let proposals = spec.space.random(*trials, search_seed(spec));
+            Arc::clone(&runner)
+                .run_batch(0, 0, proposals, &slots)
+                .await?
+        }
+        Search::Evolutionary { de, generations } => {
+            Arc::clone(&runner).evolve(de, *generations, &slots).await?
+        }
+    };
+    runner.display.finish();
+    let best = best_trial(&trials, &spec.objective);
+    file.trials_finished = trials.len();
+    file.best_trial = best.map(|b| b.trial.clone());
+    file.best_value = best.and_then(|b| b.objective);
+    if spec.register_model
+        && let Some(card) = best.and_then(|b| b.model.clone())
+    {
+        let best = best.expect("has a model");
+        file.model = Some(register_best(session, &exp, best, card, &spec.name).await?);
+    }
+    file.status = if best.is_some() {
+        "completed".into()
+    } else {
+        "failed".into()
+    };
+    file.updated_at = unix_now();
+    exp.write_json(&exp.path("experiment.json"), &file).await?;
+    Ok(ExperimentReport {
+        file,
+        trials,
+        url: exp.url.to_string(),
+    })
+}
+
+fn search_seed(spec: &ExperimentSpec) -> u64 {
+    spec.options
+        .iter()
+        .find(|(k, _)| k == "search_seed")
+        .and_then(|(_, v)| match v {
+            OptionValue::Num(n) => Some(*n as u64),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// The completed trial with the best objective (stopped trials only when none completed).
+pub fn best_trial<'a>(trials: &'a [TrialRecord], objective: &Objective) -> Option<&'a TrialRecord> {
+    let best_of = |status: TrialStatus| {
+        trials
+            .iter()
+            .filter(|t| t.status == status)
+            .filter_map(|t| t.objective.map(|v| (t, objective.score(v))))
+            .filter(|(_, s)| s.is_finite())
+            // The first of equals wins, so ties go to the lower trial id.
+            .fold(
+                None,
+                |best: Option<(&TrialRecord, f64)>, (t, s)| match best {
+                    Some((_, b)) if b >= s => best,
+                    _ => Some((t, s)),
+                },
+            )
+            .map(|(t, _)| t)
+    };
+    best_of(TrialStatus::Completed).or_else(|| best_of(TrialStatus::Stopped))
+}
+
+/// Registers the best trial's model under `name`, once: a resumed experiment finds the version
+/// it registered before.
+async fn register_best(
+    session: &Session,
+    exp: &ExperimentDir,
+    best: &TrialRecord,
+    mut card: ModelCard,
+    name: &str,
+) -> Result<String, MlError> {
+    let registry = registry(session)?;
+    for version in registry.versions(name).await? {
+        let (existing, _) = registry.load(name, Some(version)).await?;
+        if existing.run == card.run {
+            return Ok(registry.version_url(name, version));
+        }
+    }
+    let weights_path = exp.trial_dir(&best.trial).clone().join(TRIAL_WEIGHTS);
+    let weights = get_bytes(&exp.store, &weights_path).await?.ok_or_else(|| {
+        MlError::Checkpoint(format!(
+            "{}trials/{}/{TRIAL_WEIGHTS} is missing",
+            exp.url, best.trial
+        ))
+    })?;
+    card.name = name.to_string();
+    let card = registry.register(card, weights).await?;
+    eprintln!(
+        "registered the best trial {} as model {} version {}",
+        best.trial, card.name, card.version
+    );
+    Ok(registry.version_url(&card.name, card.version))
+}
+
+/// The HParams plugin's experiment summary at the experiment's root (same content on resume).
+async fn write_experiment_summary(
+    exp: &ExperimentDir,
+    spec: &ExperimentSpec,
+    created: f64,
+) -> Result<(), MlError> {
+    let hparams: Vec<(String, HParamDomain)> = spec
+        .space
+        .domains()
+        .map(|(name, domain)| {
+            let domain = match domain {
+                Domain::Choice(values) => HParamDomain::Discrete(values.clone()),
+                Domain::Uniform { low, high } | Domain::LogUniform { low, high } => {
+                    HParamDomain::Interval(*low, *high)
+                }
+                Domain::Int { low, high } => HParamDomain::Interval(*low as f64, *high as f64),
+            };
+            (name.clone(), domain)
+        })
+        .collect();
+    let validation = spec.options.iter().any(|(k, _)| k == "validation_query");
+    let mut metrics = vec!["epoch_accuracy", "epoch_loss"];
+    if validation {
+        metrics.extend(["val_accuracy", "val_loss"]);
+    }
+    let summary = experiment_summary(
+        &spec.name,
+        &format!("{} search over {}", spec.model_type, spec.query),
+        created,
+        &hparams,
+        &metrics,
+    );
+    let mut events = EventFile::new(created);
+    events.plugin_summary(created, 0, &summary);
+    let path = exp.path(&format!("events.out.tfevents.{}.quiver", created as u64));
+    put_bytes(&exp.store, &path, events.bytes().to_vec()).await
+}
+
+/// What every trial task shares.
+struct Runner {
+    spec: ExperimentSpec,
+    exp: ExperimentDir,
+    executor: Arc<dyn TrialExecutor>,
+    asha: Option<Asha>,
+    display: Display,
+}
+
+impl Runner {
+    /// Runs `proposals` as trials `first..`, at most one per slot at a time; trials that
+    /// finished in an earlier run are read back instead.
+    async fn run_batch(
+        self: Arc<Self>,
+        generation: usize,
+        first: usize,
+        proposals: Vec<Params>,
+        slots: &[Slot],
+    ) -> Result<Vec<TrialRecord>, MlError> {
+        let mut records: Vec<Option<TrialRecord>> = vec![None; proposals.len()];
+        let mut queue = VecDeque::new();
+        for (i, params) in proposals.into_iter().enumerate() {
+            let trial = format!("trial-{:04}", first + i);
+            match self.exp.result(&trial).await? {
+                Some(done) if done.status != TrialStatus::Failed && done.params == params => {
+                    if let Some(asha) = &self.asha {
+                        asha.replay(&done.history);
+                    }
+                    self.display.done_before(&done);
+                    records[i] = Some(done);
+                }
+                _ => queue.push_back((
+                    i,
+                    TrialParams {
+                        trial,
+                        generation,
+                        params,
+                    },
+                )),
+            }
+        }
+        let mut free: Vec<Slot> = slots.iter().rev().cloned().collect();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while !free.is_empty() && !queue.is_empty() {
+                let slot = free.pop().expect("checked");
+                let (i, trial) = queue.pop_front().expect("checked");
+                let runner = Arc::clone(&self);
+                running.spawn(async move {
+                    let record = runner.run_trial(&slot, trial).await;
+                    (slot, i, record)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (slot, i, record) =
+                joined.map_err(|e| MlError::Training(format!("a trial task failed: {e}")))?;
+            free.push(slot);
+            records[i] = Some(record?);
+        }
+        Ok(records
+            .into_iter()
+            .map(|r| r.expect("every trial ran"))
+            .collect())
+    }
+
+    /// Differential evolution: a random first generation, then children bred from the best
+    /// members so far, each replacing its parent when it scores at least as well.
+    async fn evolve(
+        self: Arc<Self>,
+        de: &DifferentialEvolution,
+        generations: usize,
+        slots: &[Slot],
+    ) -> Result<Vec<TrialRecord>, MlError> {
+        let objective = self.spec.objective.clone();
+        let score = |r: &TrialRecord| {
+            r.objective
+                .map_or(f64::NEG_INFINITY, |v| objective.score(v))
+        };
+        let first = Arc::clone(&self)
+            .run_batch(0, 0, de.initial(&self.spec.space), slots)
+            .await?;
+        let mut members: Vec<(Params, f64)> =
+            first.iter().map(|r| (r.params.clone(), score(r))).collect();
+        let mut all = first;
+        for generation in 1..generations {
+            let parents: Vec<Params> = members.iter().map(|(p, _)| p.clone()).collect();
+            let children = de.breed(&self.spec.space, &parents, generation as u64);
+            let records = Arc::clone(&self)
+                .run_batch(generation, generation * de.population, children, slots)
+                .await?;
+            let scored: Vec<(Params, f64)> = records
+                .iter()
+                .map(|r| (r.params.clone(), score(r)))
+                .collect();
+            members = DifferentialEvolution::select(&members, &scored);
+            let best = members
+                .iter()
+                .map(|(_, s)| *s)
+                .fold(f64::NEG_INFINITY, f64::max);
+            eprintln!(
+                "generation {generation}: best {} {:.4}",
+                objective.metric,
+                objective.score(best)
+            );
+            all.extend(records);
+        }
+        Ok(all)
+    }
+
+    /// Runs one trial to its end, retrying failed attempts from the last checkpoint.
+    async fn run_trial(&self, slot: &Slot, trial: TrialParams) -> Result<TrialRecord, MlError> {
+        let dir = self.exp.trial_dir(&trial.trial);
+        if self.exp.params(&trial.trial).await?.as_ref() != Some(&trial) {
+            self.exp
+                .write_json(&dir.clone().join("params.json"), &trial)
+                .await?;
+        }
+        let run_url = self.exp.trial_url(&trial.trial)?;
+        let log = Arc::new(TrialLog::open(&self.exp.store, dir.clone().join("log.txt")).await?);
+        let flusher = {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let _ = log.flush().await;
+                }
+            })
+        };
+        let mut options = self.spec.fixed.clone();
+        options.extend(trial.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let task = TrialTask {
+            experiment: self.spec.name.clone(),
+            trial: trial.trial.clone(),
+            model_type: self.spec.model_type.clone(),
+            options,
+            query: self.spec.query.clone(),
+            run_url: run_url.to_string(),
+        };
+        let started_at = unix_now();
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            log.line(&format!(
+                "attempt {attempt} on {slot}: {}",
+                params_text(&trial.params)
+            ));
+            let progress = Arc::new(AtomicU64::new(0));
+            self.display
+                .started(&trial.trial, &trial.params, slot, Arc::clone(&progress));
+            let hooks = self.hooks(&trial, Arc::clone(&log), progress, started_at);
+            let executor = Arc::clone(&self.executor);
+            let (slot_c, task_c) = (slot.clone(), task.clone());
+            let handle =
+                tokio::spawn(async move { executor.run_trial(&slot_c, &task_c, hooks).await });
+            let result = match self.spec.trial_timeout {
+                Some(seconds) => {
+                    let abort = handle.abort_handle();
+                    match tokio::time::timeout(Duration::from_secs_f64(seconds), handle).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            abort.abort();
+                            Ok(Err(MlError::Training(format!(
+                                "the attempt ran past trial_timeout ({seconds} s)"
+                            ))))
+                        }
+                    }
+                }
+                None => handle.await,
+            };
+            let result = result.unwrap_or_else(|e| {
+                let why = match e.try_into_panic() {
+                    Ok(panic) => panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic".into()),
+                    Err(e) => e.to_string(),
+                };
+                Err(MlError::Training(format!("the trial crashed: {why}")))
+            });
+            match result {
+                Ok(output) => break Ok(output),
+                Err(e) => {
+                    log.line(&format!("attempt {attempt} failed: {e}"));
+                    self.display.failed_attempt(&trial.trial, attempt, &e);
+                    if attempt > self.spec.max_retries {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        flusher.abort();
+        let record = self.record(&trial, slot, attempt, started_at, outcome);
+        log.line(&format!(
+            "{}: {} {}",
+            record.status.as_str(),
+            self.spec.objective.metric,
+            record
+                .objective
+                .map_or("-".to_string(), |v| format!("{v:.4}"))
+        ));
+        log.flush().await?;
+        self.exp
+            .write_json(&dir.clone().join("result.json"), &record)
+            .await?;
+        self.display.finished(&record);
+        Ok(record)
+    }
+
+    fn hooks(
+        &self,
+        trial: &TrialParams,
+        log: Arc<TrialLog>,
+        progress: Arc<AtomicU64>,
+        started_at: f64,
+    ) -> TrainHooks {
+        let sink_log = Arc::clone(&log);
+        let asha = self.asha.clone();
+        let display = self.display.clone();
+        let id = trial.trial.clone();
+        TrainHooks {
+            log: Some(Arc::new(move |line: &str| sink_log.line(line))),
+            on_epoch: Some(Arc::new(move |m: EpochMetrics| {
+                display.epoch(&id, &m);
+                let keep = asha.as_ref().is_none_or(|a| a.report(&m));
+                if !keep {
+                    log.line(&format!(
+                        "ASHA: below the rung's cutoff after epoch {}",
+                        m.epoch
+                    ));
+                }
+                async move { keep }.boxed()
+            })),
+            progress: Some(progress),
+            threads: None,
+            summaries: vec![session_start(&trial.params, &trial.trial, started_at)],
+        }
+    }
+
+    fn record(
+        &self,
+        trial: &TrialParams,
+        slot: &Slot,
+        attempts: usize,
+        started_at: f64,
+        outcome: Result<TrialOutput, MlError>,
+    ) -> TrialRecord {
+        let (status, history, error, model) = match outcome {
+            Ok(out) => (
+                if out.stopped_by_scheduler {
+                    TrialStatus::Stopped
+                } else {
+                    TrialStatus::Completed
+                },
+                out.history,
+                None,
+                out.model,
+            ),
+            Err(e) => (TrialStatus::Failed, Vec::new(), Some(e.to_string()), None),
+        };
+        let last = history.last();
+        TrialRecord {
+            trial: trial.trial.clone(),
+            generation: trial.generation,
+            params: trial.params.clone(),
+            status,
+            objective: last.and_then(|m| self.spec.objective.value(m)),
+            checkpoint: last.map(|m| {
+                format!(
+                    "{}trials/{}/checkpoints/epoch-{:04}/",
+                    self.exp.url, trial.trial, m.epoch
+                )
+            }),
+            history,
+            attempts,
+            started_at,
+            finished_at: unix_now(),
+            slot: slot.to_string(),
+            error,
+            model,
+        }
+    }
+}
+
+/// `name=value` pairs of a trial's hyperparameters.
+pub fn params_text(params: &Params) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", plain(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A value without the quotes SQL puts around strings.
+pub fn plain(v: &OptionValue) -> String {
+    match v {
+        OptionValue::Str(s) => s.clone(),
+        OptionValue::Num(n) => format!("{}", (n * 1e10).round() / 1e10),
+        other => other.to_string(),
+    }
+}
+
+/// A trial's `log.txt`: lines kept in memory and written to the store every few seconds
+/// (object stores cannot append), so that it can be followed while the trial runs.
+struct TrialLog {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    text: Mutex<String>,
+    dirty: AtomicBool,
+}
+
+impl TrialLog {
+    async fn open(store: &Arc<dyn ObjectStore>, path: Path) -> Result<Self, MlError> {
+        let text = get_bytes(store, &path)
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            store: Arc::clone(store),
+            path,
+            text: Mutex::new(text),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn line(&self, line: &str) {
+        let mut text = self.text.lock().expect("log lock");
+        text.push_str(&format!("{} {line}\n", utc_timestamp(unix_now())));
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    async fn flush(&self) -> Result<(), MlError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let text = self.text.lock().expect("log lock").clone();
+        put_bytes(&self.store, &self.path, text.into_bytes()).await
+    }
+}
+
+/// `2026-11-27T01:02:03Z`.
+fn utc_timestamp(seconds: f64) -> String {
+    let secs = seconds as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Asynchronous successive halving: at each rung (`grace_period * reduction_factor^k`
+/// epochs) a trial goes on only if its objective is at least the `1 - 1/reduction_factor`
+/// quantile of the values recorded at that rung before it. Decisions depend on the order
+/// trials reach a rung, as in every asynchronous scheduler.
+#[derive(Debug, Clone)]
+pub struct Asha {
+    rungs: Vec<usize>,
+    reduction_factor: usize,
+    objective: Objective,
+    recorded: Arc<Mutex<BTreeMap<usize, Vec<f64>>>>,
+}
+
+impl Asha {
+    /// Rungs below `max_epochs`.
+    pub fn new(settings: AshaSettings, max_epochs: usize, objective: Objective) -> Self {
+        let mut rungs = Vec::new();
+        let mut epoch = settings.grace_period;
+        while epoch < max_epochs {
+            rungs.push(epoch);
+            epoch *= settings.reduction_factor;
+        }
+        Self {
+            rungs,
+            reduction_factor: settings.reduction_factor,
+            objective,
+            recorded: Arc::default(),
+        }
+    }
+
+    /// Records an epoch's result; `false` stops the trial.
+    pub fn report(&self, m: &EpochMetrics) -> bool {
+        let Some(value) = self.objective.value(m) else {
+            return true;
+        };
+        if !self.rungs.contains(&m.epoch) {
+            return true;
+        }
+        let score = self.objective.score(value);
+        let mut recorded = self.recorded.lock().expect("asha lock");
+        let rung = recorded.entry(m.epoch).or_default();
+        let keep = quantile(rung, 1.0 - 1.0 / self.reduction_factor as f64)
+            .is_none_or(|cutoff| score >= cutoff);
+        rung.push(score);
+        keep
+    }
+
+    /// Records the rungs a trial of an earlier run passed.
+    pub fn replay(&self, history: &[EpochMetrics]) {
+        for m in history {
+            self.report(m);
+        }
+    }
+}
+
+/// The `q` quantile of `values` with linear interpolation (numpy's default); `None` if empty.
+fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+/// The live table of trials: one line per trial on a terminal, a log line per event otherwise.
+#[derive(Clone)]
+struct Display {
+    multi: MultiProgress,
+    header: ProgressBar,
+    bars: Arc<Mutex<BTreeMap<String, (ProgressBar, String)>>>,
+    terminal: bool,
+    metric: String,
+    epochs: usize,
+    planned: usize,
+    finished: Arc<AtomicU64>,
+}
+
+impl Display {
+    fn new(spec: &ExperimentSpec, planned: usize) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let header = multi.add(ProgressBar::new(planned as u64));
+        header.set_style(
+            ProgressStyle::with_template("experiment {prefix} [{bar:20}] {pos}/{len} trials {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        header.set_prefix(spec.name.clone());
+        Self {
+            multi,
+            header,
+            bars: Arc::default(),
+            terminal,
+            metric: spec.objective.metric.clone(),
+            epochs: spec.max_epochs,
+            planned,
+            finished: Arc::default(),
+        }
+    }
+
+    fn started(&self, trial: &str, params: &Params, slot: &Slot, progress: Arc<AtomicU64>) {
+        let text = params_text(params);
+        if !self.terminal {
+            eprintln!("{trial} started on {slot}: {text}");
+            return;
+        }
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("  {prefix} {spinner} {msg} ({pos} examples)")
+                .expect("valid template"),
+        );
+        bar.set_prefix(trial.to_string());
+        bar.set_message(format!("running  epoch 1/{} {text}", self.epochs));
+        bar.enable_steady_tick(Duration::from_millis(250));
+        // Examples of the current epoch, refreshed while the trial runs.
+        let ticker = bar.clone();
+        tokio::spawn(async move {
+            while !ticker.is_finished() {
+                ticker.set_position(progress.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        self.bars
+            .lock()
+            .expect("display lock")
+            .insert(trial.to_string(), (bar, text));
+    }
+
+    fn epoch(&self, trial: &str, m: &EpochMetrics) {
+        let value =
+            super::spec::metric(m, &self.metric).map_or("-".to_string(), |v| format!("{v:.4}"));
+        match self.bars.lock().expect("display lock").get(trial) {
+            Some((bar, text)) if self.terminal => bar.set_message(format!(
+                "running  epoch {}/{} {} {value} {text}",
+                m.epoch + 1,
+                self.epochs,
+                self.metric
+            )),
+            _ => eprintln!(
+                "{trial} epoch {}/{}: {} {value}",
+                m.epoch, self.epochs, self.metric
+            ),
+        }
+    }
+
+    fn failed_attempt(&self, trial: &str, attempt: usize, error: &MlError) {
+        self.multi
+            .suspend(|| eprintln!("{trial} attempt {attempt} failed: {error}"));
+    }
+
+    fn done_before(&self, record: &TrialRecord) {
+        self.multi.suspend(|| {
+            eprintln!(
+                "{} {} in an earlier run: skipped",
+                record.trial,
+                record.status.as_str()
+            )
+        });
+        self.count();
+    }
+
+    fn finished(&self, record: &TrialRecord) {
+        let value = record
+            .objective
+            .map_or("-".to_string(), |v| format!("{v:.4}"));
+        let line = format!(
+            "{:<9} {} {value} after {} epoch(s), {:.1}s {}",
+            record.status.as_str(),
+            self.metric,
+            record.history.len(),
+            record.finished_at - record.started_at,
+            params_text(&record.params)
+        );
+        match self.bars.lock().expect("display lock").get(&record.trial) {
+            Some((bar, _)) if self.terminal => {
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix} {msg}").expect("valid template"),
+                );
+                bar.finish_with_message(line);
+            }
+            _ => eprintln!("{} {line}", record.trial),
+        }
+        self.count();
+    }
+
+    fn count(&self) {
+        let done = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
+        self.header.set_position(done);
+        if !self.terminal {
+            eprintln!("{done}/{} trials finished", self.planned);
+        }
+    }
+
+    fn finish(&self) {
+        self.header.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use async_trait::async_trait;
+    use quiver_engine::SessionOptions;
+
+    use crate::experiment::spec::ExperimentBuilder;
+
+    /// An executor whose "training" scores a known function of the hyperparameters, so that
+    /// the optimum is known; it can fail or hang chosen trials.
+    struct KnownOptimum {
+        slots: usize,
+        fail_first_attempt: Vec<String>,
+        always_fail: Vec<String>,
+        hang: Vec<String>,
+        attempts: Mutex<BTreeMap<String, usize>>,
+    }
+
+    impl KnownOptimum {
+        fn new(slots: usize) -> Self {
+            Self {
+                slots,
+                fail_first_attempt: Vec::new(),
+                always_fail: Vec::new(),
+                hang: Vec::new(),
+                attempts: Mutex::default(),
+            }
+        }
+    }
+
+    fn num(params: &[(String, OptionValue)], key: &str) -> f64 {
+        match params.iter().rev().find(|(k, _)| k == key) {
+            Some((_, OptionValue::Num(n))) => *n,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    #[async_trait]
+    impl TrialExecutor for KnownOptimum {
+        fn slots(&self) -> Vec<Slot> {
+            (0..self.slots)
+                .map(|index| Slot {
+                    index,
+                    device: "cpu".into(),
+                    threads: 1,
+                })
+                .collect()
+        }
+
+        async fn run_trial(
+            &self,
+            _slot: &Slot,
+            task: &TrialTask,
+            hooks: TrainHooks,
+        ) -> Result<TrialOutput, MlError> {
+            let attempt = {
+                let mut attempts = self.attempts.lock().unwrap();
+                let n = attempts.entry(task.trial.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            if self.always_fail.contains(&task.trial) {
+                return Err(MlError::Training("this trial always fails".into()));
+            }
+            if attempt == 1 && self.fail_first_attempt.contains(&task.trial) {
+                panic!("simulated crash of {}", task.trial);
+            }
+            if self.hang.contains(&task.trial) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            // The optimum: learning_rate 0.004, dropout 0.35, where accuracy is 1.
+            let lr = num(&task.options, "learning_rate");
+            let dropout = num(&task.options, "dropout");
+            let accuracy = 1.0 - ((lr - 0.004) / 0.01).powi(2) - (dropout - 0.35).powi(2);
+            let epochs = num(&task.options, "epochs") as usize;
+            let mut history = Vec::new();
+            for e in 1..=epochs {
+                let m = epoch(e, accuracy * e as f64 / epochs as f64);
+                history.push(m.clone());
+                if let Some(hook) = &hooks.on_epoch
+                    && e < epochs
+                    && !hook(m).await
+                {
+                    return Ok(TrialOutput {
+                        history,
+                        evaluation: None,
+                        stopped_by_scheduler: true,
+                        model: None,
+                    });
+                }
+            }
+            Ok(TrialOutput {
+                history,
+                evaluation: None,
+                stopped_by_scheduler: false,
+                model: None,
+            })
+        }
+    }
+
+    fn memory_session(name: &str) -> Session {
+        Session::try_new(SessionOptions {
+            default_store: format!("memory://{name}/"),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn experiment(options: &[(&str, OptionValue)]) -> ExperimentSpec {
+        let mut b = ExperimentBuilder::new("exp", "dnn_classifier").unwrap();
+        for (k, v) in options {
+            b.set(k, v.clone()).unwrap();
+        }
+        b.build("SELECT 1").unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn evolution_improves_towards_the_known_optimum() {
+        let spec = experiment(&[
+            ("learning_rate", OptionValue::from("uniform(0.0001, 0.01)")),
+            ("dropout", OptionValue::from("uniform(0, 0.9)")),
+            ("epochs", OptionValue::from(1)),
+            ("search", OptionValue::from("evolutionary")),
+            ("population", OptionValue::from(8)),
+            ("generations", OptionValue::from(12)),
+            ("search_seed", OptionValue::from(7)),
+            ("max_parallel_trials", OptionValue::from(2)),
+        ]);
+        let session = memory_session("evolution");
+        let report = run_experiment(&spec, &session, Arc::new(KnownOptimum::new(2)))
+            .await
+            .unwrap();
+        assert_eq!(report.trials.len(), 96);
+        let best_of = |generation: usize| {
+            report
+                .trials
+                .iter()
+                .filter(|t| t.generation <= generation)
+                .filter_map(|t| t.objective)
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let first = best_of(0);
+        let last = best_of(11);
+        assert!(last > first, "no improvement: {first} -> {last}");
+        assert!(last > 0.97, "best {last} is far from the optimum 1.0");
+        // Children of later generations are better on average: the population converges.
+        let mean_of = |generation: usize| {
+            let values: Vec<f64> = report
+                .trials
+                .iter()
+                .filter(|t| t.generation == generation)
+                .filter_map(|t| t.objective)
+                .collect();
+            values.iter().sum::<f64>() / values.len() as f64
+        };
+        assert!(
+            mean_of(11) > mean_of(0) + 0.05,
+            "{} -> {}",
+            mean_of(0),
+            mean_of(11)
+        );
+        assert_eq!(report.file.status, "completed");
+        assert_eq!(report.file.best_value, Some(last));
+        // Everything is in the store: params and result of every trial.
+        let exp = Experiments::new(&session).unwrap().dir("exp").unwrap();
+        assert_eq!(exp.trial_ids().await.unwrap().len(), 96);
+        let stored = exp.result("trial-0095").await.unwrap().unwrap();
+        assert_eq!(stored.generation, 11);
+        assert!(exp.log("trial-0095").await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_trials_retry_and_never_stop_the_others() {
+        let spec = experiment(&[
+            ("learning_rate", OptionValue::from(vec![0.001, 0.004])),
+            ("dropout", OptionValue::from(vec![0.2, 0.35])),
+            ("epochs", OptionValue::from(2)),
+            ("max_parallel_trials", OptionValue::from(2)),
+            ("max_retries", OptionValue::from(1)),
+            ("trial_timeout", OptionValue::from(2)),
+        ]);
+        let mut executor = KnownOptimum::new(2);
+        executor.fail_first_attempt = vec!["trial-0001".into()];
+        executor.always_fail = vec!["trial-0002".into()];
+        executor.hang = vec!["trial-0003".into()];
+        let session = memory_session("retries");
+        let report = run_experiment(&spec, &session, Arc::new(executor))
+            .await
+            .unwrap();
+        let status: Vec<_> = report
+            .trials
+            .iter()
+            .map(|t| (t.status, t.attempts))
+            .collect();
+        assert_eq!(
+            status,
+            vec![
+                (TrialStatus::Completed, 1),
+                (TrialStatus::Completed, 2),
+                (TrialStatus::Failed, 2),
+                (TrialStatus::Failed, 2),
+            ]
+        );
+        assert!(report.trials[1].error.is_none());
+        assert!(
+            report.trials[2]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("always fails")
+        );
+        assert!(
+            report.trials[3]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("trial_timeout")
+        );
+        let exp = Experiments::new(&session).unwrap().dir("exp").unwrap();
+        let log = String::from_utf8(exp.log("trial-0001").await.unwrap().unwrap()).unwrap();
+        assert!(log.contains("simulated crash of trial-0001"), "{log}");
+        // The best of the completed trials: learning_rate 0.004 is closer to the optimum.
+        assert_eq!(report.file.best_trial.as_deref(), Some("trial-0001"));
+
+        // A re-run keeps the finished trials and retries only the failed ones.
+        let again = KnownOptimum::new(2);
+        let report = run_experiment(&spec, &session, Arc::new(again))
+            .await
+            .unwrap();
+        let status: Vec<_> = report.trials.iter().map(|t| t.status).collect();
+        assert_eq!(status, vec![TrialStatus::Completed; 4]);
+        assert_eq!(report.trials[1].attempts, 2, "trial-0001 was not rerun");
+        assert_eq!(report.file.best_trial.as_deref(), Some("trial-0003"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asha_stops_poor_trials_of_a_random_search() {
+        let spec = experiment(&[
+            (
+                "learning_rate",
+                OptionValue::from("log_uniform(0.0001, 0.01)"),
+            ),
+            ("dropout", OptionValue::from("uniform(0, 0.9)")),
+            ("epochs", OptionValue::from(9)),
+            ("search", OptionValue::from("random")),
+            ("num_trials", OptionValue::from(12)),
+            ("scheduler", OptionValue::from("asha")),
+            ("max_parallel_trials", OptionValue::from(1)),
+        ]);
+        let session = memory_session("asha");
+        let report = run_experiment(&spec, &session, Arc::new(KnownOptimum::new(1)))
+            .await
+            .unwrap();
+        let stopped = report
+            .trials
+            .iter()
+            .filter(|t| t.status == TrialStatus::Stopped)
+            .count();
+        assert!(stopped >= 4, "only {stopped} of 12 trials stopped early");
+        let best = best_trial(&report.trials, &spec.objective).unwrap();
+        assert_eq!(best.status, TrialStatus::Completed);
+        assert_eq!(best.history.len(), 9);
+        // The best completed trial beats every trial that was stopped.
+        for t in report
+            .trials
+            .iter()
+            .filter(|t| t.status == TrialStatus::Stopped)
+        {
+            assert!(t.history.len() < 9);
+            // The toy accuracy grows linearly to its final value over 9 epochs.
+            let full = t.objective.unwrap() * 9.0 / t.history.len() as f64;
+            assert!(best.objective.unwrap() >= full - 1e-9);
+        }
+    }
+
+    fn epoch(epoch: usize, accuracy: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            loss: 1.0 - accuracy,
+            accuracy,
+            val_loss: None,
+            val_accuracy: None,
+            examples: 10,
+            seconds: 1.0,
+            examples_per_second: 10.0,
+        }
+    }
+
+    #[test]
+    fn asha_keeps_the_top_third_at_each_rung() {
+        let objective = Objective {
+            metric: "accuracy".into(),
+            maximize: true,
+        };
+        let asha = Asha::new(
+            AshaSettings {
+                grace_period: 1,
+                reduction_factor: 3,
+            },
+            9,
+            objective,
+        );
+        assert_eq!(asha.rungs, vec![1, 3]);
+        // The first trial at a rung always goes on; later ones need the 2/3 quantile.
+        assert!(asha.report(&epoch(1, 0.5)));
+        assert!(!asha.report(&epoch(1, 0.4)));
+        assert!(asha.report(&epoch(1, 0.9)));
+        // Not a rung.
+        assert!(asha.report(&epoch(2, 0.1)));
+        assert!(asha.report(&epoch(3, 0.7)));
+        assert!(!asha.report(&epoch(3, 0.6)));
+    }
+
+    #[test]
+    fn minimising_flips_the_comparison() {
+        let asha = Asha::new(
+            AshaSettings {
+                grace_period: 2,
+                reduction_factor: 2,
+            },
+            8,
+            Objective {
+                metric: "loss".into(),
+                maximize: false,
+            },
+        );
+        assert_eq!(asha.rungs, vec![2, 4]);
+        assert!(asha.report(&epoch(2, 0.5))); // loss 0.5
+        assert!(asha.report(&epoch(2, 0.8))); // loss 0.2: better
+        assert!(!asha.report(&epoch(2, 0.1))); // loss 0.9: worse than the median
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_numpy() {
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
+        assert!((quantile(&[1.0, 2.0], 2.0 / 3.0).unwrap() - 1.6666667).abs() < 1e-6);
+    }
+
+    #[test]
+    fn timestamps_are_utc() {
+        assert_eq!(utc_timestamp(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(1_795_741_323.0), "2026-11-27T01:02:03Z");
+    }
+
+    #[test]
+    fn best_trial_prefers_completed_and_the_objective() {
+        let record = |trial: &str, status, objective| TrialRecord {
+            trial: trial.into(),
+            generation: 0,
+            params: Params::new(),
+            status,
+            objective,
+            history: Vec::new(),
+            attempts: 1,
+            started_at: 0.0,
+            finished_at: 0.0,
+            slot: String::new(),
+            error: None,
+            checkpoint: None,
+            model: None,
+        };
+        let trials = vec![
+            record("a", TrialStatus::Stopped, Some(0.99)),
+            record("b", TrialStatus::Completed, Some(0.7)),
+            record("c", TrialStatus::Completed, Some(0.8)),
+            record("d", TrialStatus::Failed, None),
+            record("e", TrialStatus::Completed, Some(0.8)),
+        ];
+        let max = Objective {
+            metric: "accuracy".into(),
+            maximize: true,
+        };
+        assert_eq!(best_trial(&trials, &max).unwrap().trial, "c");
+        let min = Objective {
+            metric: "accuracy".into(),
+            maximize: false,
+        };
+        assert_eq!(best_trial(&trials, &min).unwrap().trial, "b");
+    }
+}

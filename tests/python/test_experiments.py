@@ -1,0 +1,186 @@
+"""Hyperparameter experiments through the CLI on real Fashion-MNIST images: the classic 6-trial
+grid with 2 parallel slots, everything in the store and readable by TensorBoard (scalars and
+HParams), trial logs followed live, and an experiment killed with SIGKILL that resumes to the
+same results as an uninterrupted one."""
+import glob
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import QUIVER
+from test_models import run_sql
+
+
+def fashion_sql(samples, name, options):
+    train = os.path.join(samples, "fashion", "train")
+    test = os.path.join(samples, "fashion", "test")
+    return f"""CREATE EXPERIMENT {name} OPTIONS (model_type = 'dnn_classifier', {options},
+                 validation_query = 'SELECT image_decode(content) AS image, label
+                                     FROM read_images(''{test}/'')')
+               AS SELECT image_decode(content) AS image, label FROM read_images('{train}/')"""
+
+
+def hparams_of(accumulator):
+    """The HParamsPluginData messages of an event file folder, by tag."""
+    content = accumulator.PluginTagToContent("hparams")
+    return {tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()}
+
+
+def test_fashion_grid_with_two_slots(samples, tmp_path):
+    sql = fashion_sql(samples, "grid", """learning_rate = [0.001, 0.005],
+        dropout = [0.45, 0.5, 0.55], hidden_units = [64], epochs = 2, batch_size = 64,
+        max_parallel_trials = 2""")
+    proc = subprocess.Popen([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", sql],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Follow the first trial's log while the experiment runs.
+    trial0 = tmp_path / "experiments" / "grid" / "trials" / "trial-0000" / "params.json"
+    deadline = time.time() + 300
+    while not trial0.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.1)
+    follow = subprocess.run([QUIVER, "--store", str(tmp_path), "experiment", "logs", "grid",
+                             "trial-0000", "--follow"], capture_output=True, text=True, timeout=600)
+    assert follow.returncode == 0, follow.stderr
+    assert "attempt 1 on slot" in follow.stdout, follow.stdout
+    assert "completed: val_accuracy" in follow.stdout, follow.stdout
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    # 6 rows, one per combination of the grid, best first.
+    assert len(rows) == 6, rows
+    grid = set(itertools.product([0.001, 0.005], [0.45, 0.5, 0.55]))
+    assert {(r["learning_rate"], r["dropout"]) for r in rows} == grid
+    assert all(r["status"] == "completed" and r["epochs_trained"] == 2 for r in rows), rows
+    objectives = [r["objective"] for r in rows]
+    assert objectives == sorted(objectives, reverse=True)
+    assert objectives[0] > 0.6, rows  # 10 classes: chance is 0.1
+    assert "started on slot 0" in err and "started on slot 1" in err, err
+
+    root = tmp_path / "experiments" / "grid"
+    spec = json.load(open(root / "experiment.json"))
+    assert spec["status"] == "completed"
+    assert spec["best_trial"] == rows[0]["trial"]
+    assert spec["model"].endswith("/models/grid/1/")
+    card = json.load(open(tmp_path / "models" / "grid" / "1" / "model.json"))
+    assert card["run"].endswith(f"/experiments/grid/trials/{rows[0]['trial']}/")
+
+    # TensorBoard: the experiment's HParams summary at the root...
+    acc = EventAccumulator(str(root))
+    acc.Reload()
+    experiment = hparams_of(acc)["_hparams_/experiment"].experiment
+    assert {h.name for h in experiment.hparam_infos} == {"learning_rate", "dropout"}
+    assert {m.name.tag for m in experiment.metric_infos} >= {"epoch_accuracy", "val_accuracy"}
+    # ...and every trial's scalars and hyperparameters.
+    for row in rows:
+        trial = root / "trials" / row["trial"]
+        for f in ("params.json", "result.json", "metrics.jsonl", "log.txt", "weights.safetensors",
+                  "checkpoints/epoch-0002/state.json", "checkpoints/epoch-0002/model.bin"):
+            assert (trial / f).exists(), (trial, f)
+        assert glob.glob(str(trial / "events.out.tfevents.*"))
+        acc = EventAccumulator(str(trial))
+        acc.Reload()
+        val = [e.value for e in acc.Scalars("val_accuracy")]
+        assert len(val) == 2 and abs(val[-1] - row["val_accuracy"]) < 1e-6, (val, row)
+        assert len(acc.Scalars("epoch_loss")) == 2
+        start = hparams_of(acc)["_hparams_/session_start_info"].session_start_info
+        assert start.hparams["learning_rate"].number_value == pytest.approx(row["learning_rate"])
+        assert start.hparams["dropout"].number_value == pytest.approx(row["dropout"])
+        assert start.group_name == row["trial"]
+
+    # The results are data: filter and order them with SQL.
+    best, _ = run_sql(tmp_path, """SELECT trial, learning_rate FROM experiment_trials('grid')
+                                   WHERE status = 'completed' ORDER BY val_accuracy DESC LIMIT 1""")
+    assert best[0]["trial"] == rows[0]["trial"]
+    shown, _ = run_sql(tmp_path, "SHOW EXPERIMENTS")
+    assert shown[0]["name"] == "grid" and shown[0]["trials"] == 6, shown
+    assert shown[0]["best_trial"] == rows[0]["trial"]
+
+    # Re-running the same statement finishes at once from the store; other options are refused.
+    again, proc = run_sql(tmp_path, sql)
+    assert proc.stderr.count("in an earlier run: skipped") == 6, proc.stderr
+    assert [r["trial"] for r in again] == [r["trial"] for r in rows]
+    assert not (tmp_path / "models" / "grid" / "2").exists(), "registered twice"
+    _, proc = run_sql(tmp_path, sql.replace("epochs = 2", "epochs = 3"), check=False)
+    assert proc.returncode != 0 and "exists at" in proc.stderr and "other options" in proc.stderr
+    assert json.load(open(root / "experiment.json"))["status"] == "completed"
+
+
+def test_bad_experiments_are_refused(samples, tmp_path):
+    cases = [
+        ("learning_rate = 'uniform(0.001, 0.01)'", "grid search needs a list of values"),
+        ("learning_rate = [0.001], colour = 3", "unknown option 'colour'"),
+        ("learning_rate = [0.001, -1]", "searched option learning_rate"),
+        ("learning_rate = [0.001], objective = 'f1'", "objective 'f1'"),
+        ("learning_rate = [0.001], search = 'random', num_trials = 0", "num_trials must be"),
+    ]
+    for options, message in cases:
+        _, proc = run_sql(tmp_path, fashion_sql(samples, "bad", options), check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (options, proc.stderr)
+    _, proc = run_sql(tmp_path, "CREATE EXPERIMENT bad OPTIONS (model_type = 'dnn_classifier', "
+                                "learning_rate = [0.001]) AS SELECT nope FROM missing", check=False)
+    assert proc.returncode != 0 and "does not plan" in proc.stderr, proc.stderr
+    assert not (tmp_path / "experiments").exists()
+    _, proc = run_sql(tmp_path, "SELECT * FROM experiment_trials('ghost')", check=False)
+    assert proc.returncode != 0 and "experiment 'ghost' does not exist" in proc.stderr
+
+
+def trial_histories(root):
+    return {os.path.basename(t): [json.loads(l) for l in open(os.path.join(t, "metrics.jsonl"))]
+            for t in sorted(glob.glob(str(root / "trials" / "trial-*")))}
+
+
+def test_killed_experiment_resumes_to_the_same_results(samples, tmp_path):
+    options = """learning_rate = [0.001, 0.002, 0.003, 0.004], hidden_units = [64], epochs = 4,
+                 batch_size = 64, max_parallel_trials = 2"""
+    straight = tmp_path / "straight"
+    rows, _ = run_sql(straight, fashion_sql(samples, "lr", options))
+    assert len(rows) == 4
+
+    killed = tmp_path / "killed"
+    sql = fashion_sql(samples, "lr", options)
+    proc = subprocess.Popen([QUIVER, "--store", str(killed), "sql", sql],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    trials = killed / "experiments" / "lr" / "trials"
+    deadline = time.time() + 600
+    # Kill once a trial has finished and another has a checkpoint but no result.
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no finished and running trial together"
+        done = sorted(p.parent.name for p in trials.glob("*/result.json"))
+        running = [p.parents[2].name for p in trials.glob("*/checkpoints/*/state.json")
+                   if not (p.parents[2] / "result.json").exists()]
+        if done and running:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {t: open(trials / t / "result.json").read() for t in done}
+
+    rows, resumed = run_sql(killed, sql)
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows), rows
+    for t, before in finished.items():
+        assert f"{t} completed in an earlier run: skipped" in resumed.stderr, resumed.stderr
+        assert open(trials / t / "result.json").read() == before, f"{t} was rerun"
+    for t in set(running) - set(done):
+        log = open(trials / t / "log.txt").read()
+        assert "resuming" in log and "after epoch" in log, log
+
+    a, b = trial_histories(straight / "experiments" / "lr"), trial_histories(killed / "experiments" / "lr")
+    assert a.keys() == b.keys() and len(a) == 4
+    for t in a:
+        np.testing.assert_allclose([m["loss"] for m in a[t]], [m["loss"] for m in b[t]], rtol=1e-5,
+                                   err_msg=t)
+        np.testing.assert_allclose([m["val_accuracy"] for m in a[t]],
+                                   [m["val_accuracy"] for m in b[t]], err_msg=t)
+    best = lambda root: json.load(open(root / "experiments" / "lr" / "experiment.json"))["best_trial"]
+    assert best(straight) == best(killed)
