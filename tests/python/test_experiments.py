@@ -12,7 +12,12 @@ import time
 
 import numpy as np
 import pytest
+from tensorboard import context
+from tensorboard.backend.event_processing import data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import QUIVER
@@ -32,6 +37,21 @@ def hparams_of(accumulator):
     """The HParamsPluginData messages of an event file folder, by tag."""
     content = accumulator.PluginTagToContent("hparams")
     return {tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()}
+
+
+def hparams_view(logdir):
+    """What TensorBoard's HParams view shows for `logdir`: its session groups, through the
+    plugin's own request handler."""
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux, data_provider=provider)
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100,
+                                               allowed_statuses=[0, 1, 2, 3])
+    handler = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb),
+                                          "", request)
+    return {g.name: g for g in handler.run().session_groups}
 
 
 def test_fashion_grid_with_two_slots(samples, tmp_path):
@@ -96,6 +116,15 @@ def test_fashion_grid_with_two_slots(samples, tmp_path):
         assert start.hparams["learning_rate"].number_value == pytest.approx(row["learning_rate"])
         assert start.hparams["dropout"].number_value == pytest.approx(row["dropout"])
         assert start.group_name == row["trial"]
+
+    # TensorBoard's HParams view: one session group per trial, its hyperparameters and metrics.
+    groups = hparams_view(root)
+    assert sorted(groups) == sorted(r["trial"] for r in rows), groups.keys()
+    for row in rows:
+        group = groups[row["trial"]]
+        assert group.hparams["learning_rate"].number_value == pytest.approx(row["learning_rate"])
+        metrics = {m.name.tag: m.value for m in group.metric_values}
+        assert metrics["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-6), metrics
 
     # The results are data: filter and order them with SQL.
     best, _ = run_sql(tmp_path, """SELECT trial, learning_rate FROM experiment_trials('grid')
