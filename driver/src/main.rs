@@ -50,7 +50,7 @@ enum Command {
         #[command(subcommand)]
         command: experiment::ExperimentCommand,
         /// How tables are printed.
-        #[arg(long, value_enum, default_value_t = run::Format::Table)]
+        #[arg(long, global = true, value_enum, default_value_t = run::Format::Table)]
         format: run::Format,
     },
 }

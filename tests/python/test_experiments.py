@@ -213,3 +213,31 @@ def test_killed_experiment_resumes_to_the_same_results(samples, tmp_path):
                                    [m["val_accuracy"] for m in b[t]], err_msg=t)
     best = lambda root: json.load(open(root / "experiments" / "lr" / "experiment.json"))["best_trial"]
     assert best(straight) == best(killed)
+
+
+def test_experiment_in_a_shared_s3_store(samples, s3):
+    """The shared store is a real S3 server (SeaweedFS): trials write their folders there and
+    the trials table and logs are read back from it."""
+    store = f"s3://{s3['bucket']}/shared/"
+    env = {**os.environ, **s3["env"]}
+    sql = fashion_sql(samples, "on_s3", "learning_rate = [0.001, 0.005], hidden_units = [32], "
+                                         "epochs = 1, max_parallel_trials = 2")
+    proc = subprocess.run([QUIVER, "--store", store, "sql", "--format", "json", sql],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    keys = {o["Key"] for o in s3["client"].list_objects_v2(
+        Bucket=s3["bucket"], Prefix="shared/")["Contents"]}
+    for trial in ("trial-0000", "trial-0001"):
+        for f in ("params.json", "log.txt", "metrics.jsonl", "result.json", "weights.safetensors",
+                  "checkpoints/epoch-0001/state.json"):
+            assert f"shared/experiments/on_s3/trials/{trial}/{f}" in keys, (trial, f, sorted(keys))
+    assert "shared/experiments/on_s3/experiment.json" in keys
+    assert "shared/models/on_s3/1/model.json" in keys
+    listed = subprocess.run([QUIVER, "--store", store, "experiment", "trials", "on_s3",
+                             "--format", "json"], capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+    assert [r["status"] for r in rows] == ["completed", "completed"], rows
+    logs = subprocess.run([QUIVER, "--store", store, "experiment", "logs", "on_s3", "trial-0001"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert "completed: val_accuracy" in logs.stdout, logs.stdout + logs.stderr
