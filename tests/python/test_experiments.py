@@ -60,13 +60,16 @@ def test_fashion_grid_with_two_slots(samples, tmp_path):
         max_parallel_trials = 2""")
     proc = subprocess.Popen([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", sql],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Follow the first trial's log while the experiment runs.
-    trial0 = tmp_path / "experiments" / "grid" / "trials" / "trial-0000" / "params.json"
+    # While it runs, every trial of the grid is in the trials table; follow the first one's log.
+    last = tmp_path / "experiments" / "grid" / "trials" / "trial-0005" / "params.json"
     deadline = time.time() + 300
-    while not trial0.exists():
+    while not last.exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline
-        time.sleep(0.1)
+        time.sleep(0.05)
+    live, _ = run_sql(tmp_path, "SELECT trial, status FROM experiment_trials('grid') ORDER BY trial")
+    assert [r["trial"] for r in live] == [f"trial-000{i}" for i in range(6)], live
+    assert {r["status"] for r in live} <= {"pending", "running", "completed"}, live
     follow = subprocess.run([QUIVER, "--store", str(tmp_path), "experiment", "logs", "grid",
                              "trial-0000", "--follow"], capture_output=True, text=True, timeout=600)
     assert follow.returncode == 0, follow.stderr

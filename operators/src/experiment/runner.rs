@@ -520,14 +520,16 @@ impl Runner {
                     self.display.done_before(&done);
                     records[i] = Some(done);
                 }
-                _ => queue.push_back((
-                    i,
-                    TrialParams {
+                _ => {
+                    let trial = TrialParams {
                         trial,
                         generation,
                         params,
-                    },
-                )),
+                    };
+                    // Every trial of the batch is visible (as pending) before it starts.
+                    self.write_params(&trial).await?;
+                    queue.push_back((i, trial));
+                }
             }
         }
         let mut free: Vec<Slot> = slots.iter().rev().cloned().collect();
@@ -600,14 +602,18 @@ impl Runner {
         Ok(all)
     }
 
+    /// Writes a trial's `params.json` unless it holds these parameters already.
+    async fn write_params(&self, trial: &TrialParams) -> Result<(), MlError> {
+        if self.exp.params(&trial.trial).await?.as_ref() != Some(trial) {
+            let path = self.exp.trial_dir(&trial.trial).clone().join("params.json");
+            self.exp.write_json(&path, trial).await?;
+        }
+        Ok(())
+    }
+
     /// Runs one trial to its end, retrying failed attempts from the last checkpoint.
     async fn run_trial(&self, slot: &Slot, trial: TrialParams) -> Result<TrialRecord, MlError> {
         let dir = self.exp.trial_dir(&trial.trial);
-        if self.exp.params(&trial.trial).await?.as_ref() != Some(&trial) {
-            self.exp
-                .write_json(&dir.clone().join("params.json"), &trial)
-                .await?;
-        }
         let run_url = self.exp.trial_url(&trial.trial)?;
         let log = Arc::new(TrialLog::open(&self.exp.store, dir.clone().join("log.txt")).await?);
         let flusher = {
@@ -637,6 +643,7 @@ impl Runner {
                 "attempt {attempt} on {slot}: {}",
                 params_text(&trial.params)
             ));
+            log.flush().await?;
             let progress = Arc::new(AtomicU64::new(0));
             self.display
                 .started(&trial.trial, &trial.params, slot, Arc::clone(&progress));

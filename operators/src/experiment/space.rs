@@ -71,7 +71,11 @@ impl Domain {
             Domain::Uniform { low, high } => OptionValue::Num(low + u * (high - low)),
             Domain::LogUniform { low, high } => {
                 // exp(ln x) may land a rounding error outside the bounds.
-                OptionValue::Num((low.ln() + u * (high.ln() - low.ln())).exp().clamp(*low, *high))
+                OptionValue::Num(
+                    (low.ln() + u * (high.ln() - low.ln()))
+                        .exp()
+                        .clamp(*low, *high),
+                )
             }
             Domain::Int { low, high } => {
                 let span = (high - low) as f64;
