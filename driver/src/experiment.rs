@@ -31,10 +31,6 @@ pub(crate) enum ExperimentCommand {
     },
 }
 
-fn ml(e: quiver_operators::ml::MlError) -> QuiverError {
-    QuiverError::DataFusion(e.into())
-}
-
 pub(crate) async fn experiment_command(
     session: &Session,
     command: ExperimentCommand,
@@ -54,11 +50,8 @@ pub(crate) async fn experiment_command(
             trial,
             follow,
         } => {
-            let dir = Experiments::new(session)
-                .map_err(ml)?
-                .dir(&name)
-                .map_err(ml)?;
-            if dir.file().await.map_err(ml)?.is_none() {
+            let dir = Experiments::new(session)?.dir(&name)?;
+            if dir.file().await?.is_none() {
                 return Err(QuiverError::Config(format!(
                     "experiment '{name}' does not exist at {}",
                     dir.url
@@ -67,10 +60,10 @@ pub(crate) async fn experiment_command(
             let mut printed = 0;
             loop {
                 // Read the end marker first: a log read after it is complete.
-                let finished = dir.result(&trial).await.map_err(ml)?.is_some();
-                let log = dir.log(&trial).await.map_err(ml)?;
-                if log.is_none() && dir.params(&trial).await.map_err(ml)?.is_none() {
-                    let trials = dir.trial_ids().await.map_err(ml)?;
+                let finished = dir.result(&trial).await?.is_some();
+                let log = dir.log(&trial).await?;
+                if log.is_none() && dir.params(&trial).await?.is_none() {
+                    let trials = dir.trial_ids().await?;
                     return Err(QuiverError::Config(format!(
                         "experiment '{name}' has no trial '{trial}' (trials: {})",
                         trials.join(", ")

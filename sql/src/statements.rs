@@ -353,10 +353,6 @@ pub async fn execute(session: &Session, statement: Statement) -> Result<DataFram
     }
 }
 
-fn ml(e: quiver_operators::ml::MlError) -> QuiverError {
-    QuiverError::DataFusion(e.into())
-}
-
 /// The `model_type` option, which every CREATE MODEL and CREATE EXPERIMENT needs.
 fn model_type(create: &CreateModel, what: &str) -> Result<String> {
     match create.options.iter().find(|(k, _)| k == "model_type") {
@@ -372,12 +368,11 @@ fn model_type(create: &CreateModel, what: &str) -> Result<String> {
 
 /// Runs (or resumes) the experiment and returns its trials, best first.
 async fn create_experiment(session: &Session, create: CreateModel) -> Result<DataFrame> {
-    let mut builder =
-        ExperimentBuilder::new(&create.name, &model_type(&create, "EXPERIMENT")?).map_err(ml)?;
+    let mut builder = ExperimentBuilder::new(&create.name, &model_type(&create, "EXPERIMENT")?)?;
     for (key, value) in &create.options {
-        builder.set(key, value.clone()).map_err(ml)?;
+        builder.set(key, value.clone())?;
     }
-    let report = builder.run(session, &create.query).await.map_err(ml)?;
+    let report = builder.run(session, &create.query).await?;
     if let Some(model) = &report.file.model {
         eprintln!("best model registered at {model}");
     }
@@ -396,17 +391,12 @@ async fn create_experiment(session: &Session, create: CreateModel) -> Result<Dat
 
 async fn create_model(session: &Session, create: CreateModel) -> Result<DataFrame> {
     let model_type = model_type(&create, "MODEL")?;
-    let mut builder = ModelBuilder::new(&create.name, &model_type)
-        .map_err(ml)?
-        .replace(create.replace);
+    let mut builder = ModelBuilder::new(&create.name, &model_type)?.replace(create.replace);
     for (key, value) in &create.options {
-        builder.set(key, value).map_err(ml)?;
+        builder.set(key, value)?;
     }
     let frame = session.sql(&create.query).await?;
-    let card = builder
-        .train(session, frame, &create.query)
-        .await
-        .map_err(ml)?;
+    let card = builder.train(session, frame, &create.query).await?;
     let last = card.history.last();
     let schema = Arc::new(Schema::new(vec![
         Field::new("model", DataType::Utf8, false),
@@ -417,7 +407,7 @@ async fn create_model(session: &Session, create: CreateModel) -> Result<DataFram
         Field::new("val_accuracy", DataType::Float64, true),
         Field::new("location", DataType::Utf8, false),
     ]));
-    let registry = quiver_operators::ml::registry(session).map_err(ml)?;
+    let registry = quiver_operators::ml::registry(session)?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![card.name.clone()])),
         Arc::new(UInt64Array::from(vec![card.version])),

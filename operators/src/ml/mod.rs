@@ -76,6 +76,12 @@ impl From<QuiverError> for MlError {
     }
 }
 
+impl From<MlError> for QuiverError {
+    fn from(e: MlError) -> Self {
+        Self::DataFusion(e.into())
+    }
+}
+
 impl From<datafusion::arrow::error::ArrowError> for MlError {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
         Self::DataFusion(e.into())
