@@ -206,6 +206,11 @@ def test_killed_experiment_resumes_to_the_same_results(samples, tmp_path):
     for t in set(running) - set(done):
         log = open(trials / t / "log.txt").read()
         assert "resuming" in log and "after epoch" in log, log
+        # One event file, each epoch once: TensorBoard shows no repeated steps.
+        assert len(glob.glob(str(trials / t / "events.out.tfevents.*"))) == 1
+        acc = EventAccumulator(str(trials / t))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4]
 
     a, b = trial_histories(straight / "experiments" / "lr"), trial_histories(killed / "experiments" / "lr")
     assert a.keys() == b.keys() and len(a) == 4

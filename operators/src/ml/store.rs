@@ -81,3 +81,19 @@ pub async fn list_dirs(
         .filter_map(|p| p.filename().map(str::to_string))
         .collect())
 }
+
+/// Names of the objects directly under `prefix` (not in its sub-folders).
+pub async fn list_files(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<String>, MlError> {
+    let listing = store
+        .list_with_delimiter(Some(prefix))
+        .await
+        .map_err(|e| store_error(prefix, e))?;
+    Ok(listing
+        .objects
+        .iter()
+        .filter_map(|o| o.location.filename().map(str::to_string))
+        .collect())
+}

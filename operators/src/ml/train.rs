@@ -31,7 +31,7 @@ use super::evaluate::{Evaluation, evaluate_model};
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
-use super::store::{get_bytes, list_dirs, put_bytes, unix_now};
+use super::store::{get_bytes, list_dirs, list_files, put_bytes, unix_now};
 
 /// Everything one training run needs, apart from the data.
 #[derive(Debug, Clone)]
@@ -374,10 +374,19 @@ async fn epochs<
     for m in &state.history {
         log_epoch(&mut events, m);
     }
-    let events_path = job
-        .run_dir
-        .clone()
-        .join(format!("events.out.tfevents.{}.quiver", unix_now() as u64));
+    // A resumed run rewrites its event file (with the whole history) instead of starting a
+    // second one, which TensorBoard would show as repeated steps.
+    let mut previous: Vec<String> = list_files(&job.store, &job.run_dir)
+        .await?
+        .into_iter()
+        .filter(|f| f.starts_with("events.out.tfevents.") && f.ends_with(".quiver"))
+        .collect();
+    previous.sort();
+    let events_path = job.run_dir.clone().join(
+        previous
+            .pop()
+            .unwrap_or_else(|| format!("events.out.tfevents.{}.quiver", unix_now() as u64)),
+    );
     let [c, h, w] = batch_dims(&job.input);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut stopped_early, mut stopped_by_scheduler) = (false, false);
