@@ -26,7 +26,7 @@ use super::hparams::{HParamDomain, experiment_summary, session_start};
 use super::space::{DifferentialEvolution, Domain, Params};
 use super::spec::{AshaSettings, ExperimentSpec, Objective, Search};
 use crate::ml::events::EventFile;
-use crate::ml::store::{get_bytes, list_dirs, put_bytes, unix_now};
+use crate::ml::store::{default_store_folder, exists, get_bytes, list_dirs, put_bytes, unix_now};
 use crate::ml::{EpochMetrics, MlError, ModelCard, OptionValue, TrainHooks, registry};
 
 /// How a trial ended.
@@ -158,17 +158,8 @@ pub struct Experiments {
 impl Experiments {
     /// `experiments/` in the session's default store.
     pub fn new(session: &Session) -> Result<Self, MlError> {
-        let url = session.default_store().join("experiments/").map_err(|e| {
-            MlError::Option(format!(
-                "bad default store {}: {e}",
-                session.default_store()
-            ))
-        })?;
-        Ok(Self {
-            store: session.store_for(&url)?,
-            root: quiver_engine::store::object_path(&url)?,
-            url,
-        })
+        let (store, root, url) = default_store_folder(session, "experiments/")?;
+        Ok(Self { store, root, url })
     }
 
     /// The folder of experiment `name`.
@@ -265,6 +256,11 @@ impl ExperimentDir {
     pub async fn log(&self, trial: &str) -> Result<Option<Vec<u8>>, MlError> {
         get_bytes(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await
     }
+
+    /// Whether a trial has started (its log exists), without reading the log.
+    pub async fn started(&self, trial: &str) -> Result<bool, MlError> {
+        exists(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await
+    }
 }
 
 /// Runs (or resumes) `spec` on `executor`'s slots and registers the best trial's model.
@@ -320,10 +316,15 @@ pub async fn run_experiment(
             "the executor offers no slots to run trials on".into(),
         ));
     }
-    let planned = match &spec.search {
-        Search::Grid => spec.space.grid().map_err(MlError::Option)?.len(),
-        Search::Random { trials } => *trials,
-        Search::Evolutionary { de, generations } => de.population * generations,
+    // Grid and random search propose every trial up front; evolution breeds each generation
+    // from the results of the one before.
+    let (planned, upfront) = match &spec.search {
+        Search::Grid => {
+            let proposals = spec.space.grid().map_err(MlError::Option)?;
+            (proposals.len(), proposals)
+        }
+        Search::Random { trials, seed } => (*trials, spec.space.random(*trials, *seed)),
+        Search::Evolutionary { de, generations } => (de.population * generations, Vec::new()),
     };
     let runner = Arc::new(Runner {
         spec: spec.clone(),
@@ -346,20 +347,11 @@ pub async fn run_experiment(
         exp.url
     );
     let trials = match &spec.search {
-        Search::Grid => {
-            let proposals = spec.space.grid().map_err(MlError::Option)?;
-            Arc::clone(&runner)
-                .run_batch(0, 0, proposals, &slots)
-                .await?
-        }
-        Search::Random { trials } => {
-            let proposals = spec.space.random(*trials, search_seed(spec));
-            Arc::clone(&runner)
-                .run_batch(0, 0, proposals, &slots)
-                .await?
-        }
         Search::Evolutionary { de, generations } => {
             Arc::clone(&runner).evolve(de, *generations, &slots).await?
+        }
+        Search::Grid | Search::Random { .. } => {
+            Arc::clone(&runner).run_batch(0, 0, upfront, &slots).await?
         }
     };
     runner.display.finish();
@@ -385,17 +377,6 @@ pub async fn run_experiment(
         trials,
         url: exp.url.to_string(),
     })
-}
-
-fn search_seed(spec: &ExperimentSpec) -> u64 {
-    spec.options
-        .iter()
-        .find(|(k, _)| k == "search_seed")
-        .and_then(|(_, v)| match v {
-            OptionValue::Num(n) => Some(*n as u64),
-            _ => None,
-        })
-        .unwrap_or(0)
 }
 
 /// The completed trial with the best objective (stopped trials only when none completed).

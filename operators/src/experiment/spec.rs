@@ -88,6 +88,8 @@ pub enum Search {
     Random {
         /// How many trials.
         trials: usize,
+        /// Seed of the draws.
+        seed: u64,
     },
     /// Differential evolution over `generations` generations.
     Evolutionary {
@@ -306,6 +308,7 @@ impl ExperimentBuilder {
             }
             "random" => Search::Random {
                 trials: count("num_trials", 10, 1)?,
+                seed: search_seed,
             },
             "evolutionary" => {
                 let de = DifferentialEvolution {
@@ -588,7 +591,7 @@ mod tests {
         ])
         .build("SELECT 1")
         .unwrap();
-        assert_eq!(spec.search, Search::Random { trials: 4 });
+        assert_eq!(spec.search, Search::Random { trials: 4, seed: 0 });
         assert!(matches!(
             spec.space.domain("learning_rate"),
             Some(Domain::LogUniform { .. })

@@ -225,7 +225,7 @@ async fn trials_batch(
                     trial,
                     generation: p.generation,
                     params: p.params,
-                    status: if history.is_empty() && dir.log(&p.trial).await?.is_none() {
+                    status: if history.is_empty() && !dir.started(&p.trial).await? {
                         "pending".into()
                     } else {
                         "running".into()
@@ -350,9 +350,10 @@ async fn experiments_batch(experiments: &Experiments, schema: &SchemaRef) -> Res
             continue;
         };
         // A running experiment's best so far comes from the results written up to now.
+        let ids = dir.trial_ids().await?;
         let mut records = Vec::new();
-        for t in dir.trial_ids().await? {
-            records.extend(dir.result(&t).await?);
+        for t in &ids {
+            records.extend(dir.result(t).await?);
         }
         let best_now = best_trial(&records, &file.objective);
         name.append_value(&file.name);
@@ -364,7 +365,7 @@ async fn experiments_batch(experiments: &Experiments, schema: &SchemaRef) -> Res
         } else {
             "minimize"
         });
-        trials.append_value(dir.trial_ids().await?.len() as u64);
+        trials.append_value(ids.len() as u64);
         best.append_option(best_now.map(|b| b.trial.clone()));
         best_value.append_option(best_now.and_then(|b| b.objective));
         model.append_option(file.model.clone());

@@ -99,13 +99,6 @@ impl From<MlError> for DataFusionError {
 
 /// The registry of `session`: `models/` in its default store.
 pub fn registry(session: &quiver_engine::Session) -> Result<Registry, MlError> {
-    let url = session.default_store().join("models/").map_err(|e| {
-        MlError::Option(format!(
-            "bad default store {}: {e}",
-            session.default_store()
-        ))
-    })?;
-    let store = session.store_for(&url)?;
-    let root = quiver_engine::store::object_path(&url)?;
+    let (store, root, url) = store::default_store_folder(session, "models/")?;
     Ok(Registry::new(store, root, url.to_string()))
 }

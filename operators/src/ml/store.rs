@@ -15,6 +15,23 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A folder (`models/`, `experiments/`) of the session's default store: its store, its path
+/// in that store and its URL.
+pub fn default_store_folder(
+    session: &quiver_engine::Session,
+    folder: &str,
+) -> Result<(Arc<dyn ObjectStore>, Path, url::Url), MlError> {
+    let url = session.default_store().join(folder).map_err(|e| {
+        MlError::Option(format!(
+            "bad default store {}: {e}",
+            session.default_store()
+        ))
+    })?;
+    let store = session.store_for(&url)?;
+    let path = quiver_engine::store::object_path(&url)?;
+    Ok((store, path, url))
+}
+
 fn store_error(path: &Path, e: object_store::Error) -> MlError {
     MlError::Store(format!("{path}: {e}"))
 }
@@ -48,6 +65,15 @@ pub async fn create_bytes(
     }
 }
 
+/// Whether one object exists, without reading it.
+pub async fn exists(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<bool, MlError> {
+    match store.head(path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(store_error(path, e)),
+    }
+}
+
 /// Reads one object; `None` when it does not exist.
 pub async fn get_bytes(
     store: &Arc<dyn ObjectStore>,
@@ -66,16 +92,24 @@ pub async fn get_bytes(
     }
 }
 
+/// What is directly under `prefix`: its objects and its sub-folders.
+async fn list(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<object_store::ListResult, MlError> {
+    store
+        .list_with_delimiter(Some(prefix))
+        .await
+        .map_err(|e| store_error(prefix, e))
+}
+
 /// Names of the folders directly under `prefix`.
 pub async fn list_dirs(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
 ) -> Result<Vec<String>, MlError> {
-    let listing = store
-        .list_with_delimiter(Some(prefix))
-        .await
-        .map_err(|e| store_error(prefix, e))?;
-    Ok(listing
+    Ok(list(store, prefix)
+        .await?
         .common_prefixes
         .iter()
         .filter_map(|p| p.filename().map(str::to_string))
@@ -87,11 +121,8 @@ pub async fn list_files(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
 ) -> Result<Vec<String>, MlError> {
-    let listing = store
-        .list_with_delimiter(Some(prefix))
-        .await
-        .map_err(|e| store_error(prefix, e))?;
-    Ok(listing
+    Ok(list(store, prefix)
+        .await?
         .objects
         .iter()
         .filter_map(|o| o.location.filename().map(str::to_string))
