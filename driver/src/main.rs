@@ -9,6 +9,7 @@ use quiver_engine::SessionOptions;
 
 mod experiment;
 mod run;
+mod serve_cli;
 
 /// Quiver: a dataflow engine for deep-learning pipelines.
 #[derive(Debug, Parser)]
@@ -45,6 +46,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = run::Format::Table)]
         format: run::Format,
     },
+    /// Serve registered models over TensorFlow Serving's gRPC and REST APIs.
+    Serve(Box<serve_cli::ServeArgs>),
     /// Experiments in the store: list them, show their trials, follow a trial's log.
     Experiment {
         #[command(subcommand)]
@@ -70,6 +73,7 @@ async fn main() -> ExitCode {
             max_rows,
             format,
         } => run::sql_command(options, statements, file, run::Output { format, max_rows }).await,
+        Command::Serve(args) => serve_cli::serve_command(options, *args).await,
         Command::Experiment { command, format } => match quiver_sql::session(options) {
             Ok(session) => {
                 let output = run::Output {

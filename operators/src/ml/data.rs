@@ -470,20 +470,24 @@ impl BatchStream {
 
 /// Appends one example's values, scaled and reordered from HWC to CHW.
 fn push_chw(out: &mut Vec<f32>, features: &Features, spec: &InputSpec) {
+    match features {
+        Features::Pixels(px) => push_model_values(out, px, spec),
+        Features::Floats(v) => push_model_values(out, v, spec),
+    }
+}
+
+/// Appends one example given in the input's own layout and units (HWC pixel values for image
+/// models, the tensor's values otherwise) as model-ready values: scaled by the model's
+/// normalisation and reordered to CHW. `hwc` must hold `spec.len()` values.
+pub fn push_model_values<T: Copy + Into<f32>>(out: &mut Vec<f32>, hwc: &[T], spec: &InputSpec) {
     let scale = spec.scale;
-    match (features, spec.chw()) {
-        (Features::Pixels(px), Some([c, h, w])) if c > 1 => {
+    match spec.chw() {
+        Some([c, h, w]) if c > 1 => {
             for ch in 0..c {
-                out.extend((0..h * w).map(|i| px[i * c + ch] as f32 * scale));
+                out.extend((0..h * w).map(|i| hwc[i * c + ch].into() * scale));
             }
         }
-        (Features::Floats(v), Some([c, h, w])) if c > 1 => {
-            for ch in 0..c {
-                out.extend((0..h * w).map(|i| v[i * c + ch] * scale));
-            }
-        }
-        (Features::Pixels(px), _) => out.extend(px.iter().map(|&p| p as f32 * scale)),
-        (Features::Floats(v), _) => out.extend(v.iter().map(|&x| x * scale)),
+        _ => out.extend(hwc.iter().map(|&x| x.into() * scale)),
     }
 }
 

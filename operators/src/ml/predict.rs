@@ -70,12 +70,27 @@ impl LoadedModel {
 
     /// Class probabilities `[rows][classes]` for an input column.
     pub fn probabilities(&self, input: &ArrayRef) -> Result<Vec<Vec<f32>>, MlError> {
-        let rows = input.len();
-        if rows == 0 {
+        if input.is_empty() {
             return Ok(Vec::new());
         }
-        let values = input_values(input, &self.card.input)?;
+        self.probabilities_of(input_values(input, &self.card.input)?, input.len())
+    }
+
+    /// Class probabilities `[rows][classes]` for model-ready values (`rows` examples laid out
+    /// as [`push_model_values`](super::data::push_model_values) makes them).
+    pub fn probabilities_of(
+        &self,
+        values: Vec<f32>,
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>, MlError> {
         let [c, h, w] = batch_dims(&self.card.input);
+        if rows == 0 || values.len() != rows * c * h * w {
+            return Err(MlError::Input(format!(
+                "{} input values do not make {rows} examples of {} values",
+                values.len(),
+                c * h * w
+            )));
+        }
         let classes = self.card.labels.labels.len();
         let model = self
             .model

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Benchmark: model serving, batch-1 requests from a second process on 127.0.0.1 (the Rust
+# load generator `examples/serving_client.rs load`, the same for every server), bounded in
+# count and time. Quiver's `quiver serve` with and without dynamic batching against a Python
+# reference server (grpcio + http.server around the same Keras model, tf.function forward),
+# over gRPC and REST, on the same cores.
+#   bash benches/serving/run.sh [--requests N] [--concurrency C]
+# (dev build: dependencies and quiver-operators/-driver/-examples optimised, opt-level 2)
+source "$(dirname "$0")/../../scripts/env.sh"
+cd "$QUIVER_ROOT"
+requests=3000; concurrency=8
+while [ $# -gt 0 ]; do
+  case $1 in --requests) requests=$2; shift 2;; --concurrency) concurrency=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
+done
+quiver_install_build_tools
+quiver_install_datasets
+quiver_install_refenv
+data="$QUIVER_CACHE/bench-serving"
+"$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 2 --fashion-per-class 100 >/dev/null
+quiver_build_binary 1
+client="$CARGO_TARGET_DIR/debug/examples/serving_client"
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+"$QUIVER" --store "$work/store" sql "CREATE MODEL fashion OPTIONS (model_type = 'dnn_classifier',
+  hidden_units = [128], epochs = 1) AS SELECT image_decode(content) AS image, label
+  FROM read_images('$data/fashion/train/')" >/dev/null 2>"$work/train.log" || { cat "$work/train.log" >&2; exit 1; }
+image=$(find "$data/fashion/test" -name '*.png' | sort | head -1)
+
+wait_ready() { # log file
+  for _ in $(seq 600); do grep -q "ready" "$1" && return 0; sleep 0.1; done
+  cat "$1" >&2; exit 1
+}
+port() { "$REFENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+measure() { # name, grpc port, rest port
+  for proto in grpc rest; do
+    args=(--grpc "http://127.0.0.1:$2")
+    [ $proto = rest ] && args+=(--rest "http://127.0.0.1:$3")
+    "$client" load "${args[@]}" --model fashion --image "$image" --requests 200 --concurrency "$concurrency" >/dev/null  # warm-up
+    printf '%s %s ' "$1" "$proto"
+    "$client" load "${args[@]}" --model fashion --image "$image" --requests "$requests" --concurrency "$concurrency" --seconds 60
+  done
+}
+results="$work/results"
+for mode in plain batching; do
+  g=$(port); r=$(port)
+  extra=(); [ $mode = batching ] && extra=(--batching --max-batch-size 32 --batch-timeout-micros 1000)
+  "$QUIVER" --store "$work/store" serve --model "$work/store/models/fashion" --grpc-port "$g" --rest-port "$r" \
+    --no-prediction-log "${extra[@]}" >"$work/serve-$mode.log" 2>&1 &
+  pids+=($!)
+  wait_ready "$work/serve-$mode.log"
+  measure "quiver-$mode" "$g" "$r" >>"$results"
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+done
+g=$(port); r=$(port)
+"$REFENV/bin/python" benches/serving/reference_server.py --grpc-port "$g" --rest-port "$r" --hidden 128 >"$work/ref.log" 2>&1 &
+pids+=($!)
+wait_ready "$work/ref.log"
+measure "python-keras" "$g" "$r" >>"$results"
+
+echo
+echo "Serving benchmark: batch-1 requests of one 28x28 PNG, DNN [128] classifier, $concurrency concurrent connections, up to $requests requests per run, $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+"$REFENV/bin/python" - "$results" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, proto, js = line.split(" ", 2)
+    rows[(name, proto)] = json.loads(js)
+print(f"{'server':<18} {'protocol':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs python':>10}")
+for (name, proto), r in rows.items():
+    ref = rows[("python-keras", proto)]["rps"]
+    print(f"{name:<18} {proto:<8} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7} {r['rps'] / ref:>9.2f}x")
+PY

@@ -1,0 +1,441 @@
+//! The served models: each registry folder's versions, loaded once and swapped in when a new
+//! version is registered, and the optional dynamic batcher in front of each version.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use quiver_engine::Session;
+use quiver_operators::ml::predict::LoadedModel;
+use quiver_operators::ml::{MlError, Registry};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a request or the server failed; each maps to a gRPC code and an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The model or version is not served.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed: wrong input name, shape, type, an undecodable image.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request is larger than `--max-request-bytes`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The server is shutting down or the model could not run.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServeError {
+    /// TensorFlow's error code name, for REST statuses and prediction logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::TooLarge(_) => "RESOURCE_EXHAUSTED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<MlError> for ServeError {
+    fn from(e: MlError) -> Self {
+        match e {
+            MlError::NotFound(m) => Self::NotFound(m),
+            MlError::Input(m) | MlError::Option(m) => Self::InvalidArgument(m),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Dynamic batching: concurrent requests to one version are merged into one forward pass.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// Rows per forward pass; a larger request runs alone.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch waits for others.
+    pub batch_timeout: Duration,
+}
+
+/// One request's examples waiting for the batcher.
+struct Job {
+    values: Vec<f32>,
+    rows: usize,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, MlError>>,
+}
+
+/// One loaded version of a model.
+#[derive(Debug)]
+pub struct Servable {
+    /// The name it is served under.
+    pub name: String,
+    /// Its registry version.
+    pub version: u64,
+    /// The loaded model and its card.
+    pub model: Arc<LoadedModel>,
+    batcher: Option<mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({} rows)", self.rows)
+    }
+}
+
+impl Servable {
+    fn new(name: &str, version: u64, model: LoadedModel, batching: Option<&Batching>) -> Self {
+        let model = Arc::new(model);
+        let batcher = batching.map(|b| {
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(batch_loop(Arc::clone(&model), rx, b.clone()));
+            tx
+        });
+        Self {
+            name: name.to_string(),
+            version,
+            model,
+            batcher,
+        }
+    }
+
+    /// Class probabilities `[rows][classes]` for model-ready values, through the batcher when
+    /// there is one.
+    pub async fn infer(&self, values: Vec<f32>, rows: usize) -> Result<Vec<Vec<f32>>, ServeError> {
+        let result = match &self.batcher {
+            Some(batcher) => {
+                let (reply, answer) = oneshot::channel();
+                batcher
+                    .send(Job {
+                        values,
+                        rows,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| ServeError::Unavailable("the batcher has stopped".into()))?;
+                answer
+                    .await
+                    .map_err(|_| ServeError::Unavailable("the batcher has stopped".into()))?
+            }
+            None => {
+                let model = Arc::clone(&self.model);
+                tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
+                    .await
+                    .map_err(|e| ServeError::Internal(format!("inference failed: {e}")))?
+            }
+        };
+        Ok(result?)
+    }
+}
+
+/// Collects jobs until `max_batch_size` rows or `batch_timeout` after the first, runs them as
+/// one forward pass and hands each job its rows. One batch runs at a time, so requests that
+/// arrive during a pass form the next batch.
+async fn batch_loop(model: Arc<LoadedModel>, mut jobs: mpsc::Receiver<Job>, batching: Batching) {
+    while let Some(first) = jobs.recv().await {
+        let deadline = tokio::time::Instant::now() + batching.batch_timeout;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < batching.max_batch_size {
+            match tokio::time::timeout_at(deadline, jobs.recv()).await {
+                Ok(Some(job)) => {
+                    rows += job.rows;
+                    batch.push(job);
+                }
+                _ => break,
+            }
+        }
+        let mut values = Vec::with_capacity(batch.iter().map(|j| j.values.len()).sum());
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            values.extend_from_slice(&job.values);
+            replies.push((job.rows, job.reply));
+        }
+        let model = Arc::clone(&model);
+        let result = tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
+            .await
+            .unwrap_or_else(|e| Err(MlError::Training(format!("inference failed: {e}"))));
+        match result {
+            Ok(probs) => {
+                let mut probs = probs.into_iter();
+                for (n, reply) in replies {
+                    let _ = reply.send(Ok(probs.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(MlError::Training(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// One served name: where it comes from and its loaded versions.
+#[derive(Debug)]
+struct ServedModel {
+    registry: Registry,
+    /// The registry folder, for messages.
+    url: String,
+    /// `Some` when the command line pinned a version.
+    pinned: Option<u64>,
+    versions: RwLock<BTreeMap<u64, Arc<Servable>>>,
+    /// Serialises loads of this model.
+    loading: tokio::sync::Mutex<()>,
+}
+
+/// The models a server serves.
+#[derive(Debug)]
+pub struct Models {
+    models: BTreeMap<String, ServedModel>,
+    batching: Option<Batching>,
+}
+
+/// Splits `<store>/models/<name>[/<version>]` into the registry folder, name and version.
+fn parse_model_location(location: &str) -> Result<(String, String, Option<u64>), ServeError> {
+    let bad = |why: &str| {
+        ServeError::InvalidArgument(format!(
+            "--model {location}: {why}; expected <store>/models/<name> or \
+             <store>/models/<name>/<version>"
+        ))
+    };
+    let trimmed = location.trim_end_matches('/');
+    let (rest, last) = trimmed.rsplit_once('/').ok_or_else(|| bad("no folder"))?;
+    let (rest, name, version) = match last.parse::<u64>() {
+        Ok(v) => {
+            let (rest, name) = rest.rsplit_once('/').ok_or_else(|| bad("no model name"))?;
+            (rest, name, Some(v))
+        }
+        Err(_) => (rest, last, None),
+    };
+    if name.is_empty() || rest.is_empty() {
+        return Err(bad("no model name"));
+    }
+    Ok((format!("{rest}/"), name.to_string(), version))
+}
+
+impl Models {
+    /// Loads the newest (or pinned) version of each model folder.
+    pub async fn open(
+        session: &Session,
+        locations: &[String],
+        batching: Option<Batching>,
+    ) -> Result<Self, ServeError> {
+        let mut models = BTreeMap::new();
+        for location in locations {
+            let (root, name, pinned) = parse_model_location(location)?;
+            let url = quiver_engine::resolve_location(&root)
+                .map_err(|e| ServeError::InvalidArgument(format!("--model {location}: {e}")))?;
+            let store = session
+                .store_for(&url)
+                .map_err(|e| ServeError::InvalidArgument(format!("--model {location}: {e}")))?;
+            let path = quiver_engine::store::object_path(&url)
+                .map_err(|e| ServeError::InvalidArgument(format!("--model {location}: {e}")))?;
+            if models.contains_key(&name) {
+                return Err(ServeError::InvalidArgument(format!(
+                    "--model {location}: a model named '{name}' is already served"
+                )));
+            }
+            let served = ServedModel {
+                registry: Registry::new(store, path, url.to_string()),
+                url: format!("{url}{name}/"),
+                pinned,
+                versions: RwLock::default(),
+                loading: tokio::sync::Mutex::default(),
+            };
+            models.insert(name, served);
+        }
+        let models = Self { models, batching };
+        for (name, served) in &models.models {
+            let version = match served.pinned {
+                Some(v) => v,
+                None => models.newest(name, served).await?.ok_or_else(|| {
+                    ServeError::NotFound(format!(
+                        "model '{name}' has no registered version at {}",
+                        served.url
+                    ))
+                })?,
+            };
+            models.load(name, served, version).await?;
+        }
+        Ok(models)
+    }
+
+    async fn newest(&self, name: &str, served: &ServedModel) -> Result<Option<u64>, ServeError> {
+        Ok(served.registry.versions(name).await?.last().copied())
+    }
+
+    /// Loads `version` of `name` unless it is loaded.
+    async fn load(
+        &self,
+        name: &str,
+        served: &ServedModel,
+        version: u64,
+    ) -> Result<Arc<Servable>, ServeError> {
+        let _guard = served.loading.lock().await;
+        if let Some(s) = served.versions.read().expect("versions lock").get(&version) {
+            return Ok(Arc::clone(s));
+        }
+        let model = LoadedModel::load(&served.registry, name, Some(version)).await?;
+        let servable = Arc::new(Servable::new(name, version, model, self.batching.as_ref()));
+        served
+            .versions
+            .write()
+            .expect("versions lock")
+            .insert(version, Arc::clone(&servable));
+        Ok(servable)
+    }
+
+    fn served(&self, name: &str) -> Result<&ServedModel, ServeError> {
+        self.models.get(name).ok_or_else(|| {
+            ServeError::NotFound(format!(
+                "model '{name}' is not served here (served: {})",
+                self.names().join(", ")
+            ))
+        })
+    }
+
+    /// The served model names.
+    pub fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    /// The version a request gets: the given one (loaded on first use when the model is not
+    /// pinned), or the newest loaded.
+    pub async fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<Servable>, ServeError> {
+        let served = self.served(name)?;
+        if let Some(v) = version {
+            if let Some(s) = served.versions.read().expect("versions lock").get(&v) {
+                return Ok(Arc::clone(s));
+            }
+            let available = || {
+                served
+                    .versions
+                    .read()
+                    .expect("versions lock")
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if served.pinned.is_some() {
+                return Err(ServeError::NotFound(format!(
+                    "model '{name}' version {v} is not served (served versions: {})",
+                    available()
+                )));
+            }
+            return match self.load(name, served, v).await {
+                Err(ServeError::NotFound(_)) => Err(ServeError::NotFound(format!(
+                    "model '{name}' has no version {v} (registered at {}; served versions: {})",
+                    served.url,
+                    available()
+                ))),
+                other => other,
+            };
+        }
+        served
+            .versions
+            .read()
+            .expect("versions lock")
+            .values()
+            .next_back()
+            .cloned()
+            .ok_or_else(|| ServeError::Unavailable(format!("model '{name}' has no loaded version")))
+    }
+
+    /// The loaded versions of `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<u64>, ServeError> {
+        Ok(self
+            .served(name)?
+            .versions
+            .read()
+            .expect("versions lock")
+            .keys()
+            .copied()
+            .collect())
+    }
+
+    /// Lines describing what is served, for the log.
+    pub fn describe(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .map(|(name, served)| {
+                let versions = served.versions.read().expect("versions lock");
+                let newest = versions.values().next_back();
+                format!(
+                    "model '{name}' version {} ({}, {} classes) from {}{}",
+                    newest.map_or(0, |s| s.version),
+                    newest.map_or("-", |s| s.model.card.architecture.model_type()),
+                    newest.map_or(0, |s| s.model.card.labels.labels.len()),
+                    served.url,
+                    if served.pinned.is_some() {
+                        ", pinned"
+                    } else {
+                        ", following new versions"
+                    }
+                )
+            })
+            .collect()
+    }
+
+    /// Loads versions registered since the last poll; returns what changed, for the log.
+    pub async fn poll(&self) -> Vec<String> {
+        let mut changes = Vec::new();
+        for (name, served) in &self.models {
+            if served.pinned.is_some() {
+                continue;
+            }
+            let newest_loaded = served
+                .versions
+                .read()
+                .expect("versions lock")
+                .keys()
+                .next_back()
+                .copied();
+            match self.newest(name, served).await {
+                Ok(Some(v)) if Some(v) > newest_loaded => match self.load(name, served, v).await {
+                    Ok(_) => {
+                        // The new version replaces the others; requests in flight keep theirs,
+                        // and a request naming an older version loads it again.
+                        served
+                            .versions
+                            .write()
+                            .expect("versions lock")
+                            .retain(|&k, _| k == v);
+                        changes.push(format!("model '{name}' version {v} loaded and serving"))
+                    }
+                    Err(e) => {
+                        changes.push(format!("model '{name}' version {v} failed to load: {e}"))
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => changes.push(format!("model '{name}': cannot poll {}: {e}", served.url)),
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_model_locations() {
+        let p = |s: &str| parse_model_location(s).map_err(|e| e.to_string());
+        assert_eq!(
+            p("./quiver-data/models/fashion").unwrap(),
+            ("./quiver-data/models/".into(), "fashion".into(), None)
+        );
+        assert_eq!(
+            p("s3://bucket/models/fashion/3/").unwrap(),
+            ("s3://bucket/models/".into(), "fashion".into(), Some(3))
+        );
+        assert!(p("fashion").unwrap_err().contains("--model fashion"));
+    }
+}
