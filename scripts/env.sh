@@ -29,6 +29,9 @@ quiver_install_build_tools() { quiver_apt cmake nasm; }
 
 quiver_install_datasets() { quiver_apt dataset-fashion-mnist; }
 
+# Clients of `quiver serve` in the tests and the main job: curl, and openssl for scripts/certs.sh.
+quiver_install_clients() { quiver_apt curl openssl; }
+
 quiver_install_refenv() {
     if [ ! -f "$REFENV/.refenv-v1" ]; then
         quiver_log "building the reference environment in $REFENV (TensorFlow, Pillow, SeaweedFS; a few minutes once)"

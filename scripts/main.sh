@@ -8,6 +8,7 @@
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_install_build_tools
+quiver_install_clients
 quiver_sample_data quiver-data/samples
 # The dev profile optimises dependencies (see Cargo.toml) and shares its build with the tests.
 quiver_log "building quiver"

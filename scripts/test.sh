@@ -4,6 +4,7 @@
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_install_build_tools
+quiver_install_clients
 quiver_install_datasets
 quiver_install_refenv
 quiver_log "cargo fmt --check"

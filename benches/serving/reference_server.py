@@ -24,13 +24,17 @@ p = argparse.ArgumentParser()
 p.add_argument("--grpc-port", type=int, required=True)
 p.add_argument("--rest-port", type=int, required=True)
 p.add_argument("--hidden", type=int, nargs="+", default=[128])
+p.add_argument("--conv", type=int, nargs="*", default=[], help="conv filters (CNN: 3x3 conv + 2x2 max-pool each)")
 p.add_argument("--classes", type=int, default=10)
 p.add_argument("--threads", type=int, default=os.cpu_count())
 args = p.parse_args()
 tf.config.threading.set_intra_op_parallelism_threads(args.threads)
 tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
-layers = [tf.keras.Input((28, 28, 1)), tf.keras.layers.Flatten()]
+layers = [tf.keras.Input((28, 28, 1))]
+for f in args.conv:
+    layers += [tf.keras.layers.Conv2D(f, 3, padding="same", activation="relu"), tf.keras.layers.MaxPooling2D()]
+layers += [tf.keras.layers.Flatten()]
 layers += [tf.keras.layers.Dense(h, activation="relu") for h in args.hidden]
 layers += [tf.keras.layers.Dense(args.classes)]
 model = tf.keras.Sequential(layers)

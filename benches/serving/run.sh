@@ -22,9 +22,13 @@ client="$CARGO_TARGET_DIR/debug/examples/serving_client"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
-"$QUIVER" --store "$work/store" sql "CREATE MODEL fashion OPTIONS (model_type = 'dnn_classifier',
-  hidden_units = [128], epochs = 1) AS SELECT image_decode(content) AS image, label
-  FROM read_images('$data/fashion/train/')" >/dev/null 2>"$work/train.log" || { cat "$work/train.log" >&2; exit 1; }
+train() { # name, options
+  "$QUIVER" --store "$work/store" sql "CREATE MODEL $1 OPTIONS ($2, epochs = 1) AS SELECT
+    image_decode(content) AS image, label FROM read_images('$data/fashion/train/')" >/dev/null 2>"$work/train.log" ||
+    { cat "$work/train.log" >&2; exit 1; }
+}
+train dnn "model_type = 'dnn_classifier', hidden_units = [128]"
+train cnn "model_type = 'cnn_classifier', conv_filters = [32, 64], dense_units = [128]"
 image=$(find "$data/fashion/test" -name '*.png' | sort | head -1)
 
 wait_ready() { # log file
@@ -32,42 +36,52 @@ wait_ready() { # log file
   cat "$1" >&2; exit 1
 }
 port() { "$REFENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-measure() { # name, grpc port, rest port
+measure() { # name, model, grpc port, rest port
   for proto in grpc rest; do
-    args=(--grpc "http://127.0.0.1:$2")
-    [ $proto = rest ] && args+=(--rest "http://127.0.0.1:$3")
-    "$client" load "${args[@]}" --model fashion --image "$image" --requests 200 --concurrency "$concurrency" >/dev/null  # warm-up
-    printf '%s %s ' "$1" "$proto"
-    "$client" load "${args[@]}" --model fashion --image "$image" --requests "$requests" --concurrency "$concurrency" --seconds 60
+    args=(--grpc "http://127.0.0.1:$3")
+    [ $proto = rest ] && args+=(--rest "http://127.0.0.1:$4")
+    "$client" load "${args[@]}" --model "$2" --image "$image" --requests 200 --concurrency "$concurrency" >/dev/null  # warm-up
+    printf '%s %s %s ' "$2" "$1" "$proto"
+    "$client" load "${args[@]}" --model "$2" --image "$image" --requests "$requests" --concurrency "$concurrency" --seconds 60
   done
 }
 results="$work/results"
-for mode in plain batching; do
+for model in dnn cnn; do
+  for mode in plain batch-0us batch-1000us; do
+    g=$(port); r=$(port)
+    extra=()
+    case $mode in
+      batch-0us) extra=(--batching --max-batch-size 32 --batch-timeout-micros 0);;
+      batch-1000us) extra=(--batching --max-batch-size 32 --batch-timeout-micros 1000);;
+    esac
+    "$QUIVER" --store "$work/store" serve --model "$work/store/models/$model" --grpc-port "$g" --rest-port "$r" \
+      --no-prediction-log "${extra[@]}" >"$work/serve.log" 2>&1 &
+    pids+=($!)
+    wait_ready "$work/serve.log"
+    measure "quiver-$mode" "$model" "$g" "$r" >>"$results"
+    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  done
   g=$(port); r=$(port)
-  extra=(); [ $mode = batching ] && extra=(--batching --max-batch-size 32 --batch-timeout-micros 1000)
-  "$QUIVER" --store "$work/store" serve --model "$work/store/models/fashion" --grpc-port "$g" --rest-port "$r" \
-    --no-prediction-log "${extra[@]}" >"$work/serve-$mode.log" 2>&1 &
+  shape=(--hidden 128); [ $model = cnn ] && shape=(--conv 32 64 --hidden 128)
+  "$REFENV/bin/python" benches/serving/reference_server.py --grpc-port "$g" --rest-port "$r" "${shape[@]}" >"$work/ref.log" 2>&1 &
   pids+=($!)
-  wait_ready "$work/serve-$mode.log"
-  measure "quiver-$mode" "$g" "$r" >>"$results"
+  wait_ready "$work/ref.log"
+  # The reference answers any model name.
+  measure "python-keras" "$model" "$g" "$r" >>"$results"
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 done
-g=$(port); r=$(port)
-"$REFENV/bin/python" benches/serving/reference_server.py --grpc-port "$g" --rest-port "$r" --hidden 128 >"$work/ref.log" 2>&1 &
-pids+=($!)
-wait_ready "$work/ref.log"
-measure "python-keras" "$g" "$r" >>"$results"
 
 echo
-echo "Serving benchmark: batch-1 requests of one 28x28 PNG, DNN [128] classifier, $concurrency concurrent connections, up to $requests requests per run, $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+echo "Serving benchmark: batch-1 requests of one 28x28 PNG; DNN [128] and CNN (32, 64) + dense 128 classifiers; $concurrency concurrent connections, up to $requests requests per run, $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
 "$REFENV/bin/python" - "$results" <<'PY'
 import json, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, proto, js = line.split(" ", 2)
-    rows[(name, proto)] = json.loads(js)
-print(f"{'server':<18} {'protocol':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs python':>10}")
-for (name, proto), r in rows.items():
-    ref = rows[("python-keras", proto)]["rps"]
-    print(f"{name:<18} {proto:<8} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7} {r['rps'] / ref:>9.2f}x")
+    model, name, proto, js = line.split(" ", 3)
+    rows[(model, name, proto)] = json.loads(js)
+print(f"| model | server | protocol | req/s | p50 ms | p99 ms | errors | vs python |")
+print(f"|---|---|---|---|---|---|---|---|")
+for (model, name, proto), r in rows.items():
+    ref = rows[(model, "python-keras", proto)]["rps"]
+    print(f"| {model} | {name} | {proto} | {r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['rps'] / ref:.2f}x |")
 PY

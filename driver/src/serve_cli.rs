@@ -31,6 +31,9 @@ pub(crate) struct ServeArgs {
     /// A CA certificate (PEM): clients must present a certificate it signed (mutual TLS).
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Where the models run: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Merge concurrent requests into one forward pass.
     #[arg(long)]
     batching: bool,
@@ -69,6 +72,8 @@ pub(crate) async fn serve_command(options: SessionOptions, args: ServeArgs) -> R
         models: args.models,
         host: args.host,
         grpc_port: args.grpc_port,
+        device: quiver_operators::ml::device::parse(&args.device)
+            .map_err(|e| QuiverError::Config(format!("--device: {e}")))?,
         rest_port: args.rest_port,
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
             cert,

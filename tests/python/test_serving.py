@@ -28,6 +28,11 @@ from tensorflow_serving.apis import (  # noqa: E402
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
+def client_bin():
+    """examples/serving_client, built beside the other examples."""
+    return os.path.join(os.path.dirname(os.environ["QUIVER_EXAMPLE_BIN"]), "serving_client")
+
+
 def run_sql(store, sql):
     proc = subprocess.run([QUIVER, "--store", str(store), "sql", "--format", "json", sql],
                           capture_output=True, text=True, timeout=900)
@@ -153,6 +158,17 @@ def test_grpc_predict_and_metadata_match_sql(served):
     accuracy = np.mean(np.array(labels) == np.array(served["truth"]))
     print(f"gRPC accuracy on {len(labels)} Fashion-MNIST test images: {accuracy:.3f}")
     assert accuracy > 0.6
+    # The Rust client (examples/serving_client.rs) measures the same accuracy.
+    proc = subprocess.run([client_bin(), "accuracy", "--grpc", f"http://127.0.0.1:{served['server'].grpc_port}",
+                           "--model", "fashion", "--images", os.path.join(served["fashion"], "test"),
+                           "--batch", "64"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"accuracy {accuracy:.4f} on {len(labels)} images"), proc.stdout
+
+    # Several MB in one request: 2,000 images as float32 pixels (6.3 MB).
+    many = np.concatenate([np.stack([np.asarray(Image.open(f)) for f in served["files"]])] * 5)
+    resp = stub.Predict(predict_request(float_tensor(many[..., None])), timeout=120)
+    assert [v.decode() for v in resp.outputs["label"].string_val] == labels * 5
 
     # The same images as a float tensor of pixel values, [N, 28, 28, 1].
     pixels = np.stack([np.asarray(Image.open(f)) for f in served["files"]])[..., None]
@@ -348,6 +364,11 @@ def test_mutual_tls(served, tmp_path):
             with pytest.raises(grpc.RpcError) as e:
                 server.stub(cert=cert).Predict(req, timeout=10)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        proc = subprocess.run([client_bin(), "accuracy", "--grpc", f"https://127.0.0.1:{server.grpc_port}",
+                               "--model", "fashion", "--images", os.path.join(served["fashion"], "test"),
+                               "--ca", str(certs / "ca.pem"), "--cert", str(certs / "client.pem"),
+                               "--key", str(certs / "client.key")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("accuracy "), proc.stderr
         tls = ["--cacert", str(certs / "ca.pem")]
         code, body = curl(server, "GET", "/v1/models/fashion", extra=[
             *tls, "--cert", str(certs / "client.pem"), "--key", str(certs / "client.key")])

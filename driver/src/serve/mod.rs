@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub rest_port: u16,
     /// TLS files; plain TCP without them.
     pub tls: Option<tls::TlsFiles>,
+    /// Where the models run.
+    pub device: quiver_operators::ml::device::Device,
     /// Dynamic batching; each request runs alone without it.
     pub batching: Option<Batching>,
     /// How often the registry is polled for new versions.
@@ -84,7 +86,13 @@ pub async fn serve(
         ));
     }
     let tls = options.tls.as_ref().map(tls::TlsConfig::load).transpose()?;
-    let models = Models::open(session, &options.models, options.batching.clone()).await?;
+    let models = Models::open(
+        session,
+        &options.models,
+        options.batching.clone(),
+        options.device,
+    )
+    .await?;
     let log = if options.prediction_log {
         plog::PredictionLog::start(session, options.log_flush_interval)?
     } else {

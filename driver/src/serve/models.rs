@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quiver_engine::Session;
+use quiver_operators::ml::device::Device;
 use quiver_operators::ml::predict::LoadedModel;
 use quiver_operators::ml::{MlError, Registry};
 use tokio::sync::{mpsc, oneshot};
@@ -194,6 +195,7 @@ struct ServedModel {
 pub struct Models {
     models: BTreeMap<String, ServedModel>,
     batching: Option<Batching>,
+    device: Device,
 }
 
 /// Splits `<store>/models/<name>[/<version>]` into the registry folder, name and version.
@@ -225,6 +227,7 @@ impl Models {
         session: &Session,
         locations: &[String],
         batching: Option<Batching>,
+        device: Device,
     ) -> Result<Self, ServeError> {
         let mut models = BTreeMap::new();
         for location in locations {
@@ -250,7 +253,11 @@ impl Models {
             };
             models.insert(name, served);
         }
-        let models = Self { models, batching };
+        let models = Self {
+            models,
+            batching,
+            device,
+        };
         for (name, served) in &models.models {
             let version = match served.pinned {
                 Some(v) => v,
@@ -281,7 +288,8 @@ impl Models {
         if let Some(s) = served.versions.read().expect("versions lock").get(&version) {
             return Ok(Arc::clone(s));
         }
-        let model = LoadedModel::load(&served.registry, name, Some(version)).await?;
+        let model =
+            LoadedModel::load_on(&served.registry, name, Some(version), self.device).await?;
         let servable = Arc::new(Servable::new(name, version, model, self.batching.as_ref()));
         served
             .versions
@@ -368,10 +376,11 @@ impl Models {
                 let versions = served.versions.read().expect("versions lock");
                 let newest = versions.values().next_back();
                 format!(
-                    "model '{name}' version {} ({}, {} classes) from {}{}",
+                    "model '{name}' version {} ({}, {} classes, on {:?}) from {}{}",
                     newest.map_or(0, |s| s.version),
                     newest.map_or("-", |s| s.model.card.architecture.model_type()),
                     newest.map_or(0, |s| s.model.card.labels.labels.len()),
+                    self.device,
                     served.url,
                     if served.pinned.is_some() {
                         ", pinned"

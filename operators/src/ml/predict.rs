@@ -31,41 +31,112 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use super::MlError;
+use super::conv::ConvBackend;
 use super::data::{batch_dims, input_values};
+use super::device::Device;
 use super::evaluate::evaluate_model;
 use super::model::Classifier;
 use super::registry::{ModelCard, Registry};
 use super::train::load_weights;
 
-/// A registered model loaded for inference on the CPU.
+/// The loaded network on its device.
+#[derive(Debug)]
+enum Net {
+    Cpu(Classifier<Flex>),
+    #[cfg(feature = "cuda")]
+    Cuda(
+        Classifier<burn::backend::Cuda>,
+        burn::backend::cuda::CudaDevice,
+    ),
+}
+
+/// A registered model loaded for inference, on the CPU or a GPU.
 #[derive(Debug)]
 pub struct LoadedModel {
     /// Its `model.json`.
     pub card: ModelCard,
-    model: Mutex<Classifier<Flex>>,
+    device: Device,
+    model: Mutex<Net>,
+}
+
+/// Builds the network of `card` on `device` and loads its weights.
+fn build<B: ConvBackend>(
+    card: &ModelCard,
+    weights: Vec<u8>,
+    device: &B::Device,
+    what: &str,
+) -> Result<Classifier<B>, MlError> {
+    let model = Classifier::<B>::new(
+        &card.architecture,
+        &card.input,
+        card.labels.labels.len(),
+        device,
+        0,
+    )?;
+    load_weights(model, weights, what)
+}
+
+/// Softmax probabilities, row-major `[rows, classes]`.
+fn forward<B: ConvBackend>(
+    model: &Classifier<B>,
+    values: Vec<f32>,
+    dims: [usize; 4],
+    device: &B::Device,
+) -> Result<Vec<f32>, MlError> {
+    let x = Tensor::<B, 4>::from_data(TensorData::new(values, dims), device);
+    softmax(model.forward(x), 1)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| MlError::Training(format!("{e:?}")))
 }
 
 impl LoadedModel {
-    /// Loads `name` at `version` (newest when `None`) from the registry.
+    /// Loads `name` at `version` (newest when `None`) from the registry, on the CPU.
     pub async fn load(
         registry: &Registry,
         name: &str,
         version: Option<u64>,
     ) -> Result<Self, MlError> {
+        Self::load_on(registry, name, version, Device::Cpu).await
+    }
+
+    /// Loads `name` at `version` (newest when `None`) from the registry onto `device`.
+    pub async fn load_on(
+        registry: &Registry,
+        name: &str,
+        version: Option<u64>,
+        device: Device,
+    ) -> Result<Self, MlError> {
         let (card, weights) = registry.load(name, version).await?;
-        let model = Classifier::<Flex>::new(
-            &card.architecture,
-            &card.input,
-            card.labels.labels.len(),
-            &Default::default(),
-            0,
-        )?;
         let what = registry.version_url(name, card.version);
-        let model = load_weights(model, weights, &what)?;
+        let net = match device {
+            Device::Cpu => Net::Cpu(build(&card, weights, &Default::default(), &what)?),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(index) => {
+                let gpu = burn::backend::cuda::CudaDevice::new(index);
+                Net::Cuda(build(&card, weights, &gpu, &what)?, gpu)
+            }
+        };
         Ok(Self {
             card,
-            model: Mutex::new(model),
+            device,
+            model: Mutex::new(net),
         })
+    }
+
+    /// A copy of the network when it runs on the CPU (what `ml_evaluate` runs).
+    fn cpu_network(&self) -> Option<Classifier<Flex>> {
+        match &*self.model.lock().ok()? {
+            Net::Cpu(model) => Some(model.clone()),
+            #[cfg(feature = "cuda")]
+            Net::Cuda(..) => None,
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Class probabilities `[rows][classes]` for an input column.
@@ -92,19 +163,16 @@ impl LoadedModel {
             )));
         }
         let classes = self.card.labels.labels.len();
-        let model = self
+        let net = self
             .model
             .lock()
             .map_err(|_| MlError::Training("model lock poisoned".into()))?;
-        let x = Tensor::<Flex, 4>::from_data(
-            TensorData::new(values, [rows, c, h, w]),
-            &Default::default(),
-        );
-        let probs = softmax(model.forward(x), 1)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| MlError::Training(format!("{e:?}")))?;
+        let dims = [rows, c, h, w];
+        let probs = match &*net {
+            Net::Cpu(model) => forward(model, values, dims, &Default::default())?,
+            #[cfg(feature = "cuda")]
+            Net::Cuda(model, gpu) => forward(model, values, dims, gpu)?,
+        };
         Ok(probs.chunks(classes).map(<[f32]>::to_vec).collect())
     }
 }
@@ -319,7 +387,9 @@ impl TableProvider for ComputedTable {
                 let ctx = SessionContext::new_with_state(state.clone());
                 let frame: DataFrame = ctx.sql(sql).await?;
                 let model = self.cache.get(&self.registry, name, *version).await?;
-                let inner = model.model.lock().expect("model lock").clone();
+                let Some(inner) = model.cpu_network() else {
+                    return exec_err!("ml_evaluate('{name}'): the model is not loaded on the CPU");
+                };
                 let evaluation = evaluate_model(
                     &inner,
                     &frame,
