@@ -6,6 +6,7 @@ certificate from the cluster's CA; prediction logs land in the store and SQL rea
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -324,8 +325,17 @@ def test_new_version_is_swapped_in_under_load_and_logged(served):
     # The old version stays reachable when asked for.
     assert stub.Predict(predict_request(string_tensor([served["images"][0]]), version=1),
                         timeout=30).model_spec.version.value == 1
+    # A version that cannot be loaded is reported once and the newest good one keeps serving.
+    broken = os.path.join(served["store"], "models", "fashion", "3")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "model.json"), "w") as f:
+        f.write("{not json")
+    time.sleep(1.5)  # several polls
+    assert server.output().count("version 3 failed to load") == 1, server.output()
+    assert stub.Predict(req, timeout=30).model_spec.version.value == 2
     server.stop()
     served["server"].stop()  # flushes its log too
+    shutil.rmtree(broken)
 
     logs = os.path.join(served["store"], "serving", "fashion", "logs")
     rows = run_sql(served["store"], f"""

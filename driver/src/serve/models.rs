@@ -188,6 +188,8 @@ struct ServedModel {
     versions: RwLock<BTreeMap<u64, Arc<Servable>>>,
     /// Serialises loads of this model.
     loading: tokio::sync::Mutex<()>,
+    /// The newest version whose load failed and was reported (retried quietly at each poll).
+    failed: std::sync::Mutex<Option<u64>>,
 }
 
 /// The models a server serves.
@@ -250,6 +252,7 @@ impl Models {
                 pinned,
                 versions: RwLock::default(),
                 loading: tokio::sync::Mutex::default(),
+                failed: std::sync::Mutex::default(),
             };
             models.insert(name, served);
         }
@@ -416,10 +419,18 @@ impl Models {
                             .write()
                             .expect("versions lock")
                             .retain(|&k, _| k == v);
+                        *served.failed.lock().expect("failed lock") = None;
                         changes.push(format!("model '{name}' version {v} loaded and serving"))
                     }
                     Err(e) => {
-                        changes.push(format!("model '{name}' version {v} failed to load: {e}"))
+                        let mut failed = served.failed.lock().expect("failed lock");
+                        if *failed != Some(v) {
+                            *failed = Some(v);
+                            changes.push(format!(
+                                "model '{name}' version {v} failed to load (retrying at each \
+                                 poll, still serving the previous version): {e}"
+                            ));
+                        }
                     }
                 },
                 Ok(_) => {}
