@@ -3,7 +3,7 @@
 # load generator `examples/serving_client.rs load`, the same for every server), bounded in
 # count and time. Quiver's `quiver serve` with and without dynamic batching against a Python
 # reference server (grpcio + http.server around the same Keras model, tf.function forward),
-# over gRPC and REST, on the same cores.
+# over gRPC and REST, on the same cores. Without batching, with 1 and 2 model replicas.
 #   bash benches/serving/run.sh [--requests N] [--concurrency C]
 # (dev build: dependencies and quiver-operators/-driver/-examples optimised, opt-level 2)
 source "$(dirname "$0")/../../scripts/env.sh"
@@ -47,10 +47,11 @@ measure() { # name, model, grpc port, rest port
 }
 results="$work/results"
 for model in dnn cnn; do
-  for mode in plain batch-0us batch-1000us; do
+  for mode in replicas-1 replicas-2 batch-0us batch-1000us; do
     g=$(port); r=$(port)
     extra=()
     case $mode in
+      replicas-*) extra=(--replicas "${mode#replicas-}");;
       batch-0us) extra=(--batching --max-batch-size 32 --batch-timeout-micros 0);;
       batch-1000us) extra=(--batching --max-batch-size 32 --batch-timeout-micros 1000);;
     esac

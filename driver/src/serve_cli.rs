@@ -34,6 +34,10 @@ pub(crate) struct ServeArgs {
     /// Where the models run: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Copies of each model (sharing weights) that serve requests concurrently; default: the
+    /// number of cores (at most 4) without --batching, 1 with it (a batch uses all cores).
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Merge concurrent requests into one forward pass.
     #[arg(long)]
     batching: bool,
@@ -72,6 +76,11 @@ pub(crate) async fn serve_command(options: SessionOptions, args: ServeArgs) -> R
         models: args.models,
         host: args.host,
         grpc_port: args.grpc_port,
+        replicas: args.replicas.unwrap_or(if args.batching {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        }),
         device: quiver_operators::ml::device::parse(&args.device)
             .map_err(|e| QuiverError::Config(format!("--device: {e}")))?,
         rest_port: args.rest_port,

@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub tls: Option<tls::TlsFiles>,
     /// Where the models run.
     pub device: quiver_operators::ml::device::Device,
+    /// Copies of each loaded version that run forward passes concurrently.
+    pub replicas: usize,
     /// Dynamic batching; each request runs alone without it.
     pub batching: Option<Batching>,
     /// How often the registry is polled for new versions.
@@ -91,6 +93,7 @@ pub async fn serve(
         &options.models,
         options.batching.clone(),
         options.device,
+        options.replicas,
     )
     .await?;
     let log = if options.prediction_log {

@@ -198,6 +198,7 @@ pub struct Models {
     models: BTreeMap<String, ServedModel>,
     batching: Option<Batching>,
     device: Device,
+    replicas: usize,
 }
 
 /// Splits `<store>/models/<name>[/<version>]` into the registry folder, name and version.
@@ -230,6 +231,7 @@ impl Models {
         locations: &[String],
         batching: Option<Batching>,
         device: Device,
+        replicas: usize,
     ) -> Result<Self, ServeError> {
         let mut models = BTreeMap::new();
         for location in locations {
@@ -260,6 +262,7 @@ impl Models {
             models,
             batching,
             device,
+            replicas,
         };
         for (name, served) in &models.models {
             let version = match served.pinned {
@@ -291,8 +294,14 @@ impl Models {
         if let Some(s) = served.versions.read().expect("versions lock").get(&version) {
             return Ok(Arc::clone(s));
         }
-        let model =
-            LoadedModel::load_on(&served.registry, name, Some(version), self.device).await?;
+        let model = LoadedModel::load_on(
+            &served.registry,
+            name,
+            Some(version),
+            self.device,
+            self.replicas,
+        )
+        .await?;
         let servable = Arc::new(Servable::new(name, version, model, self.batching.as_ref()));
         served
             .versions
@@ -379,11 +388,12 @@ impl Models {
                 let versions = served.versions.read().expect("versions lock");
                 let newest = versions.values().next_back();
                 format!(
-                    "model '{name}' version {} ({}, {} classes, on {:?}) from {}{}",
+                    "model '{name}' version {} ({}, {} classes, on {:?}, {} replica(s)) from {}{}",
                     newest.map_or(0, |s| s.version),
                     newest.map_or("-", |s| s.model.card.architecture.model_type()),
                     newest.map_or(0, |s| s.model.card.labels.labels.len()),
                     self.device,
+                    self.replicas,
                     served.url,
                     if served.pinned.is_some() {
                         ", pinned"

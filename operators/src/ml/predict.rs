@@ -40,7 +40,7 @@ use super::registry::{ModelCard, Registry};
 use super::train::load_weights;
 
 /// The loaded network on its device.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Net {
     Cpu(Classifier<Flex>),
     #[cfg(feature = "cuda")]
@@ -56,7 +56,10 @@ pub struct LoadedModel {
     /// Its `model.json`.
     pub card: ModelCard,
     device: Device,
-    model: Mutex<Net>,
+    /// Replicas of the network (sharing their weights): forward passes on different replicas
+    /// run at the same time.
+    replicas: Vec<Mutex<Net>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 /// Builds the network of `card` on `device` and loads its weights.
@@ -98,15 +101,17 @@ impl LoadedModel {
         name: &str,
         version: Option<u64>,
     ) -> Result<Self, MlError> {
-        Self::load_on(registry, name, version, Device::Cpu).await
+        Self::load_on(registry, name, version, Device::Cpu, 1).await
     }
 
-    /// Loads `name` at `version` (newest when `None`) from the registry onto `device`.
+    /// Loads `name` at `version` (newest when `None`) from the registry onto `device`, as
+    /// `replicas` networks that can run forward passes concurrently (at least one).
     pub async fn load_on(
         registry: &Registry,
         name: &str,
         version: Option<u64>,
         device: Device,
+        replicas: usize,
     ) -> Result<Self, MlError> {
         let (card, weights) = registry.load(name, version).await?;
         let what = registry.version_url(name, card.version);
@@ -121,13 +126,16 @@ impl LoadedModel {
         Ok(Self {
             card,
             device,
-            model: Mutex::new(net),
+            replicas: (0..replicas.max(1))
+                .map(|_| Mutex::new(net.clone()))
+                .collect(),
+            next: Default::default(),
         })
     }
 
     /// A copy of the network when it runs on the CPU (what `ml_evaluate` runs).
     fn cpu_network(&self) -> Option<Classifier<Flex>> {
-        match &*self.model.lock().ok()? {
+        match &*self.replicas[0].lock().ok()? {
             Net::Cpu(model) => Some(model.clone()),
             #[cfg(feature = "cuda")]
             Net::Cuda(..) => None,
@@ -163,10 +171,16 @@ impl LoadedModel {
             )));
         }
         let classes = self.card.labels.labels.len();
-        let net = self
-            .model
-            .lock()
-            .map_err(|_| MlError::Training("model lock poisoned".into()))?;
+        // A free replica if there is one, else wait for the next in turn.
+        let n = self.replicas.len();
+        let first = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        let free = (0..n).find_map(|i| self.replicas[(first + i) % n].try_lock().ok());
+        let net = match free {
+            Some(net) => net,
+            None => self.replicas[first]
+                .lock()
+                .map_err(|_| MlError::Training("model lock poisoned".into()))?,
+        };
         let dims = [rows, c, h, w];
         let probs = match &*net {
             Net::Cpu(model) => forward(model, values, dims, &Default::default())?,
