@@ -252,7 +252,8 @@ pub fn from_tensor_proto(name: &str, t: &TensorProto) -> Result<InputTensor, Ser
     })
 }
 
-fn shape_proto(dims: &[i64]) -> TensorShapeProto {
+/// A shape as a proto (`-1` for an unknown size).
+pub fn tensor_shape(dims: &[i64]) -> TensorShapeProto {
     TensorShapeProto {
         dim: dims
             .iter()
@@ -291,43 +292,32 @@ pub fn best(probs: &[Vec<f32>]) -> Vec<(usize, f32)> {
         .collect()
 }
 
-/// The output tensor `output` (one of [`OUTPUTS`]) for `probs`.
+/// The output tensor `output` (one of [`OUTPUTS`]) for `probs`, typed and shaped as
+/// [`output_specs`] says.
 pub fn output_tensor(output: &str, probs: &[Vec<f32>], labels: &[String]) -> Option<TensorProto> {
+    let index = OUTPUTS.iter().position(|o| *o == output)?;
+    let (dtype, dims) = &output_specs(labels.len())[index];
     let rows = probs.len() as i64;
+    let dims: Vec<i64> = dims.iter().map(|&d| if d < 0 { rows } else { d }).collect();
+    let mut t = TensorProto {
+        dtype: *dtype as i32,
+        tensor_shape: Some(tensor_shape(&dims)),
+        ..Default::default()
+    };
     let best = best(probs);
-    let mut t = TensorProto::default();
     match output {
         "label" => {
-            t.dtype = DataType::DtString as i32;
-            t.tensor_shape = Some(shape_proto(&[rows]));
             t.string_val = best
                 .iter()
                 .map(|&(i, _)| labels[i].as_bytes().to_vec())
                 .collect();
         }
-        "probability" => {
-            t.dtype = DataType::DtFloat as i32;
-            t.tensor_shape = Some(shape_proto(&[rows]));
-            t.float_val = best.iter().map(|&(_, p)| p).collect();
-        }
-        "class_id" => {
-            t.dtype = DataType::DtInt64 as i32;
-            t.tensor_shape = Some(shape_proto(&[rows]));
-            t.int64_val = best.iter().map(|&(i, _)| i as i64).collect();
-        }
-        "probabilities" => {
-            t.dtype = DataType::DtFloat as i32;
-            t.tensor_shape = Some(shape_proto(&[rows, labels.len() as i64]));
-            t.float_val = probs.iter().flatten().copied().collect();
-        }
-        _ => return None,
+        "probability" => t.float_val = best.iter().map(|&(_, p)| p).collect(),
+        "class_id" => t.int64_val = best.iter().map(|&(i, _)| i as i64).collect(),
+        // "probabilities"
+        _ => t.float_val = probs.iter().flatten().copied().collect(),
     }
     Some(t)
-}
-
-/// A signature entry's shape as a proto.
-pub fn tensor_shape(dims: &[i64]) -> TensorShapeProto {
-    shape_proto(dims)
 }
 
 /// Examples given one at a time (REST instances, `Classify` examples; numeric ones with shape

@@ -290,10 +290,7 @@ impl ModelService for Grpc {
     ) -> Result<Response<GetModelStatusResponse>, Status> {
         let request = request.into_inner();
         let (name, version, _) = read_model_spec(request.model_spec.as_ref())?;
-        let versions = match version {
-            Some(v) => vec![self.0.models.get(&name, Some(v)).await?.version],
-            None => self.0.models.versions(&name)?,
-        };
+        let versions = self.0.models.status(&name, version).await?;
         Ok(Response::new(GetModelStatusResponse {
             model_version_status: versions
                 .into_iter()

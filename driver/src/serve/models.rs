@@ -73,8 +73,6 @@ struct Job {
 /// One loaded version of a model.
 #[derive(Debug)]
 pub struct Servable {
-    /// The name it is served under.
-    pub name: String,
     /// Its registry version.
     pub version: u64,
     /// The loaded model and its card.
@@ -89,7 +87,7 @@ impl std::fmt::Debug for Job {
 }
 
 impl Servable {
-    fn new(name: &str, version: u64, model: LoadedModel, batching: Option<&Batching>) -> Self {
+    fn new(version: u64, model: LoadedModel, batching: Option<&Batching>) -> Self {
         let model = Arc::new(model);
         let batcher = batching.map(|b| {
             let (tx, rx) = mpsc::channel(1024);
@@ -97,7 +95,6 @@ impl Servable {
             tx
         });
         Self {
-            name: name.to_string(),
             version,
             model,
             batcher,
@@ -190,6 +187,18 @@ struct ServedModel {
     loading: tokio::sync::Mutex<()>,
     /// The newest version whose load failed and was reported (retried quietly at each poll).
     failed: std::sync::Mutex<Option<u64>>,
+}
+
+impl ServedModel {
+    /// The loaded version numbers, oldest first.
+    fn loaded(&self) -> Vec<u64> {
+        self.versions
+            .read()
+            .expect("versions lock")
+            .keys()
+            .copied()
+            .collect()
+    }
 }
 
 /// The models a server serves.
@@ -302,7 +311,7 @@ impl Models {
             self.replicas,
         )
         .await?;
-        let servable = Arc::new(Servable::new(name, version, model, self.batching.as_ref()));
+        let servable = Arc::new(Servable::new(version, model, self.batching.as_ref()));
         served
             .versions
             .write()
@@ -335,10 +344,8 @@ impl Models {
             }
             let available = || {
                 served
-                    .versions
-                    .read()
-                    .expect("versions lock")
-                    .keys()
+                    .loaded()
+                    .iter()
                     .map(u64::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -370,14 +377,16 @@ impl Models {
 
     /// The loaded versions of `name`, oldest first.
     pub fn versions(&self, name: &str) -> Result<Vec<u64>, ServeError> {
-        Ok(self
-            .served(name)?
-            .versions
-            .read()
-            .expect("versions lock")
-            .keys()
-            .copied()
-            .collect())
+        Ok(self.served(name)?.loaded())
+    }
+
+    /// The versions a status request reports: `version` (loaded if need be), or every loaded
+    /// version of `name`, oldest first.
+    pub async fn status(&self, name: &str, version: Option<u64>) -> Result<Vec<u64>, ServeError> {
+        match version {
+            Some(v) => Ok(vec![self.get(name, Some(v)).await?.version]),
+            None => self.versions(name),
+        }
     }
 
     /// Lines describing what is served, for the log.
@@ -412,13 +421,7 @@ impl Models {
             if served.pinned.is_some() {
                 continue;
             }
-            let newest_loaded = served
-                .versions
-                .read()
-                .expect("versions lock")
-                .keys()
-                .next_back()
-                .copied();
+            let newest_loaded = served.loaded().last().copied();
             match self.newest(name, served).await {
                 Ok(Some(v)) if Some(v) > newest_loaded => match self.load(name, served, v).await {
                     Ok(_) => {

@@ -180,6 +180,44 @@ fn is_named(value: &Value) -> bool {
     matches!(value, Value::Object(m) if !m.contains_key("b64"))
 }
 
+/// The inputs of row-format examples: objects naming their inputs (`[{"image": ...}, ...]`),
+/// or values of the model's only input (`""`).
+fn instances_inputs(rows: &[Value]) -> Result<Vec<(String, InputTensor)>, ServeError> {
+    if rows.iter().all(is_named) && !rows.is_empty() {
+        let mut names: Vec<String> = Vec::new();
+        for row in rows {
+            for key in row.as_object().expect("named").keys() {
+                if !names.contains(key) {
+                    names.push(key.clone());
+                }
+            }
+        }
+        names
+            .into_iter()
+            .map(|name| {
+                let parts = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| match row.get(&name) {
+                        Some(v) => example(&name, i, v),
+                        None => Err(ServeError::InvalidArgument(format!(
+                            "instance {i} has no input '{name}'"
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok((name.clone(), convert::stack(&name, parts)?))
+            })
+            .collect()
+    } else {
+        let parts = rows
+            .iter()
+            .enumerate()
+            .map(|(i, v)| example("instances", i, v))
+            .collect::<Result<_, _>>()?;
+        Ok(vec![(String::new(), convert::stack("instances", parts)?)])
+    }
+}
+
 /// The request's inputs: `""` stands for the model's only input when the body does not name
 /// it. Returns whether the answer is in row (`instances`) format.
 fn predict_inputs(
@@ -189,45 +227,7 @@ fn predict_inputs(
         (Some(_), Some(_)) => Err(ServeError::InvalidArgument(
             "the body has both 'instances' and 'inputs'; send one".into(),
         )),
-        (Some(Value::Array(rows)), None) => {
-            if rows.iter().all(is_named) && !rows.is_empty() {
-                let mut names: Vec<String> = Vec::new();
-                for row in rows {
-                    for key in row.as_object().expect("named").keys() {
-                        if !names.contains(key) {
-                            names.push(key.clone());
-                        }
-                    }
-                }
-                let inputs = names
-                    .into_iter()
-                    .map(|name| {
-                        let parts = rows
-                            .iter()
-                            .enumerate()
-                            .map(|(i, row)| match row.get(&name) {
-                                Some(v) => example(&name, i, v),
-                                None => Err(ServeError::InvalidArgument(format!(
-                                    "instance {i} has no input '{name}'"
-                                ))),
-                            })
-                            .collect::<Result<_, _>>()?;
-                        Ok((name.clone(), convert::stack(&name, parts)?))
-                    })
-                    .collect::<Result<_, ServeError>>()?;
-                Ok((inputs, true))
-            } else {
-                let parts = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| example("instances", i, v))
-                    .collect::<Result<_, _>>()?;
-                Ok((
-                    vec![(String::new(), convert::stack("instances", parts)?)],
-                    true,
-                ))
-            }
-        }
+        (Some(Value::Array(rows)), None) => Ok((instances_inputs(rows)?, true)),
         (Some(_), None) => Err(ServeError::InvalidArgument(
             "'instances' must be a list with one value per example".into(),
         )),
@@ -365,12 +365,7 @@ async fn post(
     }
     // :classify takes {"examples": [{"<input>": value}, ...]}.
     let inputs = match body.get("examples") {
-        Some(Value::Array(examples)) => {
-            let rows: Vec<Value> = examples.clone();
-            let mut wrapped = Map::new();
-            wrapped.insert("instances".into(), Value::Array(rows));
-            predict_inputs(&wrapped).map(|(inputs, _)| inputs)
-        }
+        Some(Value::Array(examples)) => instances_inputs(examples),
         _ => Err(ServeError::InvalidArgument(
             "the body needs 'examples': a list of objects of features".into(),
         )),
@@ -435,10 +430,7 @@ async fn get_model(
         }))
         .into_response());
     }
-    let versions = match target.version {
-        Some(v) => vec![state.models.get(&target.name, Some(v)).await?.version],
-        None => state.models.versions(&target.name)?,
-    };
+    let versions = state.models.status(&target.name, target.version).await?;
     let statuses: Vec<Value> = versions
         .iter()
         .rev()

@@ -55,7 +55,6 @@ enum Net {
 pub struct LoadedModel {
     /// Its `model.json`.
     pub card: ModelCard,
-    device: Device,
     /// Replicas of the network (sharing their weights): forward passes on different replicas
     /// run at the same time.
     replicas: Vec<Mutex<Net>>,
@@ -125,7 +124,6 @@ impl LoadedModel {
         };
         Ok(Self {
             card,
-            device,
             replicas: (0..replicas.max(1))
                 .map(|_| Mutex::new(net.clone()))
                 .collect(),
@@ -140,11 +138,6 @@ impl LoadedModel {
             #[cfg(feature = "cuda")]
             Net::Cuda(..) => None,
         }
-    }
-
-    /// The device the model runs on.
-    pub fn device(&self) -> Device {
-        self.device
     }
 
     /// Class probabilities `[rows][classes]` for an input column.
