@@ -1,11 +1,12 @@
 //! Quiver's operators: image functions, `read_images`, the TFRecord file format, and machine
-//! learning (models, training, evaluation, the registry, `predict`).
+//! learning (models, training, evaluation, the registry, `predict`), and feature statistics.
 
 pub mod experiment;
 pub mod image_ops;
 pub mod image_udfs;
 pub mod ml;
 pub mod read_images;
+pub mod stats;
 pub mod tfrecord;
 
 pub use image_udfs::{ImageFunc, ImageOp};

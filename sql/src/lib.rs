@@ -33,6 +33,7 @@ use quiver_engine::{Result, Session, SessionOptions, resolve_location};
 use quiver_operators::experiment::{ExperimentTableFunc, Experiments};
 use quiver_operators::ml;
 use quiver_operators::ml::predict::{MlTableFunc, PredictFunc};
+use quiver_operators::stats::FeatureStatsFunc;
 use quiver_operators::tfrecord::ImageEncoding;
 use quiver_operators::{
     ImageFunc, ReadImagesFunc, ReadImagesTable, TfRecordFormat, TfRecordFormatFactory,
@@ -42,12 +43,13 @@ use quiver_operators::{
 pub use statements::{Statement, execute, parse};
 
 /// Names of the table functions Quiver registers.
-pub const TABLE_FUNCTIONS: [&str; 5] = [
+pub const TABLE_FUNCTIONS: [&str; 6] = [
     "read_images",
     "ml_evaluate",
     "models",
     "experiments",
     "experiment_trials",
+    "feature_stats",
 ];
 
 /// Names of every scalar function Quiver registers.
@@ -84,6 +86,7 @@ pub fn register_all(session: &Session) -> Result<()> {
         TABLE_FUNCTIONS[4],
         Arc::new(ExperimentTableFunc::trials(experiments)),
     );
+    ctx.register_udtf(TABLE_FUNCTIONS[5], Arc::new(FeatureStatsFunc));
     let state = ctx.state_ref();
     let mut state = state.write();
     state.register_file_format(Arc::new(TfRecordFormatFactory), true)?;

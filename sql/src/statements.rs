@@ -168,7 +168,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
 }
 
 /// Table functions that take a query as an argument, as text or as `(SELECT ...)`.
-const QUERY_ARGUMENT_FUNCTIONS: &[&str] = &["ml_evaluate"];
+const QUERY_ARGUMENT_FUNCTIONS: &[&str] = &["ml_evaluate", "feature_stats"];
 
 /// Hands a `(SELECT ...)` argument of [`QUERY_ARGUMENT_FUNCTIONS`] over as its SQL text:
 /// DataFusion would plan it as a scalar subquery, which must have a single column.
