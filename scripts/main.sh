@@ -3,8 +3,9 @@
 # assemble the sample image folders, then run the hot-dog-style ETL in SQL
 # (decode → centre-crop → resize 200x200 → TFRecord shards), then train, evaluate and register
 # CNN classifiers on those shards, then run a grid-search experiment (6 trials, 2 at a time)
-# and print its trials and the best model; finally serve the Fashion-MNIST model over
-# TensorFlow Serving's gRPC and REST APIs and measure its accuracy with a client.
+# and print its trials and the best model; serve the Fashion-MNIST model over TensorFlow
+# Serving's gRPC and REST APIs and measure its accuracy with a client; finally run the nightly
+# batch job (ETL, feature statistics, retraining) once.
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 quiver_install_build_tools
@@ -24,4 +25,8 @@ quiver_log "running examples/experiment_grid.sql"
 "$QUIVER" sql -f examples/experiment_grid.sql
 quiver_log "running examples/serve_fashion.sh (quiver serve + the Rust client)"
 bash examples/serve_fashion.sh "$QUIVER" "$CARGO_TARGET_DIR/debug/examples/serving_client"
+quiver_log "running the batch job examples/jobs/fashion_nightly.toml once (quiver job run)"
+rm -rf quiver-data/jobs-output
+"$QUIVER" job run examples/jobs/fashion_nightly.toml
+"$QUIVER" job runs fashion_nightly
 quiver_log "done: TFRecord shards in quiver-data/tfrecords/, models in quiver-data/models/, experiments in quiver-data/experiments/, prediction logs in quiver-data/serving/"

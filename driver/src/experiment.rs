@@ -1,13 +1,12 @@
 //! `quiver experiment list|trials|logs`: experiments in the store, their trials, and a trial's
 //! log, followed live while it runs.
 
-use std::io::Write;
 use std::time::Duration;
 
 use quiver_engine::{QuiverError, Result, Session};
 use quiver_operators::experiment::Experiments;
 
-use crate::run::{Output, run_all};
+use crate::run::{Output, print_new, run_all};
 
 /// What `quiver experiment` does.
 #[derive(Debug, clap::Subcommand)]
@@ -70,13 +69,7 @@ pub(crate) async fn experiment_command(
                     )));
                 }
                 let log = log.unwrap_or_default();
-                if log.len() > printed {
-                    std::io::stdout()
-                        .write_all(&log[printed..])
-                        .and_then(|()| std::io::stdout().flush())
-                        .map_err(|e| QuiverError::Config(format!("cannot print the log: {e}")))?;
-                    printed = log.len();
-                }
+                print_new(&log, &mut printed)?;
                 if !follow || finished {
                     return Ok(());
                 }

@@ -1,5 +1,6 @@
-//! `quiver`: run SQL on Quiver's embedded engine (`quiver sql`), from a file or a shell, and
-//! look into experiments (`quiver experiment`).
+//! `quiver`: run SQL on Quiver's embedded engine (`quiver sql`), from a file or a shell; look
+//! into experiments (`quiver experiment`); serve models (`quiver serve`); run batch jobs
+//! (`quiver job`) and schedule them (`quiver driver --jobs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 use quiver_engine::SessionOptions;
 
 mod experiment;
+mod jobs;
 mod run;
 mod serve_cli;
 
@@ -48,6 +50,23 @@ enum Command {
     },
     /// Serve registered models over TensorFlow Serving's gRPC and REST APIs.
     Serve(Box<serve_cli::ServeArgs>),
+    /// Batch jobs: run a job file now, check it, list jobs and runs, follow a run's log, cancel.
+    Job {
+        #[command(subcommand)]
+        command: jobs::JobCommand,
+        /// How tables are printed.
+        #[arg(long, global = true, value_enum, default_value_t = run::Format::Table)]
+        format: run::Format,
+    },
+    /// The driver: runs the job files at --jobs on their schedules until Ctrl-C or SIGTERM.
+    Driver {
+        /// A job file, or a folder (local or in a store) of `*.toml` job files.
+        #[arg(long)]
+        jobs: String,
+        /// How often schedules are checked, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        tick_ms: u64,
+    },
     /// Experiments in the store: list them, show their trials, follow a trial's log.
     Experiment {
         #[command(subcommand)]
@@ -74,6 +93,21 @@ async fn main() -> ExitCode {
             format,
         } => run::sql_command(options, statements, file, run::Output { format, max_rows }).await,
         Command::Serve(args) => serve_cli::serve_command(options, *args).await,
+        Command::Job { command, format } => {
+            let output = run::Output {
+                format,
+                max_rows: usize::MAX,
+            };
+            jobs::job_command(options, command, output).await
+        }
+        Command::Driver { jobs, tick_ms } => {
+            jobs::scheduler::drive(
+                options,
+                &jobs,
+                std::time::Duration::from_millis(tick_ms.max(10)),
+            )
+            .await
+        }
         Command::Experiment { command, format } => match quiver_sql::session(options) {
             Ok(session) => {
                 let output = run::Output {

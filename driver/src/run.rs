@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use quiver_engine::progress::ProgressSnapshot;
-use quiver_engine::{Progress, QuiverError, Result, Session, SessionOptions};
+use quiver_engine::{LogSink, Progress, QuiverError, Result, Session, SessionOptions};
 
 use std::io::Write;
 
@@ -36,7 +36,8 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    fn print(&self, batches: &[RecordBatch]) -> std::result::Result<(), ArrowError> {
+    /// Prints `batches` to stdout.
+    pub(crate) fn print(&self, batches: &[RecordBatch]) -> std::result::Result<(), ArrowError> {
         let readable = batches
             .iter()
             .map(readable)
@@ -88,9 +89,17 @@ pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Res
         let text = statement.to_string();
         let started = Instant::now();
         let before = session.progress().snapshot();
+        if session.log_sink().is_some() {
+            session.log(&format!("> {}", short(&text)));
+        }
         // Training draws its own progress (a bar, and a line per epoch).
-        let ticker = (!matches!(statement, quiver_sql::Statement::CreateModel(_)))
-            .then(|| Ticker::start(Arc::clone(session.progress()), before));
+        let ticker = (!matches!(statement, quiver_sql::Statement::CreateModel(_))).then(|| {
+            Ticker::start(
+                Arc::clone(session.progress()),
+                before,
+                session.log_sink().cloned(),
+            )
+        });
         let result = async {
             let frame = quiver_sql::execute(session, statement)
                 .await
@@ -116,15 +125,34 @@ pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Res
         })?;
         // DDL (CREATE, DROP, SET) has no result columns: only the summary line is shown.
         if has_columns {
-            output
-                .print(&batches)
-                .map_err(datafusion::error::DataFusionError::from)?;
+            match session.log_sink() {
+                Some(sink) => sink(
+                    &format_batches(&batches, output.max_rows)
+                        .map_err(datafusion::error::DataFusionError::from)?
+                        .to_string(),
+                ),
+                None => output
+                    .print(&batches)
+                    .map_err(datafusion::error::DataFusionError::from)?,
+            }
         }
-        eprintln!(
+        session.log(&format!(
             "{} ({:.2}s)",
             summary(&work),
             started.elapsed().as_secs_f64()
-        );
+        ));
+    }
+    Ok(())
+}
+
+/// Prints the part of a growing log that was not printed yet.
+pub(crate) fn print_new(log: &[u8], printed: &mut usize) -> Result<()> {
+    if log.len() > *printed {
+        std::io::stdout()
+            .write_all(&log[*printed..])
+            .and_then(|()| std::io::stdout().flush())
+            .map_err(|e| QuiverError::Config(format!("cannot print the log: {e}")))?;
+        *printed = log.len();
     }
     Ok(())
 }
@@ -169,7 +197,7 @@ fn summary(w: &ProgressSnapshot) -> String {
 }
 
 /// Shows the progress of a running statement: a spinner on a terminal, a line every few
-/// seconds in a log.
+/// seconds in a log (the session's log sink, or stderr when it is not a terminal).
 struct Ticker {
     task: tokio::task::JoinHandle<()>,
     progress: Arc<Progress>,
@@ -178,8 +206,8 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(progress: Arc<Progress>, before: ProgressSnapshot) -> Self {
-        let terminal = std::io::stderr().is_terminal();
+    fn start(progress: Arc<Progress>, before: ProgressSnapshot, log: Option<LogSink>) -> Self {
+        let terminal = log.is_none() && std::io::stderr().is_terminal();
         let bar = if terminal {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -203,7 +231,12 @@ impl Ticker {
                         bar.set_message(summary(&work));
                         bar.tick();
                     } else if last_log.elapsed() >= Duration::from_secs(5) {
-                        eprintln!("[{:>4}s] {}", started.elapsed().as_secs(), summary(&work));
+                        let line =
+                            format!("[{:>4}s] {}", started.elapsed().as_secs(), summary(&work));
+                        match &log {
+                            Some(sink) => sink(&line),
+                            None => eprintln!("{line}"),
+                        }
                         last_log = Instant::now();
                     }
                 }

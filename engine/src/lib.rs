@@ -10,7 +10,7 @@ pub mod store;
 
 pub use error::{QuiverError, Result};
 pub use progress::Progress;
-pub use session::{Session, SessionOptions};
+pub use session::{LogSink, Session, SessionOptions};
 pub use store::{S3Options, StoreRegistry, resolve_location, store_base, store_url};
 /// Re-exported for URL handling.
 pub use url;

@@ -38,12 +38,16 @@ impl Default for SessionOptions {
     }
 }
 
+/// Receives the log lines of long-running work (a training run's epochs, for example).
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A Quiver session: runs SQL and DataFrame queries over any registered store.
 #[derive(Clone)]
 pub struct Session {
     ctx: SessionContext,
     default_store: Url,
     progress: Arc<Progress>,
+    log: Option<LogSink>,
 }
 
 impl std::fmt::Debug for Session {
@@ -91,7 +95,28 @@ impl Session {
             ctx: SessionContext::new_with_state(state),
             default_store,
             progress,
+            log: None,
         })
+    }
+
+    /// This session with its log lines sent to `sink` instead of stderr (progress bars are
+    /// hidden then).
+    pub fn with_log(mut self, sink: LogSink) -> Self {
+        self.log = Some(sink);
+        self
+    }
+
+    /// Where log lines go, when not to stderr.
+    pub fn log_sink(&self) -> Option<&LogSink> {
+        self.log.as_ref()
+    }
+
+    /// Writes one log line to the sink, or to stderr.
+    pub fn log(&self, line: &str) {
+        match &self.log {
+            Some(sink) => sink(line),
+            None => eprintln!("{line}"),
+        }
     }
 
     /// The DataFusion context, for registering tables and functions.

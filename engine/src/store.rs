@@ -190,7 +190,18 @@ pub fn resolve_location(location: &str) -> Result<Url> {
     if location.contains("://") {
         return Url::parse(location).map_err(|e| bad(e.to_string()));
     }
-    let path = std::path::absolute(Path::new(location)).map_err(|e| bad(e.to_string()))?;
+    let absolute = std::path::absolute(Path::new(location)).map_err(|e| bad(e.to_string()))?;
+    // `a/../b` becomes `b`: object-store paths cannot hold `..` segments.
+    let mut path = std::path::PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                path.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => path.push(other),
+        }
+    }
     let url = if location.ends_with('/') || path.is_dir() {
         Url::from_directory_path(&path)
     } else {
@@ -211,6 +222,8 @@ mod tests {
         );
         let cwd = std::env::current_dir().unwrap();
         let url = resolve_location("some/dir/").unwrap();
+        assert_eq!(url.to_file_path().unwrap(), cwd.join("some/dir"));
+        let url = resolve_location("some/./x/../dir/").unwrap();
         assert_eq!(url.to_file_path().unwrap(), cwd.join("some/dir"));
         assert!(url.as_str().ends_with('/'));
         assert!(resolve_location("").is_err());

@@ -4,6 +4,7 @@
 pub mod experiment;
 pub mod image_ops;
 pub mod image_udfs;
+pub mod jobs;
 pub mod ml;
 pub mod read_images;
 pub mod stats;

@@ -31,6 +31,7 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlanBuilder};
 use quiver_engine::{Result, Session, SessionOptions, resolve_location};
 use quiver_operators::experiment::{ExperimentTableFunc, Experiments};
+use quiver_operators::jobs::{JobRunsFunc, JobStore};
 use quiver_operators::ml;
 use quiver_operators::ml::predict::{MlTableFunc, PredictFunc};
 use quiver_operators::stats::FeatureStatsFunc;
@@ -43,13 +44,14 @@ use quiver_operators::{
 pub use statements::{Statement, execute, parse};
 
 /// Names of the table functions Quiver registers.
-pub const TABLE_FUNCTIONS: [&str; 6] = [
+pub const TABLE_FUNCTIONS: [&str; 7] = [
     "read_images",
     "ml_evaluate",
     "models",
     "experiments",
     "experiment_trials",
     "feature_stats",
+    "job_runs",
 ];
 
 /// Names of every scalar function Quiver registers.
@@ -87,6 +89,8 @@ pub fn register_all(session: &Session) -> Result<()> {
         Arc::new(ExperimentTableFunc::trials(experiments)),
     );
     ctx.register_udtf(TABLE_FUNCTIONS[5], Arc::new(FeatureStatsFunc));
+    let jobs = JobStore::new(session).map_err(datafusion::error::DataFusionError::from)?;
+    ctx.register_udtf(TABLE_FUNCTIONS[6], Arc::new(JobRunsFunc::new(jobs)));
     let state = ctx.state_ref();
     let mut state = state.write();
     state.register_file_format(Arc::new(TfRecordFormatFactory), true)?;

@@ -374,7 +374,7 @@ async fn create_experiment(session: &Session, create: CreateModel) -> Result<Dat
     }
     let report = builder.run(session, &create.query).await?;
     if let Some(model) = &report.file.model {
-        eprintln!("best model registered at {model}");
+        session.log(&format!("best model registered at {model}"));
     }
     let order = if report.file.objective.maximize {
         "DESC"

@@ -172,7 +172,7 @@ pub async fn serve(
         Some(mut rx) => {
             let _ = rx.wait_for(|stop| *stop).await;
         }
-        None => wait_for_signal().await,
+        None => crate::shutdown_signal().await,
     }
     eprintln!("quiver serve: shutting down, finishing in-flight requests");
     let _ = stop_tx.send(true);
@@ -186,22 +186,6 @@ pub async fn serve(
     state.log.close().await;
     eprintln!("quiver serve: stopped");
     grpc.and(rest)
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Loads newly registered versions every `interval` until the servers stop.

@@ -342,7 +342,10 @@ impl ModelBuilder {
                 frame,
                 training_data,
                 &run_url,
-                TrainHooks::default(),
+                TrainHooks {
+                    log: session.log_sink().cloned(),
+                    ..Default::default()
+                },
             )
             .await?;
         registry.register(fitted.card, fitted.weights).await

@@ -59,7 +59,7 @@ pub struct TrainJob {
 pub type EpochHook = Arc<dyn Fn(EpochMetrics) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// Receives a run's log lines.
-pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+pub use quiver_engine::LogSink;
 
 /// How a run reports and where it computes. The default logs to stderr with a progress bar and
 /// computes on every core.

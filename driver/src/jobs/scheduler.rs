@@ -1,0 +1,343 @@
+//! The driver's job scheduler: loads job files, fires runs at their cron times (respecting
+//! `max_active_runs` and the catch-up policy), and marks runs whose process died as
+//! interrupted. The store is the source of truth: a scheduled run's id is its time, created
+//! only if absent, so a restarted driver neither loses nor repeats runs.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use quiver_engine::{QuiverError, Result, SessionOptions};
+use quiver_operators::jobs::{JobRecord, JobStore, RunStatus};
+use quiver_operators::ml::store::unix_now;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::file::{Catchup, JobFile, job_files, load};
+use super::runner::{Stop, Trigger, active_runs, execute, hostname, is_alive, new_run};
+
+/// Scheduled times kept waiting per job with `catchup = "all"`, at most.
+const MAX_PENDING: usize = 1000;
+
+/// One scheduled job.
+struct Scheduled {
+    job: JobFile,
+    /// The last scheduled time handled (run, queued or skipped).
+    last: DateTime<Utc>,
+    /// Times waiting for a free run slot.
+    pending: VecDeque<DateTime<Utc>>,
+}
+
+fn utc(seconds: f64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis((seconds * 1000.0).round() as i64).unwrap_or_default()
+}
+
+/// Marks runs of `job` that claim to be running but whose process is gone as interrupted.
+pub(crate) async fn recover(jobs: &JobStore, job: &str) -> Result<usize> {
+    let host = hostname();
+    let me = format!("{host}:{}", std::process::id());
+    let mut count = 0;
+    for mut run in jobs.runs(job).await? {
+        if run.status != RunStatus::Running || is_alive(&run, &host) {
+            continue;
+        }
+        let why = format!(
+            "interrupted: the process running it ({}:{}) stopped (last heartbeat {}); found by the driver {me}",
+            run.host,
+            run.pid,
+            utc(run.heartbeat).to_rfc3339()
+        );
+        eprintln!("job {job}: run {} {why}", run.run_id);
+        run.status = RunStatus::Interrupted;
+        run.ended = Some(unix_now());
+        for step in &mut run.steps {
+            match step.status.as_str() {
+                "running" => {
+                    step.status = "interrupted".into();
+                    step.error = Some(why.clone());
+                }
+                "pending" => step.status = "skipped".into(),
+                _ => {}
+            }
+        }
+        run.error = Some(why);
+        jobs.put_run(&run).await?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+impl Scheduled {
+    /// Picks up where the store says the schedule was: the newest scheduled run, and applies
+    /// the catch-up policy to the times missed since.
+    async fn start(job: JobFile, jobs: &JobStore, now: DateTime<Utc>) -> Result<Self> {
+        let schedule = job
+            .schedule
+            .as_ref()
+            .expect("scheduled jobs have a schedule");
+        let last_run = jobs
+            .runs(&job.name)
+            .await?
+            .iter()
+            .filter_map(|r| r.scheduled_for)
+            .map(utc)
+            .max();
+        let mut pending = VecDeque::new();
+        if let Some(last) = last_run {
+            let mut missed = Vec::new();
+            let mut t = last;
+            while let Some(next) = schedule.next_after(t) {
+                if next > now || missed.len() >= MAX_PENDING {
+                    break;
+                }
+                missed.push(next);
+                t = next;
+            }
+            if !missed.is_empty() {
+                eprintln!(
+                    "job {}: {} scheduled time(s) missed since {} (catchup = {})",
+                    job.name,
+                    missed.len(),
+                    last.to_rfc3339(),
+                    job.catchup.as_str()
+                );
+            }
+            match job.catchup {
+                Catchup::None => {}
+                Catchup::Latest => pending.extend(missed.last()),
+                Catchup::All => pending.extend(missed),
+            }
+        }
+        Ok(Self {
+            job,
+            last: now,
+            pending,
+        })
+    }
+
+    /// Queues the times that came since the last tick, by the catch-up policy.
+    fn tick(&mut self, now: DateTime<Utc>) {
+        let schedule = self.job.schedule.as_ref().expect("scheduled");
+        while let Some(next) = schedule.next_after(self.last) {
+            if next > now {
+                break;
+            }
+            self.last = next;
+            match self.job.catchup {
+                // A time that cannot start at once is dropped; `latest` keeps the newest one.
+                Catchup::None | Catchup::Latest => {
+                    if let Some(old) = self.pending.pop_back() {
+                        eprintln!(
+                            "job {}: skipping the run for {} (max_active_runs = {} reached)",
+                            self.job.name,
+                            old.to_rfc3339(),
+                            self.job.max_active_runs
+                        );
+                    }
+                    self.pending.push_back(next);
+                }
+                Catchup::All if self.pending.len() < MAX_PENDING => self.pending.push_back(next),
+                Catchup::All => {}
+            }
+        }
+    }
+
+    async fn record(&self, jobs: &JobStore) -> Result<()> {
+        let schedule = self.job.schedule.as_ref().expect("scheduled");
+        let next = self
+            .pending
+            .front()
+            .copied()
+            .or_else(|| schedule.next_after(self.last));
+        jobs.put_job(&JobRecord {
+            name: self.job.name.clone(),
+            file: self.job.location.to_string(),
+            schedule: Some(schedule.pattern.clone()),
+            timezone: schedule.timezone.name().to_string(),
+            max_active_runs: self.job.max_active_runs,
+            catchup: self.job.catchup.as_str().into(),
+            next_run: next.map(|t| t.timestamp_millis() as f64 / 1000.0),
+            driver: format!("{}:{}", hostname(), std::process::id()),
+            loaded: unix_now(),
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// `quiver driver --jobs <location>`: schedules every job file there until Ctrl-C or SIGTERM,
+/// then stops the runs it started (they are recorded as interrupted).
+pub(crate) async fn drive(options: SessionOptions, location: &str, tick: Duration) -> Result<()> {
+    let session = quiver_sql::session(options.clone())?;
+    let jobs = JobStore::new(&session)?;
+    let mut scheduled = Vec::new();
+    let files = job_files(&session, location).await?;
+    if files.is_empty() {
+        return Err(QuiverError::Config(format!(
+            "no job files (*.toml) at {location}"
+        )));
+    }
+    let now = Utc::now();
+    for file in files {
+        let job = match load(&session, file.as_str()).await {
+            Ok(job) => job,
+            Err(e) => {
+                eprintln!("skipping {file}: {e}");
+                continue;
+            }
+        };
+        let recovered = recover(&jobs, &job.name).await?;
+        if recovered > 0 {
+            eprintln!("job {}: {recovered} interrupted run(s) recorded", job.name);
+        }
+        if job.schedule.is_none() {
+            eprintln!(
+                "job {} has no schedule: run it with quiver job run",
+                job.name
+            );
+            continue;
+        }
+        let s = Scheduled::start(job, &jobs, now).await?;
+        s.record(&jobs).await?;
+        eprintln!(
+            "job {}: schedule '{}' ({}), next run {}",
+            s.job.name,
+            s.job.schedule.as_ref().map_or("", |s| s.pattern.as_str()),
+            s.job.schedule.as_ref().map_or("UTC", |s| s.timezone.name()),
+            s.pending
+                .front()
+                .copied()
+                .or_else(|| s.job.schedule.as_ref().and_then(|c| c.next_after(now)))
+                .map_or("never".into(), |t| t.to_rfc3339())
+        );
+        scheduled.push(s);
+    }
+    if scheduled.is_empty() {
+        return Err(QuiverError::Config(format!(
+            "no scheduled job could be loaded from {location}"
+        )));
+    }
+    let (shutdown, _) = watch::channel::<Stop>(None);
+    let mut running: JoinSet<(String, Result<String>)> = JoinSet::new();
+    let mut active: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last_recover = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(tick);
+    let signal = quiver_driver::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut signal => break,
+            Some(done) = running.join_next() => {
+                if let Ok((job, result)) = done {
+                    *active.entry(job.clone()).or_default() -= 1;
+                    match result {
+                        Ok(line) => eprintln!("{line}"),
+                        Err(e) => eprintln!("job {job}: {e}"),
+                    }
+                }
+                continue;
+            }
+        }
+        let now = Utc::now();
+        if last_recover.elapsed() >= Duration::from_secs(10) {
+            last_recover = tokio::time::Instant::now();
+            for s in &scheduled {
+                if let Err(e) = recover(&jobs, &s.job.name).await {
+                    eprintln!("job {}: {e}", s.job.name);
+                }
+            }
+        }
+        for s in &mut scheduled {
+            let before = s.pending.len();
+            s.tick(now);
+            let mut changed = s.pending.len() != before;
+            while let Some(&when) = s.pending.front() {
+                // Runs of this driver, and runs elsewhere (quiver job run, another driver).
+                let mine = active.get(&s.job.name).copied().unwrap_or(0);
+                let others = match active_runs(&jobs, &s.job.name).await {
+                    Ok(runs) => runs
+                        .iter()
+                        .filter(|r| r.pid != std::process::id() || r.host != hostname())
+                        .count(),
+                    Err(e) => {
+                        eprintln!("job {}: {e}", s.job.name);
+                        break;
+                    }
+                };
+                if mine + others >= s.job.max_active_runs as usize {
+                    break;
+                }
+                s.pending.pop_front();
+                changed = true;
+                let (record, values) =
+                    match new_run(&s.job, Trigger::Schedule(when), &BTreeMap::new()) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("job {}: {e}", s.job.name);
+                            continue;
+                        }
+                    };
+                match jobs.create_run(&record).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        eprintln!("job {}: run {} exists already", s.job.name, record.run_id);
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "job {}: cannot create run {}: {e}",
+                            s.job.name, record.run_id
+                        );
+                        continue;
+                    }
+                }
+                eprintln!("job {}: starting run {}", s.job.name, record.run_id);
+                *active.entry(s.job.name.clone()).or_default() += 1;
+                let (job, options, stop) = (s.job.clone(), options.clone(), shutdown.clone());
+                running.spawn(async move {
+                    let name = job.name.clone();
+                    let stop_tx = watch::channel::<Stop>(None).0;
+                    let mut global = stop.subscribe();
+                    let forward = {
+                        let stop_tx = stop_tx.clone();
+                        tokio::spawn(async move {
+                            if global.wait_for(Option::is_some).await.is_ok() {
+                                let why = global.borrow().clone();
+                                let _ = stop_tx.send(why);
+                            }
+                        })
+                    };
+                    let result = execute(&options, &job, record, values, false, stop_tx).await;
+                    forward.abort();
+                    let line = result.map(|r| {
+                        format!(
+                            "job {name}: run {} {}{}",
+                            r.run_id,
+                            r.status.as_str(),
+                            r.error.map(|e| format!(": {e}")).unwrap_or_default()
+                        )
+                    });
+                    (name, line)
+                });
+            }
+            if changed && let Err(e) = s.record(&jobs).await {
+                eprintln!("job {}: {e}", s.job.name);
+            }
+        }
+    }
+    eprintln!(
+        "driver stopping: {} run(s) in progress are stopped and recorded as interrupted",
+        running.len()
+    );
+    let _ = shutdown.send(Some((
+        RunStatus::Interrupted,
+        "interrupted: the driver was stopped".into(),
+    )));
+    while let Some(done) = running.join_next().await {
+        if let Ok((job, Err(e))) = done {
+            eprintln!("job {job}: {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+"""Batch jobs end to end: `quiver job run` of the example job (ETL → feature statistics →
+CREATE MODEL), live logs followed from another process, retries, cancellation, the driver's
+schedule with max_active_runs, a driver SIGKILLed mid-run and restarted, bad job files."""
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+
+import pytest
+
+from conftest import QUIVER
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+EXAMPLE = os.path.join(ROOT, "examples", "jobs", "fashion_nightly.toml")
+
+
+def cli(store, *args, check=True, timeout=300):
+    proc = subprocess.run([QUIVER, "--store", store, *args], capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"quiver {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def runs(store, job):
+    proc = cli(store, "sql", "--format", "json",
+               f"SELECT * FROM job_runs('{job}') ORDER BY started, run_id")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def ts(text):
+    """Seconds since the epoch of a UTC timestamp as quiver prints it in JSON."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def write_job(folder, name, body):
+    path = os.path.join(folder, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(f'name = "{name}"\n' + body)
+    return path
+
+
+def test_example_job_runs_etl_stats_and_create_model(tmp_path, samples):
+    store, out = str(tmp_path / "store"), str(tmp_path / "out")
+    proc = cli(store, "job", "run", EXAMPLE, "-p", f"data={samples}/fashion", "-p",
+               f"out={out}/${{run_date}}", "-p", "epochs=2")
+    assert "step 'train' succeeded" in proc.stderr
+    [run] = runs(store, "fashion_nightly")
+    assert run["status"] == "succeeded" and run["trigger"] == "manual"
+    assert [(s["name"], s["status"], s["attempts"]) for s in run["step_details"]] == [
+        ("etl", "succeeded", 1), ("feature_stats", "succeeded", 1), ("train", "succeeded", 1)]
+    # The parameters were substituted: shards under the run's date, the model registered.
+    shards = os.listdir(os.path.join(out, run["run_date"], "train"))
+    assert shards and all(".tfrecord" in s for s in shards)
+    models = cli(store, "sql", "--format", "json", "SHOW MODELS").stdout
+    assert '"name":"fashion_nightly_dnn"' in models
+    # The run's log in the store holds every step's output, training epochs included.
+    log = cli(store, "job", "logs", "fashion_nightly").stdout
+    assert "epoch 2/2" in log and "image.brightness" in log and "| accuracy |" in log
+    listing = cli(store, "job", "list", "--format", "json").stdout
+    assert '"last_status":"succeeded"' in listing
+    # An unknown parameter is refused before anything runs.
+    proc = cli(store, "job", "run", EXAMPLE, "-p", "nope=1", check=False)
+    assert proc.returncode != 0 and "has no parameter 'nope'" in proc.stderr
+    assert len(runs(store, "fashion_nightly")) == 1
+
+
+def test_failing_step_retries_then_fails_with_its_error_and_logs_are_live(tmp_path):
+    store = str(tmp_path / "store")
+    job = write_job(str(tmp_path), "flaky", """
+[[steps]]
+name = "ok"
+sql = "SELECT 1 AS one"
+[[steps]]
+name = "broken"
+sql = "SELECT * FROM missing_table"
+retries = 2
+retry_delay_seconds = 2
+[[steps]]
+name = "never"
+sql = "SELECT 2"
+""")
+    run_proc = subprocess.Popen([QUIVER, "--store", store, "job", "run", job],
+                                stderr=subprocess.PIPE, text=True)
+    # Follow the log from another process while the run waits between attempts.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        log = cli(store, "job", "logs", "flaky", check=False).stdout
+        if "attempt 1 failed" in log:
+            break
+        time.sleep(0.2)
+    assert run_proc.poll() is None, "the log must be readable while the run is going on"
+    assert "retrying in 2s" in log and "attempt 3" not in log
+    follow = cli(store, "job", "logs", "flaky", "--follow", timeout=60).stdout
+    assert run_proc.wait(timeout=60) != 0
+    assert "step 'broken' failed after 3 attempt(s)" in follow
+    assert follow.rstrip().endswith("failed")
+    [run] = runs(store, "flaky")
+    assert run["status"] == "failed" and run["attempts"] == 4
+    assert run["current_step"] == "broken" and "missing_table" in run["error"]
+    steps = {s["name"]: s for s in run["step_details"]}
+    assert steps["ok"]["status"] == "succeeded"
+    assert steps["broken"]["attempts"] == 3 and "missing_table" in steps["broken"]["error"]
+    assert steps["never"]["status"] == "skipped"
+    assert run["seconds"] >= 4
+
+
+def test_cancel_stops_a_running_run(tmp_path):
+    store = str(tmp_path / "store")
+    job = write_job(str(tmp_path), "slow", """
+[[steps]]
+sql = "SELECT * FROM missing_table"
+retries = 5
+retry_delay_seconds = 60
+""")
+    run_proc = subprocess.Popen([QUIVER, "--store", store, "job", "run", job],
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and not [r for r in runs(store, "slow")
+                                          if r["status"] == "running"]:
+        time.sleep(0.2)
+    started = time.time()
+    proc = cli(store, "job", "cancel", "slow")
+    assert "cancelled" in proc.stdout
+    assert run_proc.wait(timeout=30) != 0
+    assert time.time() - started < 10
+    [run] = runs(store, "slow")
+    assert run["status"] == "cancelled" and "quiver job cancel" in run["error"]
+    proc = cli(store, "job", "cancel", "slow", check=False)
+    assert proc.returncode != 0 and "no running runs" in proc.stderr
+
+
+def start_driver(store, folder):
+    return subprocess.Popen([QUIVER, "--store", store, "driver", "--jobs", folder, "--tick-ms",
+                             "50"], stderr=subprocess.PIPE, text=True)
+
+
+def stop(proc, sig=signal.SIGTERM):
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return err
+
+
+def test_schedule_fires_every_second_and_respects_max_active_runs(tmp_path):
+    store, folder = str(tmp_path / "store"), str(tmp_path / "jobs")
+    os.makedirs(folder)
+    write_job(folder, "tick", """
+schedule = "* * * * * *"
+[[steps]]
+sql = "SELECT '${run_date}' AS d"
+""")
+    # Each run of this job takes about 2.5 s: one attempt, a pause, a second failing attempt.
+    write_job(folder, "busy", """
+schedule = "* * * * * *"
+max_active_runs = 1
+[[steps]]
+sql = "SELECT * FROM missing_table"
+retries = 1
+retry_delay_seconds = 2.5
+""")
+    driver = start_driver(store, folder)
+    started = time.time()
+    time.sleep(6.5)
+    err = stop(driver)
+    elapsed = time.time() - started
+    tick = runs(store, "tick")
+    times = [r["scheduled_for"] for r in tick]
+    assert all(r["status"] == "succeeded" and r["trigger"] == "schedule" for r in tick), err
+    assert 4 <= len(tick) <= int(elapsed) + 1, (len(tick), err)
+    assert len(set(times)) == len(times)
+    # One run per second, none missed in between.
+    seconds = [ts(t) for t in times]
+    assert [b - a for a, b in zip(seconds, seconds[1:])] == [1.0] * (len(seconds) - 1)
+    busy = runs(store, "busy")
+    assert 2 <= len(busy) <= 3, err
+    for a, b in zip(busy, busy[1:]):
+        assert ts(a["ended"]) <= ts(b["started"]), "max_active_runs = 1: runs must not overlap"
+    assert all(r["attempts"] == 2 for r in busy if r["status"] == "failed")
+    assert "skipping the run" in err
+    # Stopping the driver stops the run in progress, recorded as interrupted.
+    assert busy[-1]["status"] in ("failed", "interrupted")
+
+
+def test_driver_killed_mid_run_is_recorded_as_interrupted_and_schedule_goes_on(tmp_path):
+    store, folder = str(tmp_path / "store"), str(tmp_path / "jobs")
+    os.makedirs(folder)
+    write_job(folder, "nightly", """
+schedule = "*/2 * * * * *"
+catchup = "latest"
+[[steps]]
+name = "long"
+sql = "SELECT * FROM missing_table"
+retries = 10
+retry_delay_seconds = 1
+""")
+    driver = start_driver(store, folder)
+    deadline = time.time() + 30
+    while time.time() < deadline and not runs(store, "nightly"):
+        time.sleep(0.2)
+    time.sleep(1.5)
+    driver.kill()
+    driver.wait()
+    killed_at = time.time()
+    [first] = runs(store, "nightly")
+    assert first["status"] == "running", "the store still says running: nobody has noticed yet"
+    log_before = cli(store, "job", "logs", "nightly").stdout
+    assert "attempt 1 failed" in log_before
+    time.sleep(3)
+    driver = start_driver(store, folder)
+    deadline = time.time() + 30
+    while time.time() < deadline and len(runs(store, "nightly")) < 2:
+        time.sleep(0.2)
+    time.sleep(1)
+    err = stop(driver)
+    all_runs = runs(store, "nightly")
+    first = next(r for r in all_runs if r["run_id"] == first["run_id"])
+    assert first["status"] == "interrupted", err
+    assert "stopped" in first["error"] and first["step_details"][0]["status"] == "interrupted"
+    # Nothing committed is lost: the log written before the kill is still there.
+    assert cli(store, "job", "logs", "nightly", first["run_id"]).stdout.startswith(log_before)
+    ids = [r["run_id"] for r in all_runs]
+    assert len(set(ids)) == len(ids), "no scheduled time runs twice"
+    later = [r for r in all_runs if r["run_id"] != first["run_id"]]
+    assert later, err
+    # catchup = "latest": the newest time missed while no driver ran is run first.
+    catchup = later[0]
+    missed_at = ts(catchup["scheduled_for"])
+    assert killed_at - 2 <= missed_at <= killed_at + 4, (catchup, killed_at)
+    assert "missed since" in err
+    assert all(r["status"] == "interrupted" for r in later), later
+    assert "the driver was stopped" in later[-1]["error"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[steps]]\npython = "train.py"\n', "line 2: step 'step-1': unknown step type 'python'"),
+    ('schedule = "61 * * * *"\n[[steps]]\nsql = "SELECT 1"\n', "line 2: bad cron schedule"),
+    ('[[steps]]\nfile = "missing.sql"\n', "line 2: step 'step-1': file 'missing.sql'"),
+    ('include = ["bad_include.toml"]\n[[steps]]\nsql = "SELECT 1"\n',
+     "line 2: cyclic include: bad_include.toml -> bad_include.toml"),
+])
+def test_bad_job_files_are_rejected_with_line_and_reason(tmp_path, body, message):
+    path = write_job(str(tmp_path), "bad_include", body)
+    proc = cli(str(tmp_path / "store"), "job", "check", path, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    proc = cli(str(tmp_path / "store"), "job", "run", path, check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not os.path.exists(tmp_path / "store" / "jobs")
