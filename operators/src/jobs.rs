@@ -7,6 +7,7 @@
 //! scheduled run's id is derived from its scheduled time and created only if absent, so two
 //! drivers, or a driver restarted, never run the same scheduled time twice.
 
+use crate::computed::{ComputeRows, ComputedTable};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -20,11 +21,8 @@ use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
 use datafusion::common::{ScalarValue, plan_err};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -301,10 +299,10 @@ impl TableFunctionImpl for JobRunsFunc {
             }
             _ => return plan_err!("usage: job_runs() or job_runs('job name')"),
         };
-        Ok(Arc::new(JobRunsTable {
+        Ok(Arc::new(ComputedTable(JobRunsTable {
             jobs: self.jobs.clone(),
             job,
-        }))
+        })))
     }
 }
 
@@ -452,22 +450,12 @@ fn runs_batch(runs: &[RunRecord]) -> DfResult<RecordBatch> {
 }
 
 #[async_trait]
-impl TableProvider for JobRunsTable {
+impl ComputeRows for JobRunsTable {
     fn schema(&self) -> SchemaRef {
         runs_schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn CatalogSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self, _state: &dyn CatalogSession) -> DfResult<RecordBatch> {
         let names = match &self.job {
             Some(job) => vec![job.clone()],
             None => self.jobs.jobs().await?,
@@ -476,12 +464,7 @@ impl TableProvider for JobRunsTable {
         for name in names {
             runs.extend(self.jobs.runs(&name).await?);
         }
-        let batch = runs_batch(&runs)?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            runs_schema(),
-            projection.cloned(),
-        )?)
+        runs_batch(&runs)
     }
 }
 

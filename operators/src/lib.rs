@@ -1,6 +1,7 @@
 //! Quiver's operators: image functions, `read_images`, the TFRecord file format, and machine
 //! learning (models, training, evaluation, the registry, `predict`), and feature statistics.
 
+mod computed;
 pub mod experiment;
 pub mod image_ops;
 pub mod image_udfs;

@@ -9,6 +9,7 @@
 //! One pass over each table, its partitions in parallel. Numeric values are kept (8 bytes
 //! each) for exact quartiles, as pandas does; strings are counted per distinct value.
 
+use crate::computed::{ComputeRows, ComputedTable};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,8 +24,6 @@ use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
 use datafusion::common::{ScalarValue, exec_err, plan_err};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
@@ -32,6 +31,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use quiver_engine::image::{ImageArray, is_image_type};
+use rayon::prelude::*;
 
 /// Equal-width histogram buckets per numeric feature.
 const BUCKETS: usize = 10;
@@ -99,7 +99,7 @@ impl TableFunctionImpl for FeatureStatsFunc {
         if sources.len() == 2 && sources[0].name == sources[1].name {
             sources[1].name = format!("{} (2)", sources[1].name);
         }
-        Ok(Arc::new(FeatureStatsTable { sources }))
+        Ok(Arc::new(ComputedTable(FeatureStatsTable { sources })))
     }
 }
 
@@ -109,22 +109,12 @@ struct FeatureStatsTable {
 }
 
 #[async_trait]
-impl TableProvider for FeatureStatsTable {
+impl ComputeRows for FeatureStatsTable {
     fn schema(&self) -> SchemaRef {
         stats_schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn CatalogSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self, state: &dyn CatalogSession) -> Result<RecordBatch> {
         let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
             return exec_err!("feature_stats needs a DataFusion SessionState");
         };
@@ -141,12 +131,7 @@ impl TableProvider for FeatureStatsTable {
             })?;
             tables.push((source.name.clone(), features, accs));
         }
-        let batch = stats_batch(&tables)?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            stats_schema(),
-            projection.cloned(),
-        )?)
+        stats_batch(&tables)
     }
 }
 
@@ -373,26 +358,32 @@ struct Numbers {
     p75: f64,
 }
 
-/// The `q` quantile of sorted values, interpolated linearly (numpy's and pandas' default).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+/// The `q` quantile of `values` (reordered), interpolated linearly (numpy's and pandas'
+/// default); found by selection, in linear time.
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    let pos = q * (values.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let (_, &mut low, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
+    let frac = pos - lo as f64;
+    if frac == 0.0 {
+        return low;
+    }
+    let high = above.iter().copied().fold(f64::INFINITY, f64::min);
+    low + (high - low) * frac
 }
 
 fn numbers(values: &mut [f64]) -> Option<Numbers> {
     if values.is_empty() {
         return None;
     }
-    values.sort_by(f64::total_cmp);
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     // Sample standard deviation (ddof = 1), as pandas reports it.
     let std = (values.len() > 1)
         .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
     Some(Numbers {
-        min: values[0],
-        max: values[values.len() - 1],
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         mean,
         std,
         zeros: values.iter().filter(|&&v| v == 0.0).count() as u64,
@@ -402,11 +393,11 @@ fn numbers(values: &mut [f64]) -> Option<Numbers> {
     })
 }
 
-/// Counts of `sorted` values in `BUCKETS` equal-width buckets over `[lo, hi]` (the last bucket
+/// Counts of `values` in `BUCKETS` equal-width buckets over `[lo, hi]` (the last bucket
 /// includes `hi`); one bucket when `lo == hi`.
-fn histogram(sorted: &[f64], lo: f64, hi: f64) -> Vec<(f64, f64, u64)> {
+fn histogram(values: &[f64], lo: f64, hi: f64) -> Vec<(f64, f64, u64)> {
     if hi <= lo {
-        return vec![(lo, hi, sorted.len() as u64)];
+        return vec![(lo, hi, values.len() as u64)];
     }
     // numpy.histogram's edges and bucket rule, so that counts agree to the value.
     let step = (hi - lo) / BUCKETS as f64;
@@ -419,7 +410,7 @@ fn histogram(sorted: &[f64], lo: f64, hi: f64) -> Vec<(f64, f64, u64)> {
     };
     let norm = BUCKETS as f64 / (hi - lo);
     let mut counts = vec![0u64; BUCKETS];
-    for &v in sorted {
+    for &v in values {
         let mut i = (((v - lo) * norm) as usize).min(BUCKETS - 1);
         if v < edge(i) {
             i -= 1;
@@ -563,112 +554,139 @@ fn stats_batch(tables: &[Table]) -> Result<RecordBatch> {
             }
         }
     }
-    for feature in names {
-        let found: Vec<Option<(&str, &Feature, &Acc)>> = tables
-            .iter()
-            .map(|(dataset, features, accs)| {
-                features
-                    .iter()
-                    .position(|f| f.name == feature.name)
-                    .map(|i| (dataset.as_str(), &features[i], &accs[i]))
-            })
-            .collect();
-        // Shared histogram edges across datasets, so buckets line up.
-        let edges = found
-            .iter()
-            .flatten()
-            .filter(|(_, f, _)| f.numeric())
-            .filter_map(|(_, _, acc)| {
-                let min = acc.values.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = acc.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                (!acc.values.is_empty()).then_some((min, max))
-            })
-            .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
-        let dist = match found.as_slice() {
-            [Some((_, fa, a)), Some((_, fb, b))] if fa.from == fb.from => distance(fa, a, b, edges),
-            _ => None,
-        };
-        for (dataset, f, acc) in found.into_iter().flatten() {
-            let mut values = acc.values.clone();
-            let count = if f.numeric() {
-                values.len() as u64
-            } else if f.from == Measure::Category {
-                acc.counts.values().sum()
-            } else {
-                acc.present
+    // Per feature: its datasets' values, shared histogram edges and distance, in parallel.
+    let per_feature: Vec<_> = names
+        .par_iter()
+        .map(|feature| {
+            let found: Vec<Option<(&str, &Feature, &Acc)>> = tables
+                .iter()
+                .map(|(dataset, features, accs)| {
+                    features
+                        .iter()
+                        .position(|f| f.name == feature.name)
+                        .map(|i| (dataset.as_str(), &features[i], &accs[i]))
+                })
+                .collect();
+            // Shared histogram edges across datasets, so buckets line up.
+            let edges = found
+                .iter()
+                .flatten()
+                .filter(|(_, f, _)| f.numeric())
+                .filter_map(|(_, _, acc)| {
+                    let min = acc.values.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = acc.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    (!acc.values.is_empty()).then_some((min, max))
+                })
+                .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+            let dist = match found.as_slice() {
+                [Some((_, fa, a)), Some((_, fb, b))] if fa.from == fb.from => {
+                    distance(fa, a, b, edges)
+                }
+                _ => None,
             };
-            let total = count + acc.missing;
-            feature_b.append_value(&f.name);
-            dataset_b.append_value(dataset);
-            kind_b.append_value(f.kind());
-            type_b.append_value(&f.data_type);
-            count_b.append_value(count);
-            missing_b.append_value(acc.missing);
-            missing_pct_b.append_value(if total == 0 {
-                0.0
-            } else {
-                100.0 * acc.missing as f64 / total as f64
-            });
-            let summary = f.numeric().then(|| numbers(&mut values)).flatten();
-            match &summary {
-                Some(s) => {
-                    for (b, v) in num_b.iter_mut().zip([
-                        Some(s.mean),
-                        s.std,
-                        Some(s.min),
-                        Some(s.p25),
-                        Some(s.median),
-                        Some(s.p75),
-                        Some(s.max),
-                    ]) {
-                        b.append_option(v);
-                    }
-                    zeros_b.append_value(s.zeros);
-                    let (lo, hi) = edges.unwrap_or((s.min, s.max));
-                    for (low, high, c) in histogram(&values, lo, hi) {
-                        let item = hist_b.values();
-                        item.field_builder::<Float64Builder>(0)
-                            .expect("low")
-                            .append_value(low);
-                        item.field_builder::<Float64Builder>(1)
-                            .expect("high")
-                            .append_value(high);
-                        item.field_builder::<UInt64Builder>(2)
-                            .expect("count")
-                            .append_value(c);
-                        item.append(true);
-                    }
-                    hist_b.append(true);
-                }
-                None => {
-                    for b in &mut num_b {
-                        b.append_null();
-                    }
-                    zeros_b.append_null();
-                    hist_b.append(false);
-                }
+            (found, edges, dist)
+        })
+        .collect();
+    let rows: Vec<(&str, &Feature, &Acc, Option<(f64, f64)>, Option<f64>)> = per_feature
+        .into_iter()
+        .flat_map(|(found, edges, dist)| {
+            found
+                .into_iter()
+                .flatten()
+                .map(move |(dataset, f, acc)| (dataset, f, acc, edges, dist))
+        })
+        .collect();
+    // Per row: the numeric summary and histogram, in parallel.
+    let summaries: Vec<Option<(Numbers, Vec<(f64, f64, u64)>)>> = rows
+        .par_iter()
+        .map(|(_, f, acc, edges, _)| {
+            if !f.numeric() {
+                return None;
             }
-            if f.from == Measure::Category {
-                distinct_b.append_value(acc.counts.len() as u64);
-                let mut top: Vec<(&String, &u64)> = acc.counts.iter().collect();
-                top.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-                for (value, c) in top.into_iter().take(TOP_VALUES) {
-                    let item = top_b.values();
-                    item.field_builder::<StringBuilder>(0)
-                        .expect("value")
-                        .append_value(value);
-                    item.field_builder::<UInt64Builder>(1)
+            let mut values = acc.values.clone();
+            let s = numbers(&mut values)?;
+            let (lo, hi) = edges.unwrap_or((s.min, s.max));
+            let h = histogram(&acc.values, lo, hi);
+            Some((s, h))
+        })
+        .collect();
+    for ((dataset, f, acc, _, dist), summary) in rows.into_iter().zip(summaries) {
+        let count = if f.numeric() {
+            acc.values.len() as u64
+        } else if f.from == Measure::Category {
+            acc.counts.values().sum()
+        } else {
+            acc.present
+        };
+        let total = count + acc.missing;
+        feature_b.append_value(&f.name);
+        dataset_b.append_value(dataset);
+        kind_b.append_value(f.kind());
+        type_b.append_value(&f.data_type);
+        count_b.append_value(count);
+        missing_b.append_value(acc.missing);
+        missing_pct_b.append_value(if total == 0 {
+            0.0
+        } else {
+            100.0 * acc.missing as f64 / total as f64
+        });
+        match &summary {
+            Some((s, histogram)) => {
+                for (b, v) in num_b.iter_mut().zip([
+                    Some(s.mean),
+                    s.std,
+                    Some(s.min),
+                    Some(s.p25),
+                    Some(s.median),
+                    Some(s.p75),
+                    Some(s.max),
+                ]) {
+                    b.append_option(v);
+                }
+                zeros_b.append_value(s.zeros);
+                for &(low, high, c) in histogram {
+                    let item = hist_b.values();
+                    item.field_builder::<Float64Builder>(0)
+                        .expect("low")
+                        .append_value(low);
+                    item.field_builder::<Float64Builder>(1)
+                        .expect("high")
+                        .append_value(high);
+                    item.field_builder::<UInt64Builder>(2)
                         .expect("count")
-                        .append_value(*c);
+                        .append_value(c);
                     item.append(true);
                 }
-                top_b.append(true);
-            } else {
-                distinct_b.append_null();
-                top_b.append(false);
+                hist_b.append(true);
             }
-            distance_b.append_option(dist);
+            None => {
+                for b in &mut num_b {
+                    b.append_null();
+                }
+                zeros_b.append_null();
+                hist_b.append(false);
+            }
         }
+        if f.from == Measure::Category {
+            distinct_b.append_value(acc.counts.len() as u64);
+            let mut top: Vec<(&String, &u64)> = acc.counts.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            for (value, c) in top.into_iter().take(TOP_VALUES) {
+                let item = top_b.values();
+                item.field_builder::<StringBuilder>(0)
+                    .expect("value")
+                    .append_value(value);
+                item.field_builder::<UInt64Builder>(1)
+                    .expect("count")
+                    .append_value(*c);
+                item.append(true);
+            }
+            top_b.append(true);
+        } else {
+            distinct_b.append_null();
+            top_b.append(false);
+        }
+        distance_b.append_option(dist);
     }
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(feature_b.finish()),

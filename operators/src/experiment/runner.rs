@@ -17,7 +17,7 @@ use futures::FutureExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use object_store::ObjectStore;
 use object_store::path::Path;
-use quiver_engine::Session;
+use quiver_engine::{LogSink, Session};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -333,9 +333,9 @@ pub async fn run_experiment(
         asha: spec
             .asha
             .map(|s| Asha::new(s, spec.max_epochs, spec.objective.clone())),
-        display: Display::new(spec, planned),
+        display: Display::new(spec, planned, session.log_sink().cloned()),
     });
-    eprintln!(
+    runner.display.line(&format!(
         "experiment {}: {planned} trials on {} slot(s) [{}], results in {}",
         spec.name,
         slots.len(),
@@ -345,7 +345,7 @@ pub async fn run_experiment(
             .collect::<Vec<_>>()
             .join(", "),
         exp.url
-    );
+    ));
     let trials = match &spec.search {
         Search::Evolutionary { de, generations } => {
             Arc::clone(&runner).evolve(de, *generations, &slots).await?
@@ -425,10 +425,10 @@ async fn register_best(
     })?;
     card.name = name.to_string();
     let card = registry.register(card, weights).await?;
-    eprintln!(
+    session.log(&format!(
         "registered the best trial {} as model {} version {}",
         best.trial, card.name, card.version
-    );
+    ));
     Ok(registry.version_url(&card.name, card.version))
 }
 
@@ -573,11 +573,11 @@ impl Runner {
                 .iter()
                 .map(|(_, s)| *s)
                 .fold(f64::NEG_INFINITY, f64::max);
-            eprintln!(
+            self.display.line(&format!(
                 "generation {generation}: best {} {:.4}",
                 objective.metric,
                 objective.score(best)
-            );
+            ));
             all.extend(records);
         }
         Ok(all)
@@ -918,11 +918,13 @@ struct Display {
     epochs: usize,
     planned: usize,
     finished: Arc<AtomicU64>,
+    /// Where lines go instead of stderr (the live table is hidden then).
+    log: Option<LogSink>,
 }
 
 impl Display {
-    fn new(spec: &ExperimentSpec, planned: usize) -> Self {
-        let terminal = std::io::stderr().is_terminal();
+    fn new(spec: &ExperimentSpec, planned: usize, log: Option<LogSink>) -> Self {
+        let terminal = log.is_none() && std::io::stderr().is_terminal();
         let multi = MultiProgress::with_draw_target(if terminal {
             ProgressDrawTarget::stderr()
         } else {
@@ -944,13 +946,22 @@ impl Display {
             epochs: spec.max_epochs,
             planned,
             finished: Arc::default(),
+            log,
+        }
+    }
+
+    /// One line of the experiment's log, above the live table.
+    fn line(&self, text: &str) {
+        match &self.log {
+            Some(sink) => sink(text),
+            None => self.multi.suspend(|| eprintln!("{text}")),
         }
     }
 
     fn started(&self, trial: &str, params: &Params, slot: &Slot, progress: Arc<AtomicU64>) {
         let text = params_text(params);
         if !self.terminal {
-            eprintln!("{trial} started on {slot}: {text}");
+            self.line(&format!("{trial} started on {slot}: {text}"));
             return;
         }
         let bar = self.multi.add(ProgressBar::new_spinner());
@@ -985,26 +996,23 @@ impl Display {
                 self.epochs,
                 self.metric
             )),
-            _ => eprintln!(
+            _ => self.line(&format!(
                 "{trial} epoch {}/{}: {} {value}",
                 m.epoch, self.epochs, self.metric
-            ),
+            )),
         }
     }
 
     fn failed_attempt(&self, trial: &str, attempt: usize, error: &MlError) {
-        self.multi
-            .suspend(|| eprintln!("{trial} attempt {attempt} failed: {error}"));
+        self.line(&format!("{trial} attempt {attempt} failed: {error}"));
     }
 
     fn done_before(&self, record: &TrialRecord) {
-        self.multi.suspend(|| {
-            eprintln!(
-                "{} {} in an earlier run: skipped",
-                record.trial,
-                record.status.as_str()
-            )
-        });
+        self.line(&format!(
+            "{} {} in an earlier run: skipped",
+            record.trial,
+            record.status.as_str()
+        ));
         self.count();
     }
 
@@ -1027,7 +1035,7 @@ impl Display {
                 );
                 bar.finish_with_message(line);
             }
-            _ => eprintln!("{} {line}", record.trial),
+            _ => self.line(&format!("{} {line}", record.trial)),
         }
         self.count();
     }
@@ -1036,7 +1044,7 @@ impl Display {
         let done = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
         self.header.set_position(done);
         if !self.terminal {
-            eprintln!("{done}/{} trials finished", self.planned);
+            self.line(&format!("{done}/{} trials finished", self.planned));
         }
     }
 

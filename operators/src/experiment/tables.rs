@@ -1,6 +1,7 @@
 //! Experiments as data: `experiments()` (what `SHOW EXPERIMENTS` runs) and
 //! `experiment_trials('name')`, one row per trial with its hyperparameters as columns.
 
+use crate::computed::{ComputeRows, ComputedTable};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -13,11 +14,8 @@ use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
 use datafusion::common::{ScalarValue, plan_err};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
 use super::runner::{ExperimentDir, Experiments, TrialRecord, best_trial, plain};
 use super::space::Domain;
@@ -81,12 +79,12 @@ impl TableFunctionImpl for ExperimentTableFunc {
             if !exprs.is_empty() {
                 return plan_err!("experiments() takes no arguments");
             }
-            return Ok(Arc::new(ExperimentTable {
+            return Ok(Arc::new(ComputedTable(ExperimentTable {
                 schema: experiments_schema(),
                 experiments: self.experiments.clone(),
                 name: None,
                 params: Vec::new(),
-            }));
+            })));
         }
         let name = match exprs {
             [
@@ -135,12 +133,12 @@ impl TableFunctionImpl for ExperimentTableFunc {
             Field::new("checkpoint", DataType::Utf8, true),
             Field::new("error", DataType::Utf8, true),
         ]);
-        Ok(Arc::new(ExperimentTable {
+        Ok(Arc::new(ComputedTable(ExperimentTable {
             schema: Arc::new(Schema::new(fields)),
             experiments: self.experiments.clone(),
             name: Some(name),
             params,
-        }))
+        })))
     }
 }
 
@@ -154,34 +152,19 @@ struct ExperimentTable {
 }
 
 #[async_trait]
-impl TableProvider for ExperimentTable {
+impl ComputeRows for ExperimentTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn CatalogSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = match &self.name {
+    async fn rows(&self, _state: &dyn CatalogSession) -> Result<RecordBatch> {
+        Ok(match &self.name {
             Some(name) => {
                 let dir = self.experiments.dir(name)?;
                 trials_batch(&dir, &self.params, &self.schema).await?
             }
             None => experiments_batch(&self.experiments, &self.schema).await?,
-        };
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            Arc::clone(&self.schema),
-            projection.cloned(),
-        )?)
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! `ml_evaluate('name' [, version], 'table' | 'SELECT ...')` and `models()` (what
 //! `SHOW MODELS` runs) as table functions.
 
+use crate::computed::{ComputeRows, ComputedTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -20,14 +21,11 @@ use datafusion::catalog::{
 };
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::dataframe::DataFrame;
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use super::MlError;
@@ -348,9 +346,9 @@ impl ScalarUDFImpl for PredictFunc {
     }
 }
 
-/// A table computed when scanned (evaluation and listings run at execution, not planning).
+/// `models()` or `ml_evaluate(...)`: evaluation and listings run at execution, not planning.
 #[derive(Debug)]
-struct ComputedTable {
+struct MlTable {
     schema: SchemaRef,
     compute: ComputeKind,
     registry: Registry,
@@ -369,23 +367,13 @@ enum ComputeKind {
 }
 
 #[async_trait]
-impl TableProvider for ComputedTable {
+impl ComputeRows for MlTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn CatalogSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = match &self.compute {
+    async fn rows(&self, state: &dyn CatalogSession) -> Result<RecordBatch> {
+        Ok(match &self.compute {
             ComputeKind::Models => models_batch(&self.registry, &self.schema).await?,
             ComputeKind::Evaluate { name, version, sql } => {
                 let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
@@ -408,12 +396,7 @@ impl TableProvider for ComputedTable {
                 .map_err(|e| MlError::Input(format!("ml_evaluate('{name}'): {e}")))?;
                 evaluation_batch(&evaluation, &self.schema)?
             }
-        };
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            Arc::clone(&self.schema),
-            projection.cloned(),
-        )?)
+        })
     }
 }
 
@@ -609,11 +592,11 @@ impl TableFunctionImpl for MlTableFunc {
             }
             (models_schema(), ComputeKind::Models)
         };
-        Ok(Arc::new(ComputedTable {
+        Ok(Arc::new(ComputedTable(MlTable {
             schema,
             compute,
             registry: self.registry.clone(),
             cache: Arc::clone(&self.cache),
-        }))
+        })))
     }
 }
