@@ -395,7 +395,7 @@ fn numbers(values: &mut [f64]) -> Option<Numbers> {
 
 /// Counts of `values` in `BUCKETS` equal-width buckets over `[lo, hi]` (the last bucket
 /// includes `hi`); one bucket when `lo == hi`.
-fn histogram(values: &[f64], lo: f64, hi: f64) -> Vec<(f64, f64, u64)> {
+fn histogram(values: &[f64], lo: f64, hi: f64) -> Vec<Bucket> {
     if hi <= lo {
         return vec![(lo, hi, values.len() as u64)];
     }
@@ -528,6 +528,19 @@ pub fn stats_schema() -> SchemaRef {
 
 type Table = (String, Vec<Feature>, Vec<Acc>);
 
+/// A histogram bucket: low and high edge, count.
+type Bucket = (f64, f64, u64);
+
+/// One result row before it is built: dataset, feature, values, shared histogram edges,
+/// distance between the datasets.
+type Row<'a> = (
+    &'a str,
+    &'a Feature,
+    &'a Acc,
+    Option<(f64, f64)>,
+    Option<f64>,
+);
+
 /// The result rows: per feature (in the first table's column order), one row per dataset.
 fn stats_batch(tables: &[Table]) -> Result<RecordBatch> {
     let mut feature_b = StringBuilder::new();
@@ -587,7 +600,7 @@ fn stats_batch(tables: &[Table]) -> Result<RecordBatch> {
             (found, edges, dist)
         })
         .collect();
-    let rows: Vec<(&str, &Feature, &Acc, Option<(f64, f64)>, Option<f64>)> = per_feature
+    let rows: Vec<Row<'_>> = per_feature
         .into_iter()
         .flat_map(|(found, edges, dist)| {
             found
@@ -597,7 +610,7 @@ fn stats_batch(tables: &[Table]) -> Result<RecordBatch> {
         })
         .collect();
     // Per row: the numeric summary and histogram, in parallel.
-    let summaries: Vec<Option<(Numbers, Vec<(f64, f64, u64)>)>> = rows
+    let summaries: Vec<Option<(Numbers, Vec<Bucket>)>> = rows
         .par_iter()
         .map(|(_, f, acc, edges, _)| {
             if !f.numeric() {
