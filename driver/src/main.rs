@@ -66,6 +66,9 @@ enum Command {
         /// How often schedules are checked, in milliseconds.
         #[arg(long, default_value_t = 250)]
         tick_ms: u64,
+        /// How often the job files are read again (new, changed and removed files), in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        reload_seconds: f64,
     },
     /// Experiments in the store: list them, show their trials, follow a trial's log.
     Experiment {
@@ -100,11 +103,16 @@ async fn main() -> ExitCode {
             };
             jobs::job_command(options, command, output).await
         }
-        Command::Driver { jobs, tick_ms } => {
+        Command::Driver {
+            jobs,
+            tick_ms,
+            reload_seconds,
+        } => {
             jobs::scheduler::drive(
                 options,
                 &jobs,
                 std::time::Duration::from_millis(tick_ms.max(10)),
+                std::time::Duration::from_secs_f64(reload_seconds.max(0.1)),
             )
             .await
         }

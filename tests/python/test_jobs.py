@@ -132,9 +132,9 @@ retry_delay_seconds = 60
     assert proc.returncode != 0 and "no running runs" in proc.stderr
 
 
-def start_driver(store, folder):
+def start_driver(store, folder, *extra):
     return subprocess.Popen([QUIVER, "--store", store, "driver", "--jobs", folder, "--tick-ms",
-                             "50"], stderr=subprocess.PIPE, text=True)
+                             "50", *extra], stderr=subprocess.PIPE, text=True)
 
 
 def stop(proc, sig=signal.SIGTERM):
@@ -231,6 +231,38 @@ retry_delay_seconds = 1
     assert "missed since" in err
     assert all(r["status"] == "interrupted" for r in later), later
     assert "the driver was stopped" in later[-1]["error"]
+
+
+def test_driver_reloads_changed_new_and_removed_job_files(tmp_path):
+    store, folder = str(tmp_path / "store"), str(tmp_path / "jobs")
+    os.makedirs(folder)
+    every_second = 'schedule = "* * * * * *"\n[[steps]]\nsql = "SELECT \'{}\' AS version"\n'
+    write_job(folder, "changing", every_second.format("first"))
+    gone = write_job(folder, "gone", every_second.format("x"))
+    driver = start_driver(store, folder, "--reload-seconds", "0.5")
+    deadline = time.time() + 30
+    while time.time() < deadline and len(runs(store, "changing")) < 2:
+        time.sleep(0.2)
+    write_job(folder, "changing", every_second.format("second"))
+    write_job(folder, "added", every_second.format("new"))
+    os.remove(gone)
+    changed_at = time.time()
+    time.sleep(3.5)
+    err = stop(driver)
+    assert "job changing: reloaded" in err and "was removed" in err, err
+    changing = runs(store, "changing")
+    logs = {r["run_id"]: cli(store, "job", "logs", "changing", r["run_id"]).stdout
+            for r in changing}
+    before = [r for r in changing if ts(r["started"]) < changed_at]
+    after = [r for r in changing if ts(r["started"]) > changed_at + 1]
+    assert before and after, err
+    assert all("| first" in logs[r["run_id"]] for r in before)
+    assert all("| second" in logs[r["run_id"]] for r in after)
+    # The schedule went on through the reload: one run per second, none repeated.
+    seconds = [ts(r["scheduled_for"]) for r in changing]
+    assert [b - a for a, b in zip(seconds, seconds[1:])] == [1.0] * (len(seconds) - 1)
+    assert len(runs(store, "added")) >= 2
+    assert all(ts(r["started"]) < changed_at + 1 for r in runs(store, "gone"))
 
 
 @pytest.mark.parametrize("body, message", [

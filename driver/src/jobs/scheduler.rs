@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quiver_engine::{QuiverError, Result, SessionOptions};
+use quiver_engine::{QuiverError, Result, Session, SessionOptions};
 use quiver_operators::jobs::{JobRecord, JobStore, RunStatus};
 use quiver_operators::ml::store::unix_now;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use url::Url;
 
-use super::file::{Catchup, JobFile, job_files, load};
+use super::file::{Catchup, JobFile, job_files, load, read_text};
 use super::runner::{Stop, Trigger, active_runs, execute, hostname, is_alive, new_run};
 
 /// Scheduled times kept waiting per job with `catchup = "all"`, at most.
@@ -165,58 +166,140 @@ impl Scheduled {
     }
 }
 
+/// The job files of the driver's folder as last read: their text and the jobs scheduled.
+struct JobFiles {
+    location: String,
+    texts: BTreeMap<Url, String>,
+    scheduled: Vec<Scheduled>,
+}
+
+impl JobFiles {
+    /// Loads new and changed job files, and stops scheduling the jobs of removed ones. A file
+    /// that no longer loads keeps its job as it was, with the error logged.
+    async fn reload(&mut self, session: &Session, jobs: &JobStore) -> Result<()> {
+        let files = job_files(session, &self.location).await?;
+        let gone: Vec<Url> = self
+            .texts
+            .keys()
+            .filter(|u| !files.contains(u))
+            .cloned()
+            .collect();
+        for url in gone {
+            self.texts.remove(&url);
+            if let Some(i) = self.scheduled.iter().position(|s| s.job.location == url) {
+                let s = self.scheduled.remove(i);
+                eprintln!(
+                    "job {}: {url} was removed, the job is no longer scheduled",
+                    s.job.name
+                );
+            }
+        }
+        for url in files {
+            let text = match read_text(session, &url).await {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("cannot read {url}: {e}");
+                    continue;
+                }
+            };
+            if self.texts.get(&url) == Some(&text) {
+                continue;
+            }
+            let reloaded = self.texts.insert(url.clone(), text).is_some();
+            let job = match load(session, url.as_str()).await {
+                Ok(job) => job,
+                Err(e) => {
+                    eprintln!("skipping {url}: {e}");
+                    continue;
+                }
+            };
+            let previous = self.scheduled.iter().position(|s| s.job.location == url);
+            if let Some(other) = self
+                .scheduled
+                .iter()
+                .find(|s| s.job.name == job.name && s.job.location != url)
+            {
+                eprintln!(
+                    "skipping {url}: job {} is already scheduled from {}",
+                    job.name, other.job.location
+                );
+                continue;
+            }
+            let recovered = recover(jobs, &job.name).await?;
+            if recovered > 0 {
+                eprintln!("job {}: {recovered} interrupted run(s) recorded", job.name);
+            }
+            if job.schedule.is_none() {
+                if let Some(i) = previous {
+                    self.scheduled.remove(i);
+                }
+                eprintln!(
+                    "job {} has no schedule: run it with quiver job run",
+                    job.name
+                );
+                continue;
+            }
+            let now = Utc::now();
+            let s = match previous {
+                // The same job, changed: its place in the schedule and waiting times stay.
+                Some(i) if self.scheduled[i].job.name == job.name => {
+                    let mut s = self.scheduled.remove(i);
+                    s.job = job;
+                    s
+                }
+                Some(i) => {
+                    self.scheduled.remove(i);
+                    Scheduled::start(job, jobs, now).await?
+                }
+                None => Scheduled::start(job, jobs, now).await?,
+            };
+            s.record(jobs).await?;
+            eprintln!(
+                "job {}: {}schedule '{}' ({}), next run {}",
+                s.job.name,
+                if reloaded { "reloaded, " } else { "" },
+                s.job.schedule.as_ref().map_or("", |s| s.pattern.as_str()),
+                s.job.schedule.as_ref().map_or("UTC", |s| s.timezone.name()),
+                s.pending
+                    .front()
+                    .copied()
+                    .or_else(|| s.job.schedule.as_ref().and_then(|c| c.next_after(now)))
+                    .map_or("never".into(), |t| t.to_rfc3339())
+            );
+            self.scheduled.push(s);
+        }
+        Ok(())
+    }
+}
+
 /// `quiver driver --jobs <location>`: schedules every job file there until Ctrl-C or SIGTERM,
-/// then stops the runs it started (they are recorded as interrupted).
-pub(crate) async fn drive(options: SessionOptions, location: &str, tick: Duration) -> Result<()> {
+/// then stops the runs it started (they are recorded as interrupted). The files are read again
+/// every `reload`: new and changed files are loaded, removed ones stop being scheduled.
+pub(crate) async fn drive(
+    options: SessionOptions,
+    location: &str,
+    tick: Duration,
+    reload: Duration,
+) -> Result<()> {
     let session = quiver_sql::session(options.clone())?;
     let jobs = JobStore::new(&session)?;
-    let mut scheduled = Vec::new();
-    let files = job_files(&session, location).await?;
-    if files.is_empty() {
+    if job_files(&session, location).await?.is_empty() {
         return Err(QuiverError::Config(format!(
             "no job files (*.toml) at {location}"
         )));
     }
-    let now = Utc::now();
-    for file in files {
-        let job = match load(&session, file.as_str()).await {
-            Ok(job) => job,
-            Err(e) => {
-                eprintln!("skipping {file}: {e}");
-                continue;
-            }
-        };
-        let recovered = recover(&jobs, &job.name).await?;
-        if recovered > 0 {
-            eprintln!("job {}: {recovered} interrupted run(s) recorded", job.name);
-        }
-        if job.schedule.is_none() {
-            eprintln!(
-                "job {} has no schedule: run it with quiver job run",
-                job.name
-            );
-            continue;
-        }
-        let s = Scheduled::start(job, &jobs, now).await?;
-        s.record(&jobs).await?;
-        eprintln!(
-            "job {}: schedule '{}' ({}), next run {}",
-            s.job.name,
-            s.job.schedule.as_ref().map_or("", |s| s.pattern.as_str()),
-            s.job.schedule.as_ref().map_or("UTC", |s| s.timezone.name()),
-            s.pending
-                .front()
-                .copied()
-                .or_else(|| s.job.schedule.as_ref().and_then(|c| c.next_after(now)))
-                .map_or("never".into(), |t| t.to_rfc3339())
-        );
-        scheduled.push(s);
-    }
-    if scheduled.is_empty() {
+    let mut files = JobFiles {
+        location: location.to_string(),
+        texts: BTreeMap::new(),
+        scheduled: Vec::new(),
+    };
+    files.reload(&session, &jobs).await?;
+    if files.scheduled.is_empty() {
         return Err(QuiverError::Config(format!(
             "no scheduled job could be loaded from {location}"
         )));
     }
+    let mut last_reload = tokio::time::Instant::now();
     let (shutdown, _) = watch::channel::<Stop>(None);
     let mut running: JoinSet<(String, Result<String>)> = JoinSet::new();
     let mut active: BTreeMap<String, usize> = BTreeMap::new();
@@ -239,16 +322,22 @@ pub(crate) async fn drive(options: SessionOptions, location: &str, tick: Duratio
                 continue;
             }
         }
+        if last_reload.elapsed() >= reload {
+            last_reload = tokio::time::Instant::now();
+            if let Err(e) = files.reload(&session, &jobs).await {
+                eprintln!("cannot reload the job files at {location}: {e}");
+            }
+        }
         let now = Utc::now();
         if last_recover.elapsed() >= Duration::from_secs(10) {
             last_recover = tokio::time::Instant::now();
-            for s in &scheduled {
+            for s in &files.scheduled {
                 if let Err(e) = recover(&jobs, &s.job.name).await {
                     eprintln!("job {}: {e}", s.job.name);
                 }
             }
         }
-        for s in &mut scheduled {
+        for s in &mut files.scheduled {
             let before = s.pending.len();
             s.tick(now);
             let mut changed = s.pending.len() != before;
