@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session as CatalogSession, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
@@ -50,5 +51,30 @@ impl<T: ComputeRows> TableProvider for ComputedTable<T> {
             self.0.schema(),
             projection.cloned(),
         )?)
+    }
+}
+
+/// The text of a string literal argument.
+pub(crate) fn string_literal(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Some(s),
+        _ => None,
+    }
+}
+
+/// A table-function argument naming a table or holding a query: whether it is a query, and
+/// the SQL that reads it.
+pub(crate) fn table_or_query(text: &str) -> (bool, String) {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("select") || lower.starts_with("with") {
+        (true, text.to_string())
+    } else {
+        (false, format!("SELECT * FROM {text}"))
     }
 }

@@ -9,7 +9,7 @@
 //! One pass over each table, its partitions in parallel. Numeric values are kept (8 bytes
 //! each) for exact quartiles, as pandas does; strings are counted per distinct value.
 
-use crate::computed::{ComputeRows, ComputedTable};
+use crate::computed::{ComputeRows, ComputedTable, string_literal, table_or_query};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,10 +23,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
-use datafusion::common::{ScalarValue, exec_err, plan_err};
+use datafusion::common::{exec_err, plan_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -63,37 +62,22 @@ impl TableFunctionImpl for FeatureStatsFunc {
         }
         let mut sources = Vec::new();
         for (i, expr) in exprs.iter().enumerate() {
-            let Expr::Literal(
-                ScalarValue::Utf8(Some(s))
-                | ScalarValue::LargeUtf8(Some(s))
-                | ScalarValue::Utf8View(Some(s)),
-                _,
-            ) = expr
-            else {
+            let Some(text) = string_literal(expr) else {
                 return plan_err!(
                     "feature_stats: argument {} ({expr}) is not a table name or a query; {USAGE}",
                     i + 1
                 );
             };
-            let text = s.trim();
-            let lower = text.to_ascii_lowercase();
-            let source = if lower.starts_with("select") || lower.starts_with("with") {
-                Source {
-                    name: if exprs.len() == 1 {
-                        "query".into()
-                    } else {
-                        format!("query {}", i + 1)
-                    },
-                    sql: text.to_string(),
-                }
-            } else if text.is_empty() {
+            if text.trim().is_empty() {
                 return plan_err!("feature_stats: argument {} is empty; {USAGE}", i + 1);
-            } else {
-                Source {
-                    name: text.to_string(),
-                    sql: format!("SELECT * FROM {text}"),
-                }
+            }
+            let (query, sql) = table_or_query(text);
+            let name = match (query, exprs.len()) {
+                (false, _) => text.trim().to_string(),
+                (true, 1) => "query".into(),
+                (true, _) => format!("query {}", i + 1),
             };
+            let source = Source { name, sql };
             sources.push(source);
         }
         if sources.len() == 2 && sources[0].name == sources[1].name {

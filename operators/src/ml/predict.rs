@@ -2,7 +2,7 @@
 //! `ml_evaluate('name' [, version], 'table' | 'SELECT ...')` and `models()` (what
 //! `SHOW MODELS` runs) as table functions.
 
-use crate::computed::{ComputeRows, ComputedTable};
+use crate::computed::{ComputeRows, ComputedTable, string_literal, table_or_query};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -561,27 +561,13 @@ impl TableFunctionImpl for MlTableFunc {
                 })
                 .collect();
             let (name, version) = model_ref("ml_evaluate", &literals[..exprs.len() - 1])?;
-            let sql = match exprs.last().expect("checked arity") {
-                Expr::Literal(
-                    ScalarValue::Utf8(Some(s))
-                    | ScalarValue::LargeUtf8(Some(s))
-                    | ScalarValue::Utf8View(Some(s)),
-                    _,
-                ) => {
-                    let t = s.trim();
-                    let lower = t.to_ascii_lowercase();
-                    if lower.starts_with("select") || lower.starts_with("with") {
-                        t.to_string()
-                    } else {
-                        format!("SELECT * FROM {t}")
-                    }
-                }
-                other => {
-                    return plan_err!(
-                        "ml_evaluate: the data argument {other} is not a table name or a query string; {USAGE}"
-                    );
-                }
+            let data = exprs.last().expect("checked arity");
+            let Some(text) = string_literal(data) else {
+                return plan_err!(
+                    "ml_evaluate: the data argument {data} is not a table name or a query string; {USAGE}"
+                );
             };
+            let (_, sql) = table_or_query(text);
             (
                 evaluation_schema(),
                 ComputeKind::Evaluate { name, version, sql },
