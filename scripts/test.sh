@@ -22,6 +22,12 @@ cargo test --locked -q --workspace
 # features the same way and never rebuilds DataFusion for a different subset.
 quiver_sample_data "$QUIVER_CACHE/samples"
 quiver_log "reference tests (pytest)"
+# The .slt runner, for the cluster-mode run of the suite (tests/python/test_cluster.py).
+QUIVER_SLT_BIN=$(cargo test --locked -q --workspace --no-run --message-format=json |
+    "$REFENV/bin/python" -c 'import json, sys
+print(next(m["executable"] for m in map(json.loads, sys.stdin)
+           if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sqllogictests"))')
+export QUIVER_SLT_BIN
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
 QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \
 QUIVER_SAMPLES="$QUIVER_CACHE/samples" \

@@ -1,6 +1,8 @@
-//! The driver role of Quiver: the model server (`quiver serve`) with TensorFlow Serving's gRPC
-//! and REST protocols, and shutdown on signals.
+//! The driver role of Quiver: the cluster's scheduler (`quiver driver --listen`), the model
+//! server (`quiver serve`) with TensorFlow Serving's gRPC and REST protocols, and shutdown on
+//! signals.
 
+pub mod cluster;
 pub mod serve;
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,6 +1,7 @@
-//! `quiver`: run SQL on Quiver's embedded engine (`quiver sql`), from a file or a shell; look
-//! into experiments (`quiver experiment`); serve models (`quiver serve`); run batch jobs
-//! (`quiver job`) and schedule them (`quiver driver --jobs`).
+//! `quiver`: run SQL on Quiver's embedded engine or a cluster (`quiver sql [--cluster]`), from a
+//! file or a shell; look into experiments (`quiver experiment`); serve models (`quiver serve`);
+//! run batch jobs (`quiver job`); run a cluster's driver (`quiver driver --listen`, which also
+//! schedules batch jobs with `--jobs`) and executors (`quiver executor`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use quiver_engine::SessionOptions;
 
+mod cluster_cli;
 mod experiment;
 mod jobs;
 mod run;
@@ -28,6 +30,10 @@ struct Cli {
     /// Parallel partitions per query (default: the number of cores).
     #[arg(long, global = true, env = "QUIVER_PARTITIONS")]
     partitions: Option<usize>,
+    /// The cluster file (TOML with [driver], [executor] and [client] sections); flags and
+    /// environment variables override it.
+    #[arg(long, global = true, env = "QUIVER_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +53,9 @@ enum Command {
         /// How results are printed.
         #[arg(long, value_enum, default_value_t = run::Format::Table)]
         format: run::Format,
+        /// Run the queries on the cluster of the driver at this address (`host:port`).
+        #[arg(long, env = "QUIVER_CLUSTER")]
+        cluster: Option<String>,
     },
     /// Serve registered models over TensorFlow Serving's gRPC and REST APIs.
     Serve(Box<serve_cli::ServeArgs>),
@@ -58,11 +67,14 @@ enum Command {
         #[arg(long, global = true, value_enum, default_value_t = run::Format::Table)]
         format: run::Format,
     },
-    /// The driver: runs the job files at --jobs on their schedules until Ctrl-C or SIGTERM.
+    /// The driver: serves a cluster (--listen) and runs the job files at --jobs on their
+    /// schedules, until Ctrl-C or SIGTERM.
     Driver {
+        #[command(flatten)]
+        cluster: cluster_cli::DriverArgs,
         /// A job file, or a folder (local or in a store) of `*.toml` job files.
         #[arg(long)]
-        jobs: String,
+        jobs: Option<String>,
         /// How often schedules are checked, in milliseconds.
         #[arg(long, default_value_t = 250)]
         tick_ms: u64,
@@ -70,6 +82,8 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         reload_seconds: f64,
     },
+    /// An executor: joins a driver's cluster and runs its tasks until Ctrl-C or SIGTERM.
+    Executor(cluster_cli::ExecutorArgs),
     /// Experiments in the store: list them, show their trials, follow a trial's log.
     Experiment {
         #[command(subcommand)]
@@ -83,6 +97,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let file = match cluster_cli::ClusterFile::load(cli.config.as_deref()) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = SessionOptions {
         default_store: cli.store.clone(),
         target_partitions: cli.partitions,
@@ -91,10 +112,23 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sql {
             statements,
-            file,
+            file: sql_file,
             max_rows,
             format,
-        } => run::sql_command(options, statements, file, run::Output { format, max_rows }).await,
+            cluster,
+        } => {
+            let session = match cluster.as_deref().or(file.client_cluster()) {
+                Some(driver) => quiver_sql::cluster::connect(options, driver, |c| c),
+                None => quiver_sql::session(options),
+            };
+            match session {
+                Ok(session) => {
+                    let output = run::Output { format, max_rows };
+                    run::sql_command(&session, statements, sql_file, output).await
+                }
+                Err(e) => Err(e),
+            }
+        }
         Command::Serve(args) => serve_cli::serve_command(options, *args).await,
         Command::Job { command, format } => {
             let output = run::Output {
@@ -104,17 +138,44 @@ async fn main() -> ExitCode {
             jobs::job_command(options, command, output).await
         }
         Command::Driver {
+            cluster,
             jobs,
             tick_ms,
             reload_seconds,
         } => {
-            jobs::scheduler::drive(
-                options,
-                &jobs,
-                std::time::Duration::from_millis(tick_ms.max(10)),
-                std::time::Duration::from_secs_f64(reload_seconds.max(0.1)),
-            )
-            .await
+            quiver_executor::logging::init();
+            let jobs = jobs.map(|jobs| {
+                let options = options.clone();
+                async move {
+                    jobs::scheduler::drive(
+                        options,
+                        &jobs,
+                        std::time::Duration::from_millis(tick_ms.max(10)),
+                        std::time::Duration::from_secs_f64(reload_seconds.max(0.1)),
+                    )
+                    .await
+                }
+            });
+            match (cluster.options(&file, &options), jobs) {
+                (Err(e), _) => Err(e),
+                (Ok(None), None) => Err(quiver_engine::QuiverError::Config(
+                    "quiver driver needs --listen (a cluster), --jobs (batch jobs), or both".into(),
+                )),
+                (Ok(None), Some(jobs)) => jobs.await,
+                (Ok(Some(driver)), None) => quiver_driver::cluster::run_driver(driver).await,
+                (Ok(Some(driver)), Some(jobs)) => {
+                    let (served, ran) =
+                        tokio::join!(quiver_driver::cluster::run_driver(driver), jobs);
+                    served.and(ran)
+                }
+            }
+        }
+        Command::Executor(args) => {
+            quiver_executor::logging::init();
+            match args.options(&file, &options) {
+                Ok(executor) => quiver_executor::run_executor(executor).await,
+                Err(e) => Err(e),
+            }
         }
         Command::Experiment { command, format } => match quiver_sql::session(options) {
             Ok(session) => {

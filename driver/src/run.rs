@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use quiver_engine::progress::ProgressSnapshot;
-use quiver_engine::{LogSink, Progress, QuiverError, Result, Session, SessionOptions};
+use quiver_engine::{LogSink, Progress, QuiverError, Result, Session};
 
 use std::io::Write;
 
@@ -63,21 +63,20 @@ impl Output {
 
 /// `quiver sql`: statements from the argument, a file, or an interactive shell.
 pub(crate) async fn sql_command(
-    options: SessionOptions,
+    session: &Session,
     statements: Option<String>,
     file: Option<PathBuf>,
     output: Output,
 ) -> Result<()> {
-    let session = quiver_sql::session(options)?;
     match (statements, file) {
-        (Some(sql), _) => run_all(&session, &sql, output).await,
+        (Some(sql), _) => run_all(session, &sql, output).await,
         (None, Some(path)) => {
             let sql = std::fs::read_to_string(&path).map_err(|e| {
                 QuiverError::Config(format!("cannot read SQL file '{}': {e}", path.display()))
             })?;
-            run_all(&session, &sql, output).await
+            run_all(session, &sql, output).await
         }
-        (None, None) => shell(&session, output).await,
+        (None, None) => shell(session, output).await,
     }
 }
 

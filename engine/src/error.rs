@@ -31,6 +31,9 @@ pub enum QuiverError {
     /// An error from the query engine.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
+    /// A cluster process or channel failed; the message names the process and the address.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A local I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

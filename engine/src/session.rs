@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::dataframe::DataFrame;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
@@ -63,6 +63,15 @@ impl Session {
     /// A session with only DataFusion's own functions; use `quiver_sql::session` for one with
     /// all of Quiver's functions and formats.
     pub fn try_new(options: SessionOptions) -> Result<Self> {
+        Self::try_new_with(options, Ok)
+    }
+
+    /// A session whose DataFusion state is passed through `upgrade` before use: a cluster
+    /// client swaps in its distributed query planner this way.
+    pub fn try_new_with(
+        options: SessionOptions,
+        upgrade: impl FnOnce(SessionState) -> datafusion::error::Result<SessionState>,
+    ) -> Result<Self> {
         let mut default_store = resolve_location(&options.default_store)?;
         if !default_store.path().ends_with('/') {
             let path = format!("{}/", default_store.path());
@@ -92,7 +101,7 @@ impl Session {
             .with_default_features()
             .build();
         Ok(Self {
-            ctx: SessionContext::new_with_state(state),
+            ctx: SessionContext::new_with_state(upgrade(state)?),
             default_store,
             progress,
             log: None,

@@ -1,11 +1,159 @@
-//! The executor role of a Quiver cluster. Cluster mode (Ballista executors with Quiver's
-//! functions and codecs, and the trainer service) is not built yet; today every statement runs
-//! on the embedded engine of the driver process. This crate exposes the session an executor
-//! will run tasks in, so that both roles register exactly the same functions and formats.
+//! The executor role of a Quiver cluster: Ballista's executor, embedded with Quiver's functions,
+//! stores and codecs. It registers with the driver, pulls tasks for its slots, serves its shuffle
+//! output over Arrow Flight, and heartbeats until Ctrl-C or SIGTERM.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionConfig;
+use quiver_engine::{QuiverError, Result, SessionOptions, StoreRegistry};
+use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+
+pub mod logging;
 
 /// The session an executor runs tasks in: the same registrations as the driver's.
-pub fn executor_session(
-    options: quiver_engine::SessionOptions,
-) -> quiver_engine::Result<quiver_engine::Session> {
+pub fn executor_session(options: SessionOptions) -> Result<quiver_engine::Session> {
     quiver_sql::session(options)
+}
+
+/// A device an executor offers to training work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU cores.
+    Cpu,
+    /// The CUDA device with this ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = QuiverError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|k| k.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| {
+                    QuiverError::Config(format!("bad --device '{s}': expected cpu or cuda:K"))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(k) => write!(f, "cuda:{k}"),
+        }
+    }
+}
+
+/// How to run an executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The driver's address, `host:port`.
+    pub driver: String,
+    /// The address the executor's data service binds to.
+    pub bind_host: String,
+    /// The host name the driver and other executors reach this executor at.
+    pub advertise_host: String,
+    /// The port of the data service; a free one when 0.
+    pub port: u16,
+    /// Tasks run at once.
+    pub slots: usize,
+    /// The device offered to training work.
+    pub device: Device,
+    /// Where shuffle files go; a temporary folder when `None`.
+    pub work_dir: Option<PathBuf>,
+    /// The session every task runs in (stores, partitions).
+    pub session: SessionOptions,
+}
+
+fn free_port(host: &str) -> Result<u16> {
+    Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+fn split_host_port(address: &str) -> Result<(String, u16)> {
+    let url = quiver_sql::cluster::driver_url(address)?;
+    let url = quiver_engine::url::Url::parse(&url)
+        .map_err(|e| QuiverError::Config(format!("bad driver address '{address}': {e}")))?;
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => Ok((host.to_string(), port)),
+        _ => Err(QuiverError::Config(format!(
+            "bad driver address '{address}': expected host:port"
+        ))),
+    }
+}
+
+/// Runs an executor until Ctrl-C or SIGTERM, or until the driver tells it to stop.
+pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
+    if options.slots == 0 {
+        return Err(QuiverError::Config("--slots must be at least 1".into()));
+    }
+    let (scheduler_host, scheduler_port) = split_host_port(&options.driver)?;
+    let port = match options.port {
+        0 => free_port(&options.bind_host)?,
+        port => port,
+    };
+    let work_dir = match &options.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Some(dir.display().to_string())
+        }
+        None => None,
+    };
+    let registry = quiver_sql::cluster::function_registry(&options.session)?;
+    let stores = Arc::new(StoreRegistry::new(options.session.s3.clone()));
+    let temp = work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().display().to_string());
+    let runtime = Arc::new(
+        RuntimeEnvBuilder::new()
+            .with_object_store_registry(stores)
+            .with_temp_file_path(temp)
+            .build()?,
+    );
+    let config = ExecutorProcessConfig {
+        executor_id: format!("{}:{port}/{}", options.advertise_host, options.device),
+        bind_host: options.bind_host.clone(),
+        external_host: Some(options.advertise_host.clone()),
+        port,
+        grpc_port: 0,
+        scheduler_host,
+        scheduler_port,
+        scheduler_connect_timeout_seconds: 30,
+        vcores: options.slots,
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        work_dir,
+        print_thread_info: false,
+        job_data_clean_up_interval_seconds: 600,
+        job_data_ttl_seconds: 3600,
+        executor_heartbeat_interval_seconds: 5,
+        override_function_registry: Some(Arc::new(registry)),
+        override_runtime_producer: Some(Arc::new(move |_| Ok(Arc::clone(&runtime)))),
+        override_config_producer: Some(Arc::new(|| {
+            SessionConfig::new_with_ballista().with_information_schema(true)
+        })),
+        override_logical_codec: Some(Arc::new(QuiverLogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(QuiverPhysicalCodec::default())),
+        ..Default::default()
+    };
+    log::info!(
+        "quiver executor {} ({} slots, device {}) joining the driver at {}",
+        config.executor_id,
+        options.slots,
+        options.device,
+        options.driver
+    );
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| QuiverError::Cluster(format!("executor {}: {e}", options.advertise_host)))
 }

@@ -12,5 +12,5 @@ pub mod stats;
 pub mod tfrecord;
 
 pub use image_udfs::{ImageFunc, ImageOp};
-pub use read_images::{ReadImagesFunc, ReadImagesTable};
+pub use read_images::{ReadImagesFunc, ReadImagesSource, ReadImagesTable, read_images_schema};
 pub use tfrecord::{TfRecordFormat, TfRecordFormatFactory, TfRecordOptions};

@@ -5,32 +5,35 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BinaryBuilder, RecordBatch, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileOpenFuture, FileOpener, FileScanConfig, FileScanConfigBuilder, FileSource,
+};
+use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::projection::ProjectionExprs;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use quiver_engine::url::Url;
-use quiver_engine::{Progress, resolve_location, store_base, store_url};
+use quiver_engine::{Progress, resolve_location, store_url};
 
 /// File extensions read as images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tiff", "tif"];
-
-/// Files fetched concurrently per partition.
-const FETCH_CONCURRENCY: usize = 8;
-/// Rows per output batch.
-const ROWS_PER_BATCH: usize = 64;
 
 /// The schema of `read_images`.
 pub fn read_images_schema() -> SchemaRef {
@@ -97,6 +100,21 @@ impl ReadImagesTable {
         })
     }
 
+    /// The folder read, with a trailing slash.
+    pub fn location(&self) -> &Url {
+        &self.location
+    }
+
+    /// The fraction of files kept.
+    pub fn sample_ratio(&self) -> f64 {
+        self.sample_ratio
+    }
+
+    /// The seed of the sample.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     fn prefix(&self) -> Result<Path> {
         Ok(quiver_engine::store::object_path(&self.location)?)
     }
@@ -126,13 +144,6 @@ impl ReadImagesTable {
         }
         files.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(files)
-    }
-
-    fn file_url(&self, path: &Path) -> String {
-        match self.location.scheme() {
-            "file" => format!("file:///{path}"),
-            _ => format!("{}/{path}", store_base(&self.location)),
-        }
     }
 }
 
@@ -172,43 +183,164 @@ impl TableProvider for ReadImagesTable {
             .runtime_env()
             .object_store(store_url(&self.location))?;
         let files = self.list(&store).await?;
-        if let Some(progress) = state.config().get_extension::<Progress>() {
+        let progress = state.config().get_extension::<Progress>();
+        if let Some(progress) = &progress {
             progress.add_files_listed(files.len() as u64);
         }
-        let schema = read_images_schema();
-        let projection: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..3).collect());
-        let projected = Arc::new(schema.project(&projection)?);
-        let partitions = split_by_size(files, state.config().target_partitions())
+        let groups = split_by_size(files, state.config().target_partitions())
             .into_iter()
-            .map(|files| {
-                Arc::new(ImageFilesPartition {
-                    table: self.clone(),
-                    store: Arc::clone(&store),
-                    files,
-                    projection: projection.clone(),
-                    schema: Arc::clone(&projected),
-                }) as Arc<dyn PartitionStream>
-            })
+            .map(|files| FileGroup::new(files.into_iter().map(PartitionedFile::from).collect()))
             .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(
-            projected,
-            partitions,
-            None,
-            vec![],
-            false,
-            limit,
-        )?))
+        let source = Arc::new(ReadImagesSource::new(progress));
+        let config = FileScanConfigBuilder::new(store_url(&self.location), source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            // Every file is read by the partition it was grouped under, in order (no work
+            // stealing between partitions), so that a query sees the rows in the same order on
+            // every run: training and sampling are reproducible.
+            .with_preserve_order(true)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
     }
 }
 
-/// One partition of `read_images`: a list of files fetched concurrently.
-#[derive(Debug)]
-struct ImageFilesPartition {
-    table: ReadImagesTable,
+/// Reads image files whole, one row per file: the scan of `read_images`. As a file source, its
+/// file groups are the partitions that a cluster's tasks split between them.
+#[derive(Clone)]
+pub struct ReadImagesSource {
+    table_schema: TableSchema,
+    metrics: ExecutionPlanMetricsSet,
+    projection: SplitProjection,
+    progress: Option<Arc<Progress>>,
+}
+
+impl ReadImagesSource {
+    /// A source counting its reads in `progress`.
+    pub fn new(progress: Option<Arc<Progress>>) -> Self {
+        let table_schema = TableSchema::from(read_images_schema());
+        Self {
+            projection: SplitProjection::unprojected(&table_schema),
+            table_schema,
+            metrics: ExecutionPlanMetricsSet::new(),
+            progress,
+        }
+    }
+}
+
+struct ImageFileOpener {
     store: Arc<dyn ObjectStore>,
-    files: Vec<ObjectMeta>,
+    base: String,
     projection: Vec<usize>,
     schema: SchemaRef,
+    progress: Option<Arc<Progress>>,
+}
+
+impl FileOpener for ImageFileOpener {
+    fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
+        let store = Arc::clone(&self.store);
+        let meta = file.object_meta;
+        let url = format!("{}{}", self.base, meta.location);
+        let projection = self.projection.clone();
+        let schema = Arc::clone(&self.schema);
+        let progress = self.progress.clone();
+        Ok(Box::pin(async move {
+            let content = if projection.contains(&2) {
+                let read = |e: object_store::Error| {
+                    DataFusionError::Execution(format!("read_images: cannot read '{url}': {e}"))
+                };
+                let bytes = store
+                    .get(&meta.location)
+                    .await
+                    .map_err(read)?
+                    .bytes()
+                    .await
+                    .map_err(read)?;
+                if let Some(p) = &progress {
+                    p.add_file_read(bytes.len() as u64);
+                }
+                Some(bytes)
+            } else {
+                None
+            };
+            let all: [ArrayRef; 3] = [
+                Arc::new(StringArray::from(vec![url.as_str()])),
+                Arc::new(StringArray::from(vec![parent_name(&meta.location)])),
+                Arc::new(BinaryArray::from(vec![
+                    content.as_deref().unwrap_or_default(),
+                ])),
+            ];
+            let columns = projection.iter().map(|&i| Arc::clone(&all[i])).collect();
+            let batch = RecordBatch::try_new_with_options(
+                schema,
+                columns,
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+            )?;
+            Ok(futures::stream::once(async { Ok(batch) }).boxed())
+        }))
+    }
+}
+
+impl FileSource for ReadImagesSource {
+    fn create_file_opener(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        base_config: &FileScanConfig,
+        _partition: usize,
+    ) -> Result<Arc<dyn FileOpener>> {
+        let file_schema = self.table_schema.file_schema();
+        let projection = self.projection.file_indices.clone();
+        let opener = Arc::new(ImageFileOpener {
+            store,
+            base: base_config.object_store_url.as_str().to_string(),
+            schema: Arc::new(file_schema.project(&projection)?),
+            projection,
+            progress: self.progress.clone(),
+        });
+        ProjectionOpener::try_new(self.projection.clone(), opener, file_schema)
+    }
+
+    fn table_schema(&self) -> &TableSchema {
+        &self.table_schema
+    }
+
+    fn with_batch_size(&self, _batch_size: usize) -> Arc<dyn FileSource> {
+        Arc::new(self.clone())
+    }
+
+    fn try_pushdown_projection(
+        &self,
+        projection: &ProjectionExprs,
+    ) -> Result<Option<Arc<dyn FileSource>>> {
+        let mut source = self.clone();
+        let merged = self.projection.source.try_merge(projection)?;
+        source.projection = SplitProjection::new(self.table_schema.file_schema(), &merged);
+        Ok(Some(Arc::new(source)))
+    }
+
+    fn projection(&self) -> Option<&ProjectionExprs> {
+        Some(&self.projection.source)
+    }
+
+    fn metrics(&self) -> &ExecutionPlanMetricsSet {
+        &self.metrics
+    }
+
+    fn file_type(&self) -> &str {
+        "images"
+    }
+
+    fn supports_repartitioning(&self) -> bool {
+        // One row per file: the groups are split by size when planned.
+        false
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        datafusion::physical_plan::apply_expression_roots(self.projection.source.iter(), f)
+    }
 }
 
 fn parent_name(path: &Path) -> String {
@@ -218,71 +350,6 @@ fn parent_name(path: &Path) -> String {
         .checked_sub(2)
         .map(|i| parts[i].as_ref().to_string())
         .unwrap_or_default()
-}
-
-impl PartitionStream for ImageFilesPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let progress = ctx.session_config().get_extension::<Progress>();
-        let needs_content = self.projection.contains(&2);
-        let store = Arc::clone(&self.store);
-        let table = self.table.clone();
-        let projection = self.projection.clone();
-        let schema = Arc::clone(&self.schema);
-        let fetches = futures::stream::iter(self.files.clone()).map(move |meta| {
-            let store = Arc::clone(&store);
-            let progress = progress.clone();
-            let url = table.file_url(&meta.location);
-            async move {
-                let content = if needs_content {
-                    let bytes = store.get(&meta.location).await.map_err(|e| {
-                        DataFusionError::Execution(format!("read_images: cannot read '{url}': {e}"))
-                    })?;
-                    let bytes = bytes.bytes().await.map_err(|e| {
-                        DataFusionError::Execution(format!("read_images: cannot read '{url}': {e}"))
-                    })?;
-                    if let Some(p) = &progress {
-                        p.add_file_read(bytes.len() as u64);
-                    }
-                    Some(bytes)
-                } else {
-                    None
-                };
-                Ok::<_, DataFusionError>((url, parent_name(&meta.location), content))
-            }
-        });
-        let batch_schema = Arc::clone(&schema);
-        let batches = fetches
-            .buffered(FETCH_CONCURRENCY)
-            .try_chunks(ROWS_PER_BATCH)
-            .map(move |chunk| {
-                let rows = chunk.map_err(|e| e.1)?;
-                let mut paths = StringBuilder::new();
-                let mut labels = StringBuilder::new();
-                let mut contents = BinaryBuilder::new();
-                for (path, label, content) in &rows {
-                    paths.append_value(path);
-                    labels.append_value(label);
-                    contents.append_value(content.as_deref().unwrap_or_default());
-                }
-                let all: [ArrayRef; 3] = [
-                    Arc::new(paths.finish()),
-                    Arc::new(labels.finish()),
-                    Arc::new(contents.finish()),
-                ];
-                let columns = projection.iter().map(|&i| Arc::clone(&all[i])).collect();
-                Ok(RecordBatch::try_new_with_options(
-                    Arc::clone(&batch_schema),
-                    columns,
-                    &datafusion::arrow::array::RecordBatchOptions::new()
-                        .with_row_count(Some(rows.len())),
-                )?)
-            });
-        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
-    }
 }
 
 /// The table function `read_images(location [, sample_ratio [, seed]])`.

@@ -12,10 +12,11 @@
 //! # let _ = images; Ok(()) }
 //! ```
 
+pub mod cluster;
+pub mod codec;
 pub mod display;
 pub mod statements;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,19 +24,21 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session as CatalogSession, TableProvider, TableProviderFactory};
 use datafusion::common::plan_err;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::format_as_file_type;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlanBuilder};
+use datafusion::logical_expr::{Expr, ScalarUDF, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 use quiver_engine::{Result, Session, SessionOptions, resolve_location};
 use quiver_operators::experiment::{ExperimentTableFunc, Experiments};
 use quiver_operators::jobs::{JobRunsFunc, JobStore};
 use quiver_operators::ml;
 use quiver_operators::ml::predict::{MlTableFunc, PredictFunc};
 use quiver_operators::stats::FeatureStatsFunc;
-use quiver_operators::tfrecord::ImageEncoding;
 use quiver_operators::{
     ImageFunc, ReadImagesFunc, ReadImagesTable, TfRecordFormat, TfRecordFormatFactory,
     TfRecordOptions,
@@ -91,9 +94,10 @@ pub fn register_all(session: &Session) -> Result<()> {
     ctx.register_udtf(TABLE_FUNCTIONS[5], Arc::new(FeatureStatsFunc));
     let jobs = JobStore::new(session).map_err(datafusion::error::DataFusionError::from)?;
     ctx.register_udtf(TABLE_FUNCTIONS[6], Arc::new(JobRunsFunc::new(jobs)));
+    ctx.add_optimizer_rule(Arc::new(cluster::CopyOptionsInFormat));
     let state = ctx.state_ref();
     let mut state = state.write();
-    state.register_file_format(Arc::new(TfRecordFormatFactory), true)?;
+    state.register_file_format(Arc::new(TfRecordFormatFactory::new()), true)?;
     state
         .table_factories_mut()
         .insert("TFRECORD".into(), Arc::new(TfRecordTableFactory));
@@ -108,16 +112,96 @@ pub async fn tfrecord_table(
     location: &str,
     options: TfRecordOptions,
     schema: Option<SchemaRef>,
-) -> datafusion::error::Result<ListingTable> {
-    let url = ListingTableUrl::parse(resolve_location(location)?.as_str())?;
-    let listing =
-        ListingOptions::new(Arc::new(TfRecordFormat::new(options))).with_file_extension("");
-    let config = ListingTableConfig::new(url).with_listing_options(listing);
-    let config = match schema {
-        Some(schema) => config.with_schema(schema),
-        None => config.infer_schema(state).await?,
+) -> datafusion::error::Result<TfRecordTable> {
+    let schema = match schema {
+        Some(schema) => schema,
+        None => {
+            let url = ListingTableUrl::parse(resolve_location(location)?.as_str())?;
+            let listing = TfRecordTable::listing_options(&options);
+            listing.infer_schema(state, &url).await?
+        }
     };
-    ListingTable::try_new(config)
+    TfRecordTable::try_new(location, options, schema)
+}
+
+/// A table of TFRecord files: DataFusion's listing table over [`TfRecordFormat`], kept with its
+/// location and options so that cluster plans can carry it (see [`codec`]).
+#[derive(Debug)]
+pub struct TfRecordTable {
+    location: String,
+    options: TfRecordOptions,
+    listing: ListingTable,
+}
+
+impl TfRecordTable {
+    /// The table at `location` with a known `schema`.
+    pub fn try_new(
+        location: &str,
+        options: TfRecordOptions,
+        schema: SchemaRef,
+    ) -> datafusion::error::Result<Self> {
+        let location = resolve_location(location)?.to_string();
+        let url = ListingTableUrl::parse(&location)?;
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(Self::listing_options(&options))
+            .with_schema(schema);
+        Ok(Self {
+            location,
+            listing: ListingTable::try_new(config)?,
+            options,
+        })
+    }
+
+    fn listing_options(options: &TfRecordOptions) -> ListingOptions {
+        ListingOptions::new(Arc::new(TfRecordFormat::new(options.clone()))).with_file_extension("")
+    }
+
+    /// The location, as a URL.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The format options.
+    pub fn options(&self) -> &TfRecordOptions {
+        &self.options
+    }
+}
+
+#[async_trait]
+impl TableProvider for TfRecordTable {
+    fn schema(&self) -> SchemaRef {
+        self.listing.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.listing.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.listing.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.listing.supports_filters_pushdown(filters)
+    }
+
+    async fn insert_into(
+        &self,
+        state: &dyn CatalogSession,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.listing.insert_into(state, input, insert_op).await
+    }
 }
 
 /// `CREATE EXTERNAL TABLE ... STORED AS TFRECORD LOCATION '...'`.
@@ -206,23 +290,9 @@ pub trait DataFrameExt {
 impl DataFrameExt for DataFrame {
     async fn write_tfrecord(self, location: &str, options: TfRecordOptions) -> Result<u64> {
         let url = resolve_location(location)?;
-        let mut map = HashMap::new();
-        map.insert(
-            "format.compression".to_string(),
-            if options.gzip { "gzip" } else { "none" }.to_string(),
-        );
-        let image_format = match options.image_format {
-            ImageEncoding::Png => "png",
-            ImageEncoding::Jpeg => "jpeg",
-            ImageEncoding::Raw => "raw",
-        };
-        map.insert("format.image_format".to_string(), image_format.to_string());
-        map.insert(
-            "format.schema_infer_max_records".to_string(),
-            options.schema_infer_max_records.to_string(),
-        );
+        let map = options.to_options();
         let (state, plan) = self.into_parts();
-        let file_type = format_as_file_type(Arc::new(TfRecordFormatFactory));
+        let file_type = format_as_file_type(Arc::new(TfRecordFormatFactory::new()));
         let plan =
             LogicalPlanBuilder::copy_to(plan, url.to_string(), file_type, map, vec![])?.build()?;
         let batches = DataFrame::new(state, plan).collect().await?;
@@ -257,17 +327,18 @@ mod tests {
         let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
+        // The projection runs inside the file scan, where `content` is column 2.
         assert!(
-            plan.contains("image_decode_resize(content@0, error, 50, 50, -1, -1)"),
+            plan.contains("image_decode_resize(content@2, error, 50, 50, -1, -1)"),
             "{plan}"
         );
         assert!(
-            plan.contains("image_decode_resize(content@0, null, 8, 8, 0, 0)"),
+            plan.contains("image_decode_resize(content@2, null, 8, 8, 0, 0)"),
             "{plan}"
         );
         // Anything between decode and resize other than a centre crop stays unfused.
         assert!(
-            plan.contains("image_resize(image_flip(image_decode(content@0)"),
+            plan.contains("image_resize(image_flip(image_decode(content@2)"),
             "{plan}"
         );
     }

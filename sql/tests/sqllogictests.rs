@@ -1,4 +1,7 @@
-//! Runs every `.slt` file under `tests/slt/` against a fresh embedded Quiver session.
+//! Runs every `.slt` file under `tests/slt/` against a fresh embedded Quiver session, or, when
+//! `QUIVER_SLT_CLUSTER` names a driver (`host:port`), against that cluster (engine name
+//! `quiver-cluster` for `skipif`/`onlyif`; its default store is the file's scratch folder, which
+//! every process shares, since `memory://` stores are per process).
 //! Variables: `${DATA}` is `tests/data`, `${SCRATCH}` a fresh folder per file; files that use
 //! them start with `control substitution on`.
 
@@ -13,6 +16,7 @@ use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 
 struct QuiverDb {
     session: Session,
+    engine: &'static str,
 }
 
 #[derive(Debug)]
@@ -100,7 +104,7 @@ impl AsyncDB for QuiverDb {
     async fn shutdown(&mut self) {}
 
     fn engine_name(&self) -> &str {
-        "quiver-embedded"
+        self.engine
     }
 }
 
@@ -118,6 +122,12 @@ fn slt_files(dir: &Path) -> Vec<PathBuf> {
 async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let cluster = std::env::var("QUIVER_SLT_CLUSTER")
+        .ok()
+        .filter(|c| !c.is_empty());
+    if let Some(driver) = &cluster {
+        println!("slt: running on the cluster at {driver}");
+    }
     let mut failures = Vec::new();
     let mut passed = 0;
     for file in slt_files(&root.join("slt")) {
@@ -126,15 +136,36 @@ async fn main() {
             continue;
         }
         let scratch = tempfile::tempdir().expect("scratch dir");
-        let mut runner = Runner::new(|| async {
-            Ok(QuiverDb {
-                session: quiver_sql::session(SessionOptions {
-                    default_store: "memory://quiver/".into(),
-                    target_partitions: Some(2),
-                    ..Default::default()
-                })
-                .map_err(|e| DbError(e.to_string()))?,
-            })
+        let store = scratch.path().join("store").display().to_string();
+        let cluster = cluster.clone();
+        let mut runner = Runner::new(move || {
+            let cluster = cluster.clone();
+            let store = store.clone();
+            async move {
+                let engine = if cluster.is_some() {
+                    "quiver-cluster"
+                } else {
+                    "quiver-embedded"
+                };
+                let session = match cluster {
+                    Some(driver) => quiver_sql::cluster::connect(
+                        SessionOptions {
+                            default_store: store,
+                            target_partitions: Some(2),
+                            ..Default::default()
+                        },
+                        &driver,
+                        |c| c,
+                    ),
+                    None => quiver_sql::session(SessionOptions {
+                        default_store: "memory://quiver/".into(),
+                        target_partitions: Some(2),
+                        ..Default::default()
+                    }),
+                }
+                .map_err(|e| DbError(e.to_string()))?;
+                Ok(QuiverDb { session, engine })
+            }
         });
         runner.set_var("DATA".into(), root.join("data").display().to_string());
         runner.set_var("SCRATCH".into(), scratch.path().display().to_string());

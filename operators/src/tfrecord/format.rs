@@ -22,7 +22,7 @@ use prost::Message;
 use super::convert::{ImageEncoding, infer_schema};
 use super::example::Example;
 use super::record::{RecordReader, gunzip, is_gzip};
-use super::sink::TfRecordSinkExec;
+use super::sink::plan_write;
 use super::source::TfRecordSource;
 
 /// Options of the TFRecord format: `compression` ('none' | 'gzip'), `image_format`
@@ -48,6 +48,26 @@ impl Default for TfRecordOptions {
 }
 
 impl TfRecordOptions {
+    /// These options as `OPTIONS (...)` keys, the inverse of [`Self::with_options`].
+    pub fn to_options(&self) -> HashMap<String, String> {
+        let image_format = match self.image_format {
+            ImageEncoding::Png => "png",
+            ImageEncoding::Jpeg => "jpeg",
+            ImageEncoding::Raw => "raw",
+        };
+        HashMap::from([
+            (
+                "format.compression".to_string(),
+                if self.gzip { "gzip" } else { "none" }.to_string(),
+            ),
+            ("format.image_format".to_string(), image_format.to_string()),
+            (
+                "format.schema_infer_max_records".to_string(),
+                self.schema_infer_max_records.to_string(),
+            ),
+        ])
+    }
+
     /// Applies `OPTIONS (...)` of a statement; keys may carry DataFusion's `format.` prefix.
     /// Keys of other namespaces (with a dot) are left to DataFusion.
     pub fn with_options(mut self, options: &HashMap<String, String>) -> Result<Self> {
@@ -90,7 +110,28 @@ impl TfRecordOptions {
 
 /// Creates [`TfRecordFormat`]s for `STORED AS TFRECORD`.
 #[derive(Debug, Default)]
-pub struct TfRecordFormatFactory;
+pub struct TfRecordFormatFactory {
+    options: HashMap<String, String>,
+}
+
+impl TfRecordFormatFactory {
+    /// A factory of formats with the default options.
+    pub fn new() -> Self {
+        Self::with_options(HashMap::new())
+    }
+
+    /// A factory whose formats start from `options` (`OPTIONS (...)` keys); a statement's own
+    /// options override them. A cluster's planner gets a COPY's options this way, since plans
+    /// carry the format but not the statement's options.
+    pub fn with_options(options: HashMap<String, String>) -> Self {
+        Self { options }
+    }
+
+    /// The options the formats start from.
+    pub fn options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+}
 
 impl GetExt for TfRecordFormatFactory {
     fn get_ext(&self) -> String {
@@ -104,8 +145,10 @@ impl FileFormatFactory for TfRecordFormatFactory {
         _state: &dyn CatalogSession,
         options: &HashMap<String, String>,
     ) -> Result<Arc<dyn FileFormat>> {
+        let mut all = self.options.clone();
+        all.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(Arc::new(TfRecordFormat::new(
-            TfRecordOptions::default().with_options(options)?,
+            TfRecordOptions::default().with_options(&all)?,
         )))
     }
 
@@ -172,7 +215,7 @@ pub(super) fn parse_examples(data: &[u8], file: &str, limit: usize) -> Result<Ve
 #[async_trait]
 impl FileFormat for TfRecordFormat {
     fn get_ext(&self) -> String {
-        TfRecordFormatFactory.get_ext()
+        TfRecordFormatFactory::new().get_ext()
     }
 
     fn get_ext_with_compression(&self, compression: &FileCompressionType) -> Result<String> {
@@ -232,7 +275,7 @@ impl FileFormat for TfRecordFormat {
     async fn create_writer_physical_plan(
         &self,
         input: Arc<dyn ExecutionPlan>,
-        _state: &dyn CatalogSession,
+        state: &dyn CatalogSession,
         conf: FileSinkConfig,
         _order_requirements: Option<LexRequirement>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
@@ -242,11 +285,8 @@ impl FileFormat for TfRecordFormat {
         if !conf.table_partition_cols.is_empty() {
             return not_impl_err!("PARTITIONED BY is not supported for TFRECORD");
         }
-        Ok(Arc::new(TfRecordSinkExec::new(
-            input,
-            conf,
-            self.options.clone(),
-        )))
+        let store = state.runtime_env().object_store(&conf.object_store_url)?;
+        plan_write(input, store, conf, self.options.clone()).await
     }
 
     fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {

@@ -1,21 +1,23 @@
-//! Writing TFRecord shards: [`TfRecordSinkExec`] writes one shard per input partition, in
-//! parallel, into a staging folder, and commits them all to `part-IIIII-of-NNNNN.tfrecord[.gz]`
-//! only when every partition succeeded. A failed write leaves no shard visible.
+//! Writing TFRecord shards in two steps, as Spark does: [`TfRecordWriterExec`] writes one shard
+//! per input partition into a staging folder (on a cluster, every task writes its own), and
+//! [`TfRecordSinkExec`] commits them all to `part-IIIII-of-NNNNN.tfrecord[.gz]` only when every
+//! writer succeeded. A failed write leaves no shard visible: staged files live in a
+//! `_temporary/` subfolder, which readers skip, and are removed when the commit sees the error.
 
 use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_err, internal_err, plan_err};
+use datafusion::common::{internal_err, plan_err};
 use datafusion::datasource::physical_plan::FileSinkConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{Distribution, EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -36,12 +38,143 @@ use super::record::write_record;
 /// Bytes buffered before they are handed to the store.
 const FLUSH_BYTES: usize = 8 << 20;
 
-/// Writes its input as TFRecord shards and returns one row: the number of rows written.
+/// Plans writing `input` to the location in `config`: a writer per input partition (or one writer
+/// of a single file) and the commit. Fails early when the location already holds shards.
+pub async fn plan_write(
+    input: Arc<dyn ExecutionPlan>,
+    store: Arc<dyn ObjectStore>,
+    config: FileSinkConfig,
+    options: TfRecordOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let Some(table_path) = config.table_paths.first() else {
+        return plan_err!("COPY to TFRECORD needs a target location");
+    };
+    let base = table_path.prefix().clone();
+    let single_file = config.file_output_mode.single_file_output(table_path);
+    let dir = if single_file {
+        base.parts()
+            .take(base.parts().count().saturating_sub(1))
+            .collect()
+    } else {
+        check_no_shards(&store, &base, &config.original_url).await?;
+        base
+    };
+    let staging = dir.join("_temporary").join(staging_id());
+    let writer = Arc::new(TfRecordWriterExec::new(
+        input,
+        config.clone(),
+        options.clone(),
+        staging.clone(),
+    ));
+    Ok(Arc::new(TfRecordSinkExec::new(
+        writer, config, options, staging,
+    )))
+}
+
+/// Fails when `dir` already holds committed shards.
+async fn check_no_shards(store: &Arc<dyn ObjectStore>, dir: &Path, url: &str) -> Result<()> {
+    let existing = store
+        .list_with_delimiter(Some(dir))
+        .await
+        .map(|l| l.objects)
+        .unwrap_or_default();
+    match existing.iter().find(|m| {
+        m.location
+            .filename()
+            .is_some_and(|f| f.starts_with("part-"))
+    }) {
+        Some(shard) => plan_err!(
+            "'{url}' already holds TFRecord shards ({}); write to a new location so that no committed data is overwritten",
+            shard.location
+        ),
+        None => Ok(()),
+    }
+}
+
+fn extension(options: &TfRecordOptions) -> &'static str {
+    if options.gzip {
+        "tfrecord.gz"
+    } else {
+        "tfrecord"
+    }
+}
+
+/// The rows a writer returns: the staged shard, its rows and the input partition.
+fn staged_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("staged", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("partition", DataType::UInt64, false),
+    ]))
+}
+
+/// Writes each input partition as one shard in the staging folder and returns a row naming it.
+#[derive(Debug)]
+pub struct TfRecordWriterExec {
+    input: Arc<dyn ExecutionPlan>,
+    config: FileSinkConfig,
+    options: TfRecordOptions,
+    staging: Path,
+    properties: Arc<PlanProperties>,
+}
+
+impl TfRecordWriterExec {
+    /// A writer of `input`'s partitions into `staging`.
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        config: FileSinkConfig,
+        options: TfRecordOptions,
+        staging: Path,
+    ) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(staged_schema()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            config,
+            options,
+            staging,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// Where and how the shards are written.
+    pub fn config(&self) -> &FileSinkConfig {
+        &self.config
+    }
+
+    /// The format options.
+    pub fn options(&self) -> &TfRecordOptions {
+        &self.options
+    }
+
+    /// The staging folder.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+}
+
+impl DisplayAs for TfRecordWriterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "TfRecordWriterExec: staging={}, gzip={}, image_format={:?}",
+            self.staging, self.options.gzip, self.options.image_format
+        )
+    }
+}
+
+/// Writes its input (the staged shards the writers made) into place and returns one row: the
+/// number of rows written.
 #[derive(Debug)]
 pub struct TfRecordSinkExec {
     input: Arc<dyn ExecutionPlan>,
     config: FileSinkConfig,
     options: TfRecordOptions,
+    staging: Path,
     properties: Arc<PlanProperties>,
 }
 
@@ -54,11 +187,12 @@ fn count_schema() -> SchemaRef {
 }
 
 impl TfRecordSinkExec {
-    /// A sink writing `input` to the location in `config`.
+    /// The commit of the shards that `input` (writers) staged in `staging`.
     pub fn new(
         input: Arc<dyn ExecutionPlan>,
         config: FileSinkConfig,
         options: TfRecordOptions,
+        staging: Path,
     ) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(count_schema()),
@@ -70,16 +204,24 @@ impl TfRecordSinkExec {
             input,
             config,
             options,
+            staging,
             properties: Arc::new(properties),
         }
     }
 
-    fn extension(&self) -> &'static str {
-        if self.options.gzip {
-            "tfrecord.gz"
-        } else {
-            "tfrecord"
-        }
+    /// Where and how the shards are written.
+    pub fn config(&self) -> &FileSinkConfig {
+        &self.config
+    }
+
+    /// The format options.
+    pub fn options(&self) -> &TfRecordOptions {
+        &self.options
+    }
+
+    /// The staging folder.
+    pub fn staging(&self) -> &Path {
+        &self.staging
     }
 }
 
@@ -93,7 +235,7 @@ impl DisplayAs for TfRecordSinkExec {
     }
 }
 
-/// A unique name for a staging folder.
+/// A unique name for a staging folder or file.
 fn staging_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -172,19 +314,14 @@ impl ShardWriter {
 }
 
 /// Writes the batches of `stream` into `writer`; returns the rows written.
-/// Stops with an error once `cancel` is set (another shard failed).
 async fn write_stream(
     mut stream: SendableRecordBatchStream,
     writer: &mut ShardWriter,
     options: &TfRecordOptions,
     progress: Option<&Progress>,
-    cancel: &AtomicBool,
 ) -> Result<u64> {
     let mut rows = 0;
     while let Some(batch) = stream.try_next().await? {
-        if cancel.load(Ordering::Relaxed) {
-            return exec_err!("TFRecord write cancelled because another shard failed");
-        }
         let image_format = options.image_format;
         let records = tokio::task::spawn_blocking(move || batch_to_examples(&batch, image_format))
             .await
@@ -225,42 +362,128 @@ async fn remove_staging(
     }
 }
 
-impl ExecutionPlan for TfRecordSinkExec {
-    fn name(&self) -> &'static str {
-        "TfRecordSinkExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.as_slice() {
-            [input] => Ok(Arc::new(Self::new(
-                Arc::clone(input),
-                self.config.clone(),
-                self.options.clone(),
-            ))),
-            _ => internal_err!("TfRecordSinkExec takes one child"),
+/// The children, properties and expressions every sink node has alike.
+macro_rules! one_input_plan {
+    ($name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
         }
-    }
 
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        fn properties(&self) -> &Arc<PlanProperties> {
+            &self.properties
+        }
+
+        fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        fn with_new_children(
+            self: Arc<Self>,
+            children: Vec<Arc<dyn ExecutionPlan>>,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            match children.as_slice() {
+                [input] => Ok(Arc::new(Self::new(
+                    Arc::clone(input),
+                    self.config.clone(),
+                    self.options.clone(),
+                    self.staging.clone(),
+                ))),
+                _ => internal_err!("{} takes one child", $name),
+            }
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        ) -> Result<TreeNodeRecursion> {
+            Ok(TreeNodeRecursion::Continue)
+        }
+    };
+}
+
+impl ExecutionPlan for TfRecordWriterExec {
+    one_input_plan!("TfRecordWriterExec");
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let single_file = self
+            .config
+            .table_paths
+            .first()
+            .is_some_and(|path| self.config.file_output_mode.single_file_output(path));
+        vec![if single_file {
+            Distribution::SinglePartition
+        } else {
+            Distribution::UnspecifiedDistribution
+        }]
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let store = context
+            .runtime_env()
+            .object_store(&self.config.object_store_url)?;
+        let path = self.staging.clone().join(format!(
+            "{partition:05}-{}.{}",
+            staging_id(),
+            extension(&self.options)
+        ));
+        let stream = self.input.execute(partition, Arc::clone(&context))?;
+        let options = self.options.clone();
+        let progress = context.session_config().get_extension::<Progress>();
+        let work = async move {
+            let mut writer = ShardWriter::new(store, path.clone(), options.gzip);
+            let rows = match write_stream(stream, &mut writer, &options, progress.as_deref()).await
+            {
+                Ok(rows) => writer.finish().await.map(|_| rows)?,
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(e);
+                }
+            };
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(vec![path.to_string()])),
+                Arc::new(UInt64Array::from(vec![rows])),
+                Arc::new(UInt64Array::from(vec![partition as u64])),
+            ];
+            Ok(RecordBatch::try_new(staged_schema(), columns)?)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            staged_schema(),
+            futures::stream::once(work),
+        )))
+    }
+}
+
+/// The staged shards in `batch`: (input partition, staged path, rows).
+fn staged_rows(batch: &RecordBatch) -> Result<Vec<(u64, String, u64)>> {
+    let column = |i: usize| batch.column(i).as_any();
+    let (Some(paths), Some(rows), Some(parts)) = (
+        column(0).downcast_ref::<StringArray>(),
+        column(1).downcast_ref::<UInt64Array>(),
+        column(2).downcast_ref::<UInt64Array>(),
+    ) else {
+        return internal_err!(
+            "TfRecordSinkExec: unexpected writer output {:?}",
+            batch.schema()
+        );
+    };
+    Ok((0..batch.num_rows())
+        .map(|i| (parts.value(i), paths.value(i).to_string(), rows.value(i)))
+        .collect())
+}
+
+impl ExecutionPlan for TfRecordSinkExec {
+    one_input_plan!("TfRecordSinkExec");
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
     }
 
     fn execute(
@@ -281,164 +504,71 @@ impl ExecutionPlan for TfRecordSinkExec {
         };
         let base = table_path.prefix().clone();
         let single_file = self.config.file_output_mode.single_file_output(table_path);
-        let shards = self.input.output_partitioning().partition_count().max(1);
         let input = Arc::clone(&self.input);
-        let options = self.options.clone();
-        let extension = self.extension();
+        let extension = extension(&self.options);
         let url = self.config.original_url.clone();
+        let staging = self.staging.clone();
         let local_root = (table_path.scheme() == "file").then(|| std::path::PathBuf::from("/"));
         let progress = context.session_config().get_extension::<Progress>();
 
         let work = async move {
-            // Final names and their staging twins.
-            let (dir, finals): (Path, Vec<Path>) = if single_file {
-                let parent: Path = base
-                    .parts()
-                    .take(base.parts().count().saturating_sub(1))
-                    .collect();
-                (parent, vec![base.clone()])
+            let mut staged = Vec::new();
+            let mut failed = None;
+            for p in 0..input.output_partitioning().partition_count() {
+                let batches = match input.execute(p, Arc::clone(&context)) {
+                    Ok(stream) => stream.try_collect::<Vec<_>>().await,
+                    Err(e) => Err(e),
+                };
+                match batches {
+                    Ok(batches) => {
+                        for batch in &batches {
+                            staged.extend(staged_rows(batch)?);
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                remove_staging(&store, &staging, local_root.as_deref()).await;
+                return Err(e);
+            }
+            staged.sort();
+            let shards = staged.len();
+            let finals: Vec<Path> = if single_file {
+                vec![base.clone()]
             } else {
-                let names = (0..shards)
+                if let Err(e) = check_no_shards(&store, &base, &url).await {
+                    remove_staging(&store, &staging, local_root.as_deref()).await;
+                    return Err(e);
+                }
+                (0..shards)
                     .map(|i| {
                         base.clone()
                             .join(format!("part-{i:05}-of-{shards:05}.{extension}"))
                     })
-                    .collect();
-                (base.clone(), names)
+                    .collect()
             };
-            if !single_file {
-                let existing = store
-                    .list_with_delimiter(Some(&dir))
-                    .await
-                    .map(|l| l.objects)
-                    .unwrap_or_default();
-                if let Some(shard) = existing.iter().find(|m| {
-                    m.location
-                        .filename()
-                        .is_some_and(|f| f.starts_with("part-"))
-                }) {
-                    return plan_err!(
-                        "'{url}' already holds TFRecord shards ({}); write to a new location so that no committed data is overwritten",
-                        shard.location
-                    );
-                }
+            if finals.len() != shards {
+                remove_staging(&store, &staging, local_root.as_deref()).await;
+                return internal_err!(
+                    "TfRecordSinkExec: {shards} staged shards for {} files",
+                    finals.len()
+                );
             }
-            let staging = dir.clone().join("_temporary").join(staging_id());
-            let staged: Vec<Path> = finals
-                .iter()
-                .map(|f| staging.clone().join(f.filename().unwrap_or("part")))
-                .collect();
-
-            let result: Result<u64> = if single_file {
-                let mut writer =
-                    ShardWriter::new(Arc::clone(&store), staged[0].clone(), options.gzip);
-                let mut rows = 0;
-                let mut outcome = Ok(());
-                for p in 0..input.output_partitioning().partition_count() {
-                    match input.execute(p, Arc::clone(&context)) {
-                        Ok(stream) => {
-                            match write_stream(
-                                stream,
-                                &mut writer,
-                                &options,
-                                progress.as_deref(),
-                                &AtomicBool::new(false),
-                            )
-                            .await
-                            {
-                                Ok(n) => rows += n,
-                                Err(e) => {
-                                    outcome = Err(e);
-                                    break;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            outcome = Err(e);
-                            break;
-                        }
-                    }
-                }
-                match outcome {
-                    Ok(()) => writer.finish().await.map(|_| rows),
-                    Err(e) => {
-                        writer.abort().await;
-                        Err(e)
-                    }
-                }
-            } else {
-                // Failed shards stop the others through `cancel` rather than by
-                // aborting tasks: an aborted task could leave a blocking file write
-                // running that recreates a staged file after the clean-up.
-                let cancel = Arc::new(AtomicBool::new(false));
-                let mut tasks = tokio::task::JoinSet::new();
-                for (p, path) in staged.iter().enumerate() {
-                    let stream = input.execute(p, Arc::clone(&context));
-                    let mut writer =
-                        ShardWriter::new(Arc::clone(&store), path.clone(), options.gzip);
-                    let options = options.clone();
-                    let progress = progress.clone();
-                    let cancel = Arc::clone(&cancel);
-                    tasks.spawn(async move {
-                        let written = match stream {
-                            Ok(stream) => {
-                                write_stream(
-                                    stream,
-                                    &mut writer,
-                                    &options,
-                                    progress.as_deref(),
-                                    &cancel,
-                                )
-                                .await
-                            }
-                            Err(e) => Err(e),
-                        };
-                        match written {
-                            Ok(rows) => writer.finish().await.map(|_| rows),
-                            Err(e) => {
-                                writer.abort().await;
-                                Err(e)
-                            }
-                        }
-                    });
-                }
-                let mut rows = 0;
-                let mut first_error = None;
-                while let Some(joined) = tasks.join_next().await {
-                    match joined {
-                        Ok(Ok(n)) => rows += n,
-                        Ok(Err(e)) => {
-                            if first_error.is_none() {
-                                first_error = Some(e);
-                                cancel.store(true, Ordering::Relaxed);
-                            }
-                        }
-                        Err(e) => {
-                            cancel.store(true, Ordering::Relaxed);
-                            first_error.get_or_insert(DataFusionError::Execution(format!(
-                                "TFRecord writer task failed: {e}"
-                            )));
-                        }
-                    }
-                }
-                first_error.map_or(Ok(rows), Err)
-            };
-
-            let rows = match result {
-                Ok(rows) => rows,
-                Err(e) => {
-                    remove_staging(&store, &staging, local_root.as_deref()).await;
-                    return Err(e);
-                }
-            };
             // Commit: every shard is complete, move them into place.
-            for (from, to) in staged.iter().zip(&finals) {
-                if let Err(e) = store.rename(from, to).await {
+            let mut rows = 0;
+            for ((_, from, n), to) in staged.iter().zip(&finals) {
+                let from = Path::from(from.as_str());
+                if let Err(e) = store.rename(&from, to).await {
                     remove_staging(&store, &staging, local_root.as_deref()).await;
                     return Err(DataFusionError::Execution(format!(
                         "cannot commit TFRecord shard '{to}': {e}"
                     )));
                 }
+                rows += n;
                 if let Some(p) = &progress {
                     p.add_file_written();
                 }

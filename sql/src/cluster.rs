@@ -1,0 +1,307 @@
+//! Cluster mode, the parts that the client, the driver and the executors share: a session whose
+//! queries run on a cluster ([`connect`]), the codecs every role uses, and the functions that
+//! the driver's planner and the executors look plans' functions up in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::planner::BallistaQueryPlanner;
+use ballista_core::registry::BallistaFunctionRegistry;
+use datafusion::common::internal_err;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::datasource::file_format::{file_type_to_format, format_as_file_type};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::dml::CopyTo;
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::LogicalPlanNode;
+use futures::TryStreamExt;
+use quiver_engine::{QuiverError, Result, Session, SessionOptions};
+use quiver_operators::TfRecordFormatFactory;
+
+use crate::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+
+/// The gRPC URL of a driver given as `host:port` or a full `http(s)://` URL.
+pub fn driver_url(address: &str) -> Result<String> {
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let parsed = quiver_engine::url::Url::parse(&url)
+        .map_err(|e| QuiverError::Config(format!("bad driver address '{address}': {e}")))?;
+    match (parsed.scheme(), parsed.host_str(), parsed.port()) {
+        ("http" | "https", Some(_), Some(_)) => Ok(url.trim_end_matches('/').to_string()),
+        _ => Err(QuiverError::Config(format!(
+            "bad driver address '{address}': expected host:port or http(s)://host:port"
+        ))),
+    }
+}
+
+/// A session whose queries run on the cluster of the driver at `driver` (`host:port` or a URL);
+/// DDL, the catalog and Quiver's statements stay in this process. `configure` may adjust the
+/// session's configuration first (TLS for the driver's channel, for example).
+pub fn connect(
+    options: SessionOptions,
+    driver: &str,
+    configure: impl FnOnce(SessionConfig) -> SessionConfig,
+) -> Result<Session> {
+    let url = driver_url(driver)?;
+    let session = Session::try_new_with(options, |state| {
+        let config = configure(
+            state
+                .config()
+                .clone()
+                .with_ballista_logical_extension_codec(Arc::new(QuiverLogicalCodec::default()))
+                .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::default()))
+                .with_ballista_job_name("quiver"),
+        );
+        let ballista = BallistaQueryPlanner::with_extension(
+            url.clone(),
+            config.clone().upgrade_for_ballista().ballista_config(),
+            Arc::new(QuiverLogicalCodec::default()),
+        );
+        let config = config.with_ballista_query_planner(Arc::new(ClusterPlanner { ballista }));
+        SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build()
+            .upgrade_for_ballista(url)
+    })?;
+    crate::register_all(&session)?;
+    Ok(session)
+}
+
+/// The state the driver's planner uses for a client's session with `config`: Quiver's stores
+/// and functions.
+pub fn planner_state(options: &SessionOptions, config: SessionConfig) -> Result<SessionState> {
+    let session = crate::session(options.clone())?;
+    Ok(
+        SessionStateBuilder::new_from_existing(session.context().state())
+            .with_config(config)
+            .build(),
+    )
+}
+
+/// Every function of a Quiver session, for an executor's registry.
+pub fn function_registry(options: &SessionOptions) -> Result<BallistaFunctionRegistry> {
+    let session = crate::session(options.clone())?;
+    let state = session.context().state();
+    Ok(BallistaFunctionRegistry {
+        scalar_functions: state.scalar_functions().clone(),
+        aggregate_functions: state.aggregate_functions().clone(),
+        window_functions: state.window_functions().clone(),
+        ..Default::default()
+    })
+}
+
+/// Moves the options of a `COPY ... STORED AS TFRECORD` into its format, which is what a plan
+/// sent to a cluster carries (DataFusion's plan encoding drops a COPY's own options).
+#[derive(Debug)]
+pub struct CopyOptionsInFormat;
+
+impl OptimizerRule for CopyOptionsInFormat {
+    fn name(&self) -> &str {
+        "quiver_copy_options_in_format"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Copy(copy) = plan else {
+            return Ok(Transformed::no(plan));
+        };
+        let format = file_type_to_format(&copy.file_type)?;
+        let Some(factory) = format.downcast_ref::<TfRecordFormatFactory>() else {
+            return Ok(Transformed::no(LogicalPlan::Copy(copy)));
+        };
+        if copy.options.is_empty() {
+            return Ok(Transformed::no(LogicalPlan::Copy(copy)));
+        }
+        let mut options = factory.options().clone();
+        options.extend(copy.options.clone());
+        let file_type = format_as_file_type(Arc::new(TfRecordFormatFactory::with_options(options)));
+        Ok(Transformed::yes(LogicalPlan::Copy(CopyTo::new(
+            copy.input,
+            copy.output_url,
+            copy.partition_by,
+            file_type,
+            HashMap::new(),
+        ))))
+    }
+}
+
+/// Ballista's planner, with the errors of distributed jobs made readable.
+#[derive(Debug)]
+struct ClusterPlanner {
+    ballista: BallistaQueryPlanner<LogicalPlanNode>,
+}
+
+#[async_trait]
+impl QueryPlanner for ClusterPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.ballista.create_physical_plan(plan, state).await?;
+        Ok(Arc::new(ReadableErrorsExec { input: plan }))
+    }
+}
+
+/// Passes its input through, rewriting the error of a failed job (Ballista reports the task's
+/// error in Rust's debug notation) into `job J, stage S: <the task's error>`.
+#[derive(Debug)]
+struct ReadableErrorsExec {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl DisplayAs for ReadableErrorsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ClusterQueryExec")
+    }
+}
+
+impl ExecutionPlan for ReadableErrorsExec {
+    fn name(&self) -> &str {
+        "ClusterQueryExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        match children.as_slice() {
+            [input] => Ok(Arc::new(Self {
+                input: Arc::clone(input),
+            })),
+            _ => internal_err!("ClusterQueryExec takes one child"),
+        }
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let stream = self.input.execute(partition, context)?;
+        let schema = stream.schema();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.map_err(readable_error),
+        )))
+    }
+}
+
+/// `job J, stage S: <message>` for Ballista's report of a failed job; other errors unchanged.
+pub fn readable_error(error: DataFusionError) -> DataFusionError {
+    let text = error.to_string();
+    let Some((head, task)) = text.split_once("Task failed due to runtime execution error: ") else {
+        return error;
+    };
+    let Some(start) = task.find("(\"") else {
+        return error;
+    };
+    let quoted = task[start + 2..].trim_end().trim_end_matches(')');
+    let Some(quoted) = quoted.strip_suffix('"') else {
+        return error;
+    };
+    let job = head
+        .split_once("Job ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(id, _)| id)
+        .unwrap_or("?");
+    let stage = head
+        .split_once("stage ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(id, _)| id)
+        .unwrap_or("?");
+    DataFusionError::Execution(format!("job {job}, stage {stage}: {}", unescape(quoted)))
+}
+
+/// Undoes Rust's debug escaping of a string.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_jobs_read_like_local_errors() {
+        let ballista = DataFusionError::Execution(
+            "Job 038GW failed: Job failed due to stage 0 failed: Task failed due to runtime \
+             execution error: DataFusionError(Shared(External(DataFusionError(Execution(\
+             \"cannot decode image (24 bytes, starts with \\\"hello\\\")\\nskip it\")))))\n"
+                .into(),
+        );
+        assert_eq!(
+            readable_error(ballista).to_string(),
+            "Execution error: job 038GW, stage 0: cannot decode image (24 bytes, starts with \
+             \"hello\")\nskip it"
+        );
+        let other = DataFusionError::Plan("no such table".into());
+        assert_eq!(
+            readable_error(other).to_string(),
+            "Error during planning: no such table"
+        );
+        assert_eq!(
+            driver_url("127.0.0.1:50050").unwrap(),
+            "http://127.0.0.1:50050"
+        );
+        assert!(driver_url("nohost").is_err());
+    }
+}

@@ -1,0 +1,159 @@
+"""Cluster mode on 127.0.0.1: a `quiver driver` and two `quiver executor` processes. The .slt
+suite runs on the cluster with the same expected results as on the embedded engine, and a
+distributed hot-dog-style ETL writes TFRecords that TensorFlow reads."""
+import glob
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import QUIVER, free_port
+
+
+def wait_ready(port, executors, proc, log, timeout=90):
+    """Waits until the driver at `port` has `executors` registered."""
+    deadline = time.time() + timeout
+    last = ""
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("driver exited: " + open(log).read()[-3000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                last = r.read().decode()
+        except Exception as e:  # not up yet, or 503 while executors join
+            last = str(e)
+        if f"ready: {executors} executors" in last:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"cluster not ready ({last}): " + open(log).read()[-3000:])
+
+
+class Cluster:
+    def __init__(self, root, executors=2, slots=2):
+        self.root = root
+        self.store = str(root / "store")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs = []
+        self.logs = []
+        driver_log = self.spawn("driver", ["driver", "--listen", self.address])
+        for i in range(executors):
+            self.spawn(f"executor{i}", ["executor", "--driver", self.address, "--slots", str(slots),
+                                        "--work-dir", str(root / f"work{i}")])
+        wait_ready(self.port, executors, self.procs[0], driver_log)
+
+    def spawn(self, name, args):
+        log = self.root / f"{name}.log"
+        proc = subprocess.Popen([QUIVER, "--store", self.store, *args], stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT, env={**os.environ, "QUIVER_LOG": "info"})
+        self.procs.append(proc)
+        self.logs.append(log)
+        return log
+
+    def sql(self, sql, check=True):
+        proc = subprocess.run([QUIVER, "--store", self.store, "sql", "--cluster", self.address,
+                               "--format", "json", sql],
+                              capture_output=True, text=True, timeout=600)
+        if check:
+            assert proc.returncode == 0, proc.stderr + self.tail()
+        return proc
+
+    def tail(self):
+        return "".join(f"\n--- {log.name}\n" + open(log).read()[-2000:] for log in self.logs)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+def rows(proc):
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_slt_suite_runs_on_the_cluster_with_the_same_results(cluster):
+    slt = os.environ.get("QUIVER_SLT_BIN")
+    if not slt:
+        pytest.fail("QUIVER_SLT_BIN must name the sqllogictests binary (scripts/test.sh sets it)")
+    proc = subprocess.run([slt], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "QUIVER_SLT_CLUSTER": cluster.address},
+                          cwd=os.path.join(os.path.dirname(__file__), "..", "..", "sql"))
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:] + cluster.tail()
+    assert f"running on the cluster at {cluster.address}" in proc.stdout
+    assert " 0 failed" in proc.stdout
+
+
+def test_distributed_etl_writes_tfrecords_that_tensorflow_reads(cluster, samples, tmp_path):
+    src = os.path.join(samples, "photos", "train")
+    out = tmp_path / "shards"
+    query = (f"SELECT label, path, image_resize(image_center_crop(image_decode(content)), 64, 64) AS image "
+             f"FROM read_images('{src}/')")
+    proc = cluster.sql(f"COPY ({query}) TO '{out}/' STORED AS TFRECORD OPTIONS (image_format 'raw')")
+    files = sorted(p for p in glob.glob(os.path.join(src, "*", "*")) if p.lower().endswith((".jpg", ".png")))
+    assert rows(proc) == [{"count": len(files)}]
+    shards = sorted(glob.glob(str(out / "part-*")))
+    assert shards
+    examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shards)]
+    assert len(examples) == len(files)
+    by_path = {e.features.feature["path"].bytes_list.value[0].decode(): e for e in examples}
+    assert set(by_path) == {"file://" + p for p in files}
+    # The same query on the embedded engine gives the same pixels.
+    local = tmp_path / "local"
+    subprocess.run([QUIVER, "--store", str(tmp_path / "lstore"), "sql",
+                    f"COPY ({query}) TO '{local}/' STORED AS TFRECORD OPTIONS (image_format 'raw')"],
+                   check=True, capture_output=True, timeout=600)
+    for r in tf.data.TFRecordDataset(sorted(glob.glob(str(local / "part-*")))):
+        e = tf.train.Example.FromString(r.numpy())
+        ours = by_path[e.features.feature["path"].bytes_list.value[0].decode()]
+        assert ours.features.feature["label"] == e.features.feature["label"]
+        a = np.frombuffer(ours.features.feature["image"].bytes_list.value[0], np.uint8)
+        b = np.frombuffer(e.features.feature["image"].bytes_list.value[0], np.uint8)
+        assert a.shape == (64 * 64 * 3,) and np.array_equal(a, b)
+
+
+def test_queries_spread_over_both_executors(cluster, samples):
+    src = os.path.join(samples, "photos", "train")
+    proc = cluster.sql(f"SELECT label, count(*) AS n, sum(image_width(content)) AS w "
+                       f"FROM read_images('{src}/') GROUP BY label ORDER BY label")
+    got = rows(proc)
+    files = [p for p in glob.glob(os.path.join(src, "*", "*")) if p.lower().endswith((".jpg", ".png"))]
+    assert len(got) == 8 and sum(r["n"] for r in got) == len(files)
+    ran = [open(log).read().count("Received task") for log in cluster.logs[1:]]
+    assert all(n > 0 for n in ran), (ran, cluster.tail())
+
+
+def test_unreachable_driver_is_named(tmp_path):
+    port = free_port()
+    proc = subprocess.run([QUIVER, "--store", str(tmp_path), "sql", "--cluster", f"127.0.0.1:{port}",
+                           "SELECT 1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"127.0.0.1:{port}" in proc.stderr, proc.stderr
+
+
+def test_bad_cluster_options_are_named(tmp_path):
+    proc = subprocess.run([QUIVER, "executor", "--driver", "127.0.0.1:1", "--device", "tpu"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--device 'tpu'" in proc.stderr, proc.stderr
+    conf = tmp_path / "cluster.toml"
+    conf.write_text('[executor]\nslotz = 3\n')
+    proc = subprocess.run([QUIVER, "--config", str(conf), "executor"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "slotz" in proc.stderr and "cluster.toml" in proc.stderr, proc.stderr
+    proc = subprocess.run([QUIVER, "driver"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--listen" in proc.stderr, proc.stderr
