@@ -282,6 +282,8 @@ impl FileOpener for ImageFileOpener {
 }
 
 impl FileSource for ReadImagesSource {
+    projected_file_source!();
+
     fn create_file_opener(
         &self,
         store: Arc<dyn ObjectStore>,
@@ -300,30 +302,8 @@ impl FileSource for ReadImagesSource {
         ProjectionOpener::try_new(self.projection.clone(), opener, file_schema)
     }
 
-    fn table_schema(&self) -> &TableSchema {
-        &self.table_schema
-    }
-
     fn with_batch_size(&self, _batch_size: usize) -> Arc<dyn FileSource> {
         Arc::new(self.clone())
-    }
-
-    fn try_pushdown_projection(
-        &self,
-        projection: &ProjectionExprs,
-    ) -> Result<Option<Arc<dyn FileSource>>> {
-        let mut source = self.clone();
-        let merged = self.projection.source.try_merge(projection)?;
-        source.projection = SplitProjection::new(self.table_schema.file_schema(), &merged);
-        Ok(Some(Arc::new(source)))
-    }
-
-    fn projection(&self) -> Option<&ProjectionExprs> {
-        Some(&self.projection.source)
-    }
-
-    fn metrics(&self) -> &ExecutionPlanMetricsSet {
-        &self.metrics
     }
 
     fn file_type(&self) -> &str {
@@ -333,13 +313,6 @@ impl FileSource for ReadImagesSource {
     fn supports_repartitioning(&self) -> bool {
         // One row per file: the groups are split by size when planned.
         false
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        datafusion::physical_plan::apply_expression_roots(self.projection.source.iter(), f)
     }
 }
 

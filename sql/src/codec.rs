@@ -33,7 +33,9 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use object_store::path::Path;
 use prost::Message;
-use quiver_operators::tfrecord::{TfRecordSinkExec, TfRecordSource, TfRecordWriterExec};
+use quiver_operators::tfrecord::{
+    TfRecordSinkExec, TfRecordSource, TfRecordWrite, TfRecordWriterExec,
+};
 use quiver_operators::{ReadImagesSource, ReadImagesTable, TfRecordFormatFactory, TfRecordOptions};
 
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
@@ -117,21 +119,21 @@ struct TfRecordSinkProto {
 }
 
 impl TfRecordSinkProto {
-    fn new(config: &FileSinkConfig, options: &TfRecordOptions, staging: &Path) -> Result<Self> {
+    fn new(write: &TfRecordWrite) -> Result<Self> {
         Ok(Self {
-            config: Some(protobuf::FileSinkConfig::try_from(config)?),
-            options: options.to_options(),
-            staging: staging.to_string(),
+            config: Some(protobuf::FileSinkConfig::try_from(&write.config)?),
+            options: write.options.to_options(),
+            staging: write.staging.to_string(),
         })
     }
 
-    fn parts(&self) -> Result<(FileSinkConfig, TfRecordOptions, Path)> {
+    fn write(&self) -> Result<TfRecordWrite> {
         let config = self.config.as_ref().ok_or(missing("sink configuration"))?;
-        Ok((
-            FileSinkConfig::try_from(config)?,
-            TfRecordOptions::default().with_options(&self.options)?,
-            Path::from(self.staging.as_str()),
-        ))
+        Ok(TfRecordWrite {
+            config: FileSinkConfig::try_from(config)?,
+            options: TfRecordOptions::default().with_options(&self.options)?,
+            staging: Path::from(self.staging.as_str()),
+        })
     }
 }
 
@@ -361,29 +363,20 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
                 )?;
                 DataSourceExec::from_data_source(config)
             }
-            Ok(Node::TfRecordSink(proto)) => {
+            Ok(node @ (Node::TfRecordSink(_) | Node::TfRecordWriter(_))) => {
                 let [input] = inputs else {
                     return Err(missing("input"));
                 };
-                let (config, options, staging) = proto.parts()?;
-                Arc::new(TfRecordSinkExec::new(
-                    Arc::clone(input),
-                    config,
-                    options,
-                    staging,
-                ))
-            }
-            Ok(Node::TfRecordWriter(proto)) => {
-                let [input] = inputs else {
-                    return Err(missing("input"));
-                };
-                let (config, options, staging) = proto.parts()?;
-                Arc::new(TfRecordWriterExec::new(
-                    Arc::clone(input),
-                    config,
-                    options,
-                    staging,
-                ))
+                let input = Arc::clone(input);
+                match node {
+                    Node::TfRecordSink(proto) => {
+                        Arc::new(TfRecordSinkExec::new(input, proto.write()?))
+                    }
+                    Node::TfRecordWriter(proto) => {
+                        Arc::new(TfRecordWriterExec::new(input, proto.write()?))
+                    }
+                    _ => unreachable!("matched above"),
+                }
             }
             Ok(_) => return Err(missing("execution plan")),
         })
@@ -401,17 +394,9 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
                 conf: Some(serialize_file_scan_config(conf, self, proto_converter)?),
             }))
         } else if let Some(exec) = node.downcast_ref::<TfRecordSinkExec>() {
-            Node::TfRecordSink(TfRecordSinkProto::new(
-                exec.config(),
-                exec.options(),
-                exec.staging(),
-            )?)
+            Node::TfRecordSink(TfRecordSinkProto::new(exec.write())?)
         } else if let Some(exec) = node.downcast_ref::<TfRecordWriterExec>() {
-            Node::TfRecordWriter(TfRecordSinkProto::new(
-                exec.config(),
-                exec.options(),
-                exec.staging(),
-            )?)
+            Node::TfRecordWriter(TfRecordSinkProto::new(exec.write())?)
         } else {
             buf.push(BALLISTA);
             return self.ballista.try_encode(node, buf, proto_converter);

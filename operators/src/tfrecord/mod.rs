@@ -30,5 +30,5 @@ pub use convert::{ImageEncoding, batch_to_examples, examples_to_batch, infer_sch
 pub use example::{BytesList, Example, Feature, Features, FloatList, Int64List, feature};
 pub use format::{TfRecordFormat, TfRecordFormatFactory, TfRecordOptions};
 pub use record::{RecordError, RecordReader, masked_crc32c, write_record};
-pub use sink::{TfRecordSinkExec, TfRecordWriterExec, plan_write};
+pub use sink::{TfRecordSinkExec, TfRecordWrite, TfRecordWriterExec, plan_write};
 pub use source::TfRecordSource;

@@ -59,16 +59,25 @@ pub async fn plan_write(
         check_no_shards(&store, &base, &config.original_url).await?;
         base
     };
-    let staging = dir.join("_temporary").join(staging_id());
-    let writer = Arc::new(TfRecordWriterExec::new(
-        input,
-        config.clone(),
-        options.clone(),
-        staging.clone(),
-    ));
-    Ok(Arc::new(TfRecordSinkExec::new(
-        writer, config, options, staging,
-    )))
+    let write = TfRecordWrite {
+        config,
+        options,
+        staging: dir.join("_temporary").join(staging_id()),
+    };
+    let writer = Arc::new(TfRecordWriterExec::new(input, write.clone()));
+    Ok(Arc::new(TfRecordSinkExec::new(writer, write)))
+}
+
+/// What a TFRecord write's writers and its commit share: the target, the format options and the
+/// staging folder (chosen when the write is planned, so every writer of a cluster uses it).
+#[derive(Debug, Clone)]
+pub struct TfRecordWrite {
+    /// Where the shards go.
+    pub config: FileSinkConfig,
+    /// How records are written.
+    pub options: TfRecordOptions,
+    /// The folder the writers stage their shards in.
+    pub staging: Path,
 }
 
 /// Fails when `dir` already holds committed shards.
@@ -112,20 +121,13 @@ fn staged_schema() -> SchemaRef {
 #[derive(Debug)]
 pub struct TfRecordWriterExec {
     input: Arc<dyn ExecutionPlan>,
-    config: FileSinkConfig,
-    options: TfRecordOptions,
-    staging: Path,
+    write: TfRecordWrite,
     properties: Arc<PlanProperties>,
 }
 
 impl TfRecordWriterExec {
-    /// A writer of `input`'s partitions into `staging`.
-    pub fn new(
-        input: Arc<dyn ExecutionPlan>,
-        config: FileSinkConfig,
-        options: TfRecordOptions,
-        staging: Path,
-    ) -> Self {
+    /// A writer of `input`'s partitions into the write's staging folder.
+    pub fn new(input: Arc<dyn ExecutionPlan>, write: TfRecordWrite) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(staged_schema()),
             Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
@@ -134,26 +136,14 @@ impl TfRecordWriterExec {
         );
         Self {
             input,
-            config,
-            options,
-            staging,
+            write,
             properties: Arc::new(properties),
         }
     }
 
-    /// Where and how the shards are written.
-    pub fn config(&self) -> &FileSinkConfig {
-        &self.config
-    }
-
-    /// The format options.
-    pub fn options(&self) -> &TfRecordOptions {
-        &self.options
-    }
-
-    /// The staging folder.
-    pub fn staging(&self) -> &Path {
-        &self.staging
+    /// The write this writer is part of.
+    pub fn write(&self) -> &TfRecordWrite {
+        &self.write
     }
 }
 
@@ -162,7 +152,7 @@ impl DisplayAs for TfRecordWriterExec {
         write!(
             f,
             "TfRecordWriterExec: staging={}, gzip={}, image_format={:?}",
-            self.staging, self.options.gzip, self.options.image_format
+            self.write.staging, self.write.options.gzip, self.write.options.image_format
         )
     }
 }
@@ -172,9 +162,7 @@ impl DisplayAs for TfRecordWriterExec {
 #[derive(Debug)]
 pub struct TfRecordSinkExec {
     input: Arc<dyn ExecutionPlan>,
-    config: FileSinkConfig,
-    options: TfRecordOptions,
-    staging: Path,
+    write: TfRecordWrite,
     properties: Arc<PlanProperties>,
 }
 
@@ -187,13 +175,8 @@ fn count_schema() -> SchemaRef {
 }
 
 impl TfRecordSinkExec {
-    /// The commit of the shards that `input` (writers) staged in `staging`.
-    pub fn new(
-        input: Arc<dyn ExecutionPlan>,
-        config: FileSinkConfig,
-        options: TfRecordOptions,
-        staging: Path,
-    ) -> Self {
+    /// The commit of the shards that `input` (the writers) staged.
+    pub fn new(input: Arc<dyn ExecutionPlan>, write: TfRecordWrite) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(count_schema()),
             Partitioning::UnknownPartitioning(1),
@@ -202,26 +185,14 @@ impl TfRecordSinkExec {
         );
         Self {
             input,
-            config,
-            options,
-            staging,
+            write,
             properties: Arc::new(properties),
         }
     }
 
-    /// Where and how the shards are written.
-    pub fn config(&self) -> &FileSinkConfig {
-        &self.config
-    }
-
-    /// The format options.
-    pub fn options(&self) -> &TfRecordOptions {
-        &self.options
-    }
-
-    /// The staging folder.
-    pub fn staging(&self) -> &Path {
-        &self.staging
+    /// The write this commit ends.
+    pub fn write(&self) -> &TfRecordWrite {
+        &self.write
     }
 }
 
@@ -230,7 +201,9 @@ impl DisplayAs for TfRecordSinkExec {
         write!(
             f,
             "TfRecordSinkExec: url={}, gzip={}, image_format={:?}",
-            self.config.original_url, self.options.gzip, self.options.image_format
+            self.write.config.original_url,
+            self.write.options.gzip,
+            self.write.options.image_format
         )
     }
 }
@@ -382,12 +355,7 @@ macro_rules! one_input_plan {
             children: Vec<Arc<dyn ExecutionPlan>>,
         ) -> Result<Arc<dyn ExecutionPlan>> {
             match children.as_slice() {
-                [input] => Ok(Arc::new(Self::new(
-                    Arc::clone(input),
-                    self.config.clone(),
-                    self.options.clone(),
-                    self.staging.clone(),
-                ))),
+                [input] => Ok(Arc::new(Self::new(Arc::clone(input), self.write.clone()))),
                 _ => internal_err!("{} takes one child", $name),
             }
         }
@@ -406,10 +374,11 @@ impl ExecutionPlan for TfRecordWriterExec {
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
         let single_file = self
+            .write
             .config
             .table_paths
             .first()
-            .is_some_and(|path| self.config.file_output_mode.single_file_output(path));
+            .is_some_and(|path| self.write.config.file_output_mode.single_file_output(path));
         vec![if single_file {
             Distribution::SinglePartition
         } else {
@@ -428,14 +397,14 @@ impl ExecutionPlan for TfRecordWriterExec {
     ) -> Result<SendableRecordBatchStream> {
         let store = context
             .runtime_env()
-            .object_store(&self.config.object_store_url)?;
-        let path = self.staging.clone().join(format!(
+            .object_store(&self.write.config.object_store_url)?;
+        let path = self.write.staging.clone().join(format!(
             "{partition:05}-{}.{}",
             staging_id(),
-            extension(&self.options)
+            extension(&self.write.options)
         ));
         let stream = self.input.execute(partition, Arc::clone(&context))?;
-        let options = self.options.clone();
+        let options = self.write.options.clone();
         let progress = context.session_config().get_extension::<Progress>();
         let work = async move {
             let mut writer = ShardWriter::new(store, path.clone(), options.gzip);
@@ -498,16 +467,20 @@ impl ExecutionPlan for TfRecordSinkExec {
         }
         let store = context
             .runtime_env()
-            .object_store(&self.config.object_store_url)?;
-        let Some(table_path) = self.config.table_paths.first() else {
+            .object_store(&self.write.config.object_store_url)?;
+        let Some(table_path) = self.write.config.table_paths.first() else {
             return plan_err!("COPY to TFRECORD needs a target location");
         };
         let base = table_path.prefix().clone();
-        let single_file = self.config.file_output_mode.single_file_output(table_path);
+        let single_file = self
+            .write
+            .config
+            .file_output_mode
+            .single_file_output(table_path);
         let input = Arc::clone(&self.input);
-        let extension = extension(&self.options);
-        let url = self.config.original_url.clone();
-        let staging = self.staging.clone();
+        let extension = extension(&self.write.options);
+        let url = self.write.config.original_url.clone();
+        let staging = self.write.staging.clone();
         let local_root = (table_path.scheme() == "file").then(|| std::path::PathBuf::from("/"));
         let progress = context.session_config().get_extension::<Progress>();
 

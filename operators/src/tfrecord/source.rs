@@ -76,6 +76,8 @@ impl FileOpener for TfRecordOpener {
 }
 
 impl FileSource for TfRecordSource {
+    projected_file_source!();
+
     fn create_file_opener(
         &self,
         store: Arc<dyn ObjectStore>,
@@ -92,32 +94,10 @@ impl FileSource for TfRecordSource {
         ProjectionOpener::try_new(self.projection.clone(), opener, file_schema)
     }
 
-    fn table_schema(&self) -> &TableSchema {
-        &self.table_schema
-    }
-
     fn with_batch_size(&self, batch_size: usize) -> Arc<dyn FileSource> {
         let mut source = self.clone();
         source.batch_size = Some(batch_size);
         Arc::new(source)
-    }
-
-    fn try_pushdown_projection(
-        &self,
-        projection: &ProjectionExprs,
-    ) -> Result<Option<Arc<dyn FileSource>>> {
-        let mut source = self.clone();
-        let merged = self.projection.source.try_merge(projection)?;
-        source.projection = SplitProjection::new(self.table_schema.file_schema(), &merged);
-        Ok(Some(Arc::new(source)))
-    }
-
-    fn projection(&self) -> Option<&ProjectionExprs> {
-        Some(&self.projection.source)
-    }
-
-    fn metrics(&self) -> &ExecutionPlanMetricsSet {
-        &self.metrics
     }
 
     fn file_type(&self) -> &str {
@@ -127,12 +107,5 @@ impl FileSource for TfRecordSource {
     fn supports_repartitioning(&self) -> bool {
         // Records cannot be found from an arbitrary byte offset (and gzip cannot be split).
         false
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        datafusion::physical_plan::apply_expression_roots(self.projection.source.iter(), f)
     }
 }
