@@ -28,8 +28,8 @@ pub struct DriverOptions {
     pub session: SessionOptions,
 }
 
-fn cluster_error(what: &str, listen: SocketAddr) -> impl Fn(String) -> QuiverError + '_ {
-    move |e| QuiverError::Cluster(format!("driver at {listen}: {what}: {e}"))
+fn cluster_error(listen: SocketAddr, what: &str, e: impl std::fmt::Display) -> QuiverError {
+    QuiverError::Cluster(format!("driver at {listen}: {what}: {e}"))
 }
 
 /// Runs the driver's cluster service until Ctrl-C or SIGTERM.
@@ -55,14 +55,14 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
     };
     let cluster = BallistaCluster::new_from_config(&config)
         .await
-        .map_err(|e| cluster_error("cluster state", listen)(e.to_string()))?;
+        .map_err(|e| cluster_error(listen, "cluster state", e))?;
     let scheduler =
         create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
             .await
-            .map_err(|e| cluster_error("scheduler", listen)(e.to_string()))?;
+            .map_err(|e| cluster_error(listen, "scheduler", e))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| cluster_error("cannot listen", listen)(e.to_string()))?;
+        .map_err(|e| cluster_error(listen, "cannot listen", e))?;
     log::info!(
         "quiver driver listening on {} (executors and clients connect to {}:{})",
         listener.local_addr()?,
@@ -71,7 +71,7 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
     );
     tokio::select! {
         served = start_grpc_service_with_listener(listener, scheduler) => {
-            served.map_err(|e| cluster_error("service", listen)(e.to_string()))
+            served.map_err(|e| cluster_error(listen, "service", e))
         }
         _ = crate::shutdown_signal() => {
             log::info!("quiver driver at {listen} stopping");
