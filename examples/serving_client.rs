@@ -23,7 +23,8 @@ use quiver_driver::serve::proto::tensorflow::serving::prediction_service_client:
 use quiver_driver::serve::proto::tensorflow::{
     DataType, TensorProto, TensorShapeProto, tensor_shape_proto,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use quiver_sql::tls::{Tls, TlsFiles};
+use tonic::transport::Channel;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -93,17 +94,14 @@ enum Command {
 
 async fn connect(target: &Target) -> Result<PredictionServiceClient<Channel>, Error> {
     let mut endpoint = Channel::from_shared(target.grpc.clone())?;
-    if let Some(ca) = &target.ca {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
-            .domain_name("localhost");
-        if let (Some(cert), Some(key)) = (&target.cert, &target.key) {
-            tls = tls.identity(Identity::from_pem(
-                std::fs::read(cert)?,
-                std::fs::read(key)?,
-            ));
-        }
-        endpoint = endpoint.tls_config(tls)?;
+    if target.ca.is_some() {
+        let tls = Tls::load(&TlsFiles {
+            cert: target.cert.clone(),
+            key: target.key.clone(),
+            ca: target.ca.clone(),
+            mutual: false,
+        })?;
+        endpoint = endpoint.tls_config(tls.tonic_client()?)?;
     }
     Ok(PredictionServiceClient::new(endpoint.connect().await?)
         .max_decoding_message_size(256 << 20)

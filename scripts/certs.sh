@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Creates a CA and certificates for a Quiver test deployment (quiver serve now, the cluster
-# later) with openssl:
+# Creates a CA and certificates for a Quiver test deployment (`quiver serve`, or a cluster's
+# driver and executors) with openssl:
 #   bash scripts/certs.sh OUT_DIR [HOST ...]
 # OUT_DIR/ca.pem, ca.key          the CA (keep ca.key private)
-# OUT_DIR/server.pem, server.key  the server's certificate for HOSTs (default: localhost and
-#                                 127.0.0.1), signed by the CA
+# OUT_DIR/server.pem, server.key  the certificate of a server or cluster node for HOSTs (default:
+#                                 localhost and 127.0.0.1), signed by the CA; it is valid as a
+#                                 client certificate too, since executors are clients of the
+#                                 driver and of each other
 # OUT_DIR/client.pem, client.key  a client certificate signed by the CA
 # Serve with mutual TLS:
 #   quiver serve --model ... --tls-cert OUT/server.pem --tls-key OUT/server.key --client-ca OUT/ca.pem
+# A cluster with mutual TLS (each node, then each client):
+#   quiver driver|executor ... --tls-cert OUT/server.pem --tls-key OUT/server.key \
+#     --tls-ca OUT/ca.pem --mutual-tls
+#   quiver sql --cluster HOST:PORT --tls-ca OUT/ca.pem --tls-cert OUT/client.pem \
+#     --tls-key OUT/client.key "SELECT ..."
 set -euo pipefail
 out=${1:?usage: certs.sh OUT_DIR [HOST ...]}
 shift
@@ -37,7 +44,7 @@ issue() { # name, subject, extensions
 issue server "/CN=${hosts[0]}" "subjectAltName=$san
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
-extendedKeyUsage=serverAuth"
+extendedKeyUsage=serverAuth,clientAuth"
 issue client "/CN=quiver-client" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"

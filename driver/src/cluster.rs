@@ -1,17 +1,24 @@
 //! The driver's cluster role: Ballista's scheduler, embedded with Quiver's planner state (stores
 //! and functions) and codecs. Executors register with it and pull tasks; clients submit plans.
+//! One port serves the scheduler's gRPC service and `GET /readyz`, over TLS when configured.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::StatusCode;
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_process::create_scheduler;
+use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::error::DataFusionError;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use quiver_engine::{QuiverError, Result, SessionOptions};
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+use quiver_sql::tls::Tls;
+use tonic::service::RoutesBuilder;
 
 /// Seconds without a heartbeat after which an executor counts as lost and its tasks run
 /// elsewhere.
@@ -26,10 +33,79 @@ pub struct DriverOptions {
     pub advertise_host: String,
     /// The session the planner resolves stores and functions in.
     pub session: SessionOptions,
+    /// TLS for the port; plain TCP when `None`. Under mutual TLS, executors and clients without
+    /// a certificate signed by the cluster's CA are refused.
+    pub tls: Option<Tls>,
 }
 
 fn cluster_error(listen: SocketAddr, what: &str, e: impl std::fmt::Display) -> QuiverError {
     QuiverError::Cluster(format!("driver at {listen}: {what}: {e}"))
+}
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+/// `GET /readyz`: 200 once an executor is registered, with how many are, then one line per
+/// live executor: its id (`host:port/device`) and slots.
+async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> (StatusCode, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let executors = scheduler
+        .state
+        .executor_manager
+        .get_executors_state()
+        .await
+        .unwrap_or_default();
+    let alive: Vec<String> = executors
+        .iter()
+        .filter(|(_, beat, _)| {
+            beat.is_some_and(|t| now.saturating_sub(t.as_secs()) <= EXECUTOR_TIMEOUT_SECONDS)
+        })
+        .map(|(meta, _, _)| format!("{} {} slots\n", meta.id, meta.specification.vcores))
+        .collect();
+    let (status, state) = if scheduler.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    let lines = alive.concat();
+    (
+        status,
+        format!("{state}: {} executors registered\n{lines}", alive.len()),
+    )
+}
+
+/// Serves the scheduler's gRPC service and `/readyz` on `listener` until it fails.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    scheduler: Scheduler,
+    tls: Option<&Tls>,
+) -> std::io::Result<()> {
+    let config = Arc::clone(&scheduler.state.config);
+    let mut grpc = RoutesBuilder::default();
+    grpc.add_service(
+        SchedulerGrpcServer::new(scheduler.clone())
+            .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
+            .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize),
+    );
+    let app = axum::Router::new()
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state(Arc::new(scheduler))
+        .merge(grpc.routes().into_axum_router())
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let listener = listener.into_std()?;
+    match tls {
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(
+                tls.server_config().map_err(std::io::Error::other)?,
+            );
+            axum_server::from_tcp_rustls(listener, config)
+                .serve(app)
+                .await
+        }
+        None => axum_server::from_tcp(listener).serve(app).await,
+    }
 }
 
 /// Runs the driver's cluster service until Ctrl-C or SIGTERM.
@@ -64,13 +140,18 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
         .await
         .map_err(|e| cluster_error(listen, "cannot listen", e))?;
     log::info!(
-        "quiver driver listening on {} (executors and clients connect to {}:{})",
+        "quiver driver listening on {} (executors and clients connect to {}:{}{})",
         listener.local_addr()?,
         options.advertise_host,
-        listen.port()
+        listen.port(),
+        match &options.tls {
+            Some(tls) if tls.mutual() => " over mutual TLS",
+            Some(_) => " over TLS",
+            None => "",
+        }
     );
     tokio::select! {
-        served = start_grpc_service_with_listener(listener, scheduler) => {
+        served = serve(listener, scheduler, options.tls.as_ref()) => {
             served.map_err(|e| cluster_error(listen, "service", e))
         }
         _ = crate::shutdown_signal() => {

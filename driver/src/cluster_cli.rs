@@ -17,6 +17,12 @@
 //!
 //! [client]
 //! cluster = "driver.example:50050"
+//!
+//! [tls]
+//! cert = "/etc/quiver/node.pem"
+//! key = "/etc/quiver/node.key"
+//! ca = "/etc/quiver/ca.pem"
+//! mutual = true
 //! ```
 
 use std::net::SocketAddr;
@@ -26,6 +32,7 @@ use clap::Args;
 use quiver_driver::cluster::DriverOptions;
 use quiver_engine::{QuiverError, Result, SessionOptions};
 use quiver_executor::{Device, ExecutorOptions};
+use quiver_sql::tls::{Tls, TlsFiles};
 use serde::Deserialize;
 
 /// The default port of a driver.
@@ -41,6 +48,17 @@ pub(crate) struct ClusterFile {
     executor: ExecutorSection,
     #[serde(default)]
     client: ClientSection,
+    #[serde(default)]
+    tls: TlsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    mutual: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +108,40 @@ impl ClusterFile {
     }
 }
 
+/// TLS flags of `quiver driver`, `quiver executor` and `quiver sql --cluster`.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArgs {
+    /// This process's certificate (PEM): its server identity, and its client identity under
+    /// mutual TLS.
+    #[arg(long = "tls-cert", env = "QUIVER_TLS_CERT")]
+    cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long = "tls-key", env = "QUIVER_TLS_KEY")]
+    key: Option<PathBuf>,
+    /// The cluster's CA (PEM): servers' certificates must carry its signature, and clients'
+    /// too under --mutual-tls.
+    #[arg(long = "tls-ca", env = "QUIVER_TLS_CA")]
+    ca: Option<PathBuf>,
+    /// Refuse executors and clients without a certificate signed by --tls-ca.
+    #[arg(long, env = "QUIVER_MUTUAL_TLS")]
+    mutual_tls: bool,
+}
+
+impl TlsArgs {
+    /// The TLS set-up from the flags and the file's `[tls]` section; `None` when neither names
+    /// any file.
+    pub(crate) fn tls(&self, file: &ClusterFile) -> Result<Option<Tls>> {
+        let section = &file.tls;
+        let files = TlsFiles {
+            cert: self.cert.clone().or_else(|| section.cert.clone()),
+            key: self.key.clone().or_else(|| section.key.clone()),
+            ca: self.ca.clone().or_else(|| section.ca.clone()),
+            mutual: self.mutual_tls || section.mutual.unwrap_or(false),
+        };
+        files.is_set().then(|| Tls::load(&files)).transpose()
+    }
+}
+
 /// `quiver driver` flags for the cluster service.
 #[derive(Debug, Args)]
 pub(crate) struct DriverArgs {
@@ -99,6 +151,8 @@ pub(crate) struct DriverArgs {
     /// The host name executors and clients reach this driver at (default: the listen host).
     #[arg(long, env = "QUIVER_DRIVER_HOST")]
     advertise_host: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl DriverArgs {
@@ -126,6 +180,7 @@ impl DriverArgs {
             listen,
             advertise_host,
             session: session.clone(),
+            tls: self.tls.tls(file)?,
         }))
     }
 }
@@ -154,6 +209,8 @@ pub(crate) struct ExecutorArgs {
     /// Where shuffle files go (default: a temporary folder).
     #[arg(long, env = "QUIVER_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl ExecutorArgs {
@@ -201,6 +258,7 @@ impl ExecutorArgs {
             device,
             work_dir: self.work_dir.clone().or_else(|| section.work_dir.clone()),
             session: session.clone(),
+            tls: self.tls.tls(file)?,
         })
     }
 }

@@ -30,7 +30,7 @@ struct Cli {
     /// Parallel partitions per query (default: the number of cores).
     #[arg(long, global = true, env = "QUIVER_PARTITIONS")]
     partitions: Option<usize>,
-    /// The cluster file (TOML with [driver], [executor] and [client] sections); flags and
+    /// The cluster file (TOML with [driver], [executor], [client] and [tls] sections); flags and
     /// environment variables override it.
     #[arg(long, global = true, env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
@@ -56,6 +56,8 @@ enum Command {
         /// Run the queries on the cluster of the driver at this address (`host:port`).
         #[arg(long, env = "QUIVER_CLUSTER")]
         cluster: Option<String>,
+        #[command(flatten)]
+        tls: cluster_cli::TlsArgs,
     },
     /// Serve registered models over TensorFlow Serving's gRPC and REST APIs.
     Serve(Box<serve_cli::ServeArgs>),
@@ -116,10 +118,14 @@ async fn main() -> ExitCode {
             max_rows,
             format,
             cluster,
+            tls,
         } => {
-            let session = match cluster.as_deref().or(file.client_cluster()) {
-                Some(driver) => quiver_sql::cluster::connect(options, driver, |c| c),
-                None => quiver_sql::session(options),
+            let session = match (cluster.as_deref().or(file.client_cluster()), tls.tls(&file)) {
+                (_, Err(e)) => Err(e),
+                (Some(driver), Ok(tls)) => {
+                    quiver_sql::cluster::connect(options, driver, tls.as_ref())
+                }
+                (None, Ok(_)) => quiver_sql::session(options),
             };
             match session {
                 Ok(session) => {

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use quiver_driver::serve::{Batching, ServeOptions, serve, tls::TlsFiles};
+use quiver_driver::serve::{Batching, ServeOptions, serve};
 use quiver_engine::{QuiverError, Result, SessionOptions};
+use quiver_sql::tls::TlsFiles;
 
 /// Flags of `quiver serve` (TensorFlow Serving's names where it has them).
 #[derive(Debug, clap::Args)]
@@ -85,9 +86,10 @@ pub(crate) async fn serve_command(options: SessionOptions, args: ServeArgs) -> R
             .map_err(|e| QuiverError::Config(format!("--device: {e}")))?,
         rest_port: args.rest_port,
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
-            cert,
-            key,
-            client_ca: args.client_ca,
+            cert: Some(cert),
+            key: Some(key),
+            mutual: args.client_ca.is_some(),
+            ca: args.client_ca,
         }),
         batching: args.batching.then(|| Batching {
             max_batch_size: args.max_batch_size.max(1),

@@ -6,13 +6,21 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::error::BallistaError;
 use ballista_core::extension::SessionConfigExt;
+use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
+use ballista_executor::ArrowFlightServerProvider;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::flight_service::BallistaFlightService;
+use ballista_executor::shutdown::Shutdown;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use quiver_engine::{QuiverError, Result, SessionOptions, StoreRegistry};
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+use quiver_sql::tls::Tls;
+use tonic::transport::ServerTlsConfig;
 
 pub mod logging;
 
@@ -75,6 +83,9 @@ pub struct ExecutorOptions {
     pub work_dir: Option<PathBuf>,
     /// The session every task runs in (stores, partitions).
     pub session: SessionOptions,
+    /// TLS for the channel to the driver, the data service and the fetches from other
+    /// executors; plain TCP when `None`.
+    pub tls: Option<Tls>,
 }
 
 fn free_port(host: &str) -> Result<u16> {
@@ -91,6 +102,33 @@ fn split_host_port(address: &str) -> Result<(String, u16)> {
             "bad driver address '{address}': expected host:port"
         ))),
     }
+}
+
+/// Ballista's Flight data service (shuffle and result partitions) behind TLS.
+fn tls_flight_service(tls: ServerTlsConfig) -> Result<Arc<ArrowFlightServerProvider>> {
+    let defaults = ExecutorProcessConfig::default();
+    let (encoding, decoding) = (
+        defaults.grpc_max_encoding_message_size as usize,
+        defaults.grpc_max_decoding_message_size as usize,
+    );
+    Ok(Arc::new(
+        move |work_dir, address, mut shutdown: Shutdown, grpc: GrpcServerConfig| {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                log::info!("executor data service on {address} over TLS");
+                create_grpc_server(&grpc)
+                    .tls_config(tls)?
+                    .add_service(
+                        FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                            .max_decoding_message_size(decoding)
+                            .max_encoding_message_size(encoding),
+                    )
+                    .serve_with_shutdown(address, shutdown.recv())
+                    .await
+                    .map_err(BallistaError::TonicError)
+            })
+        },
+    ))
 }
 
 /// Runs an executor until Ctrl-C or SIGTERM, or until the driver tells it to stop.
@@ -121,6 +159,12 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             .with_temp_file_path(temp)
             .build()?,
     );
+    let flight_service = options
+        .tls
+        .as_ref()
+        .map(|tls| tls_flight_service(tls.tonic_server()?))
+        .transpose()?;
+    let tls = options.tls.clone();
     let config = ExecutorProcessConfig {
         executor_id: format!("{}:{port}/{}", options.advertise_host, options.device),
         bind_host: options.bind_host.clone(),
@@ -139,19 +183,30 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         executor_heartbeat_interval_seconds: 5,
         override_function_registry: Some(Arc::new(registry)),
         override_runtime_producer: Some(Arc::new(move |_| Ok(Arc::clone(&runtime)))),
-        override_config_producer: Some(Arc::new(|| {
-            SessionConfig::new_with_ballista().with_information_schema(true)
+        override_config_producer: Some(Arc::new(move || {
+            let config = SessionConfig::new_with_ballista().with_information_schema(true);
+            match &tls {
+                Some(tls) => tls.session_config(config),
+                None => config,
+            }
         })),
+        override_create_grpc_client_endpoint: options.tls.as_ref().map(Tls::endpoint_override),
+        override_arrow_flight_service: flight_service,
         override_logical_codec: Some(Arc::new(QuiverLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(QuiverPhysicalCodec::default())),
         ..Default::default()
     };
     log::info!(
-        "quiver executor {} ({} slots, device {}) joining the driver at {}",
+        "quiver executor {} ({} slots, device {}) joining the driver at {}{}",
         config.executor_id,
         options.slots,
         options.device,
-        options.driver
+        options.driver,
+        match &options.tls {
+            Some(tls) if tls.mutual() => " over mutual TLS",
+            Some(_) => " over TLS",
+            None => "",
+        }
     );
     start_executor_process(Arc::new(config))
         .await

@@ -32,6 +32,7 @@ use quiver_engine::{QuiverError, Result, Session, SessionOptions};
 use quiver_operators::TfRecordFormatFactory;
 
 use crate::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+use crate::tls::Tls;
 
 /// The gRPC URL of a driver given as `host:port` or a full `http(s)://` URL.
 pub fn driver_url(address: &str) -> Result<String> {
@@ -51,29 +52,34 @@ pub fn driver_url(address: &str) -> Result<String> {
 }
 
 /// A session whose queries run on the cluster of the driver at `driver` (`host:port` or a URL);
-/// DDL, the catalog and Quiver's statements stay in this process. `configure` may adjust the
-/// session's configuration first (TLS for the driver's channel, for example).
-pub fn connect(
-    options: SessionOptions,
-    driver: &str,
-    configure: impl FnOnce(SessionConfig) -> SessionConfig,
-) -> Result<Session> {
-    let url = driver_url(driver)?;
+/// DDL, the catalog and Quiver's statements stay in this process. With `tls`, every channel
+/// (to the driver and to the executors that hold results) uses TLS.
+pub fn connect(options: SessionOptions, driver: &str, tls: Option<&Tls>) -> Result<Session> {
+    let mut url = driver_url(driver)?;
+    if let (Some(tls), Some(rest)) = (tls, url.strip_prefix("http://")) {
+        tls.tonic_client()?;
+        url = format!("https://{rest}");
+    }
     let session = Session::try_new_with(options, |state| {
-        let config = configure(
-            state
-                .config()
-                .clone()
-                .with_ballista_logical_extension_codec(Arc::new(QuiverLogicalCodec::default()))
-                .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::default()))
-                .with_ballista_job_name("quiver"),
-        );
+        let config = state
+            .config()
+            .clone()
+            .with_ballista_logical_extension_codec(Arc::new(QuiverLogicalCodec::default()))
+            .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::default()))
+            .with_ballista_job_name("quiver");
+        let config = match tls {
+            Some(tls) => tls.session_config(config),
+            None => config,
+        };
         let ballista = BallistaQueryPlanner::with_extension(
             url.clone(),
             config.clone().upgrade_for_ballista().ballista_config(),
             Arc::new(QuiverLogicalCodec::default()),
         );
-        let config = config.with_ballista_query_planner(Arc::new(ClusterPlanner { ballista }));
+        let config = config.with_ballista_query_planner(Arc::new(ClusterPlanner {
+            ballista,
+            driver: url.clone(),
+        }));
         SessionStateBuilder::new_from_existing(state)
             .with_config(config)
             .build()
@@ -156,6 +162,7 @@ impl OptimizerRule for CopyOptionsInFormat {
 #[derive(Debug)]
 struct ClusterPlanner {
     ballista: BallistaQueryPlanner<LogicalPlanNode>,
+    driver: String,
 }
 
 #[async_trait]
@@ -166,15 +173,18 @@ impl QueryPlanner for ClusterPlanner {
         state: &dyn datafusion::catalog::Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let plan = self.ballista.create_physical_plan(plan, state).await?;
-        Ok(Arc::new(ReadableErrorsExec { input: plan }))
+        Ok(Arc::new(ReadableErrorsExec {
+            input: plan,
+            driver: self.driver.clone(),
+        }))
     }
 }
 
-/// Passes its input through, rewriting the error of a failed job (Ballista reports the task's
-/// error in Rust's debug notation) into `job J, stage S: <the task's error>`.
+/// Passes its input through, rewriting Ballista's errors with [`readable_error`].
 #[derive(Debug)]
 struct ReadableErrorsExec {
     input: Arc<dyn ExecutionPlan>,
+    driver: String,
 }
 
 impl DisplayAs for ReadableErrorsExec {
@@ -203,6 +213,7 @@ impl ExecutionPlan for ReadableErrorsExec {
         match children.as_slice() {
             [input] => Ok(Arc::new(Self {
                 input: Arc::clone(input),
+                driver: self.driver.clone(),
             })),
             _ => internal_err!("ClusterQueryExec takes one child"),
         }
@@ -222,16 +233,34 @@ impl ExecutionPlan for ReadableErrorsExec {
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
         let stream = self.input.execute(partition, context)?;
         let schema = stream.schema();
+        let driver = self.driver.clone();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
-            stream.map_err(readable_error),
+            stream.map_err(move |e| readable_error(e, &driver)),
         )))
     }
 }
 
-/// `job J, stage S: <message>` for Ballista's report of a failed job; other errors unchanged.
-pub fn readable_error(error: DataFusionError) -> DataFusionError {
+/// Ballista's errors, readable: `job J, stage S: <message>` for a failed job (Ballista reports
+/// the task's error in Rust's debug notation), and the driver's address with the likely cause
+/// for a connection to the driver (`driver`, its URL) that failed; other errors unchanged.
+pub fn readable_error(error: DataFusionError, driver: &str) -> DataFusionError {
     let text = error.to_string();
+    if text.contains("tonic::transport::Error") {
+        let cause = text
+            .split_once("error: \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or("the connection was closed", |(cause, _)| cause);
+        let hint = if driver.starts_with("https://") {
+            "the TLS handshake failed: --tls-ca must have signed the driver's certificate, \
+             and under mutual TLS this client's --tls-cert too"
+        } else {
+            "the driver may want TLS: pass --tls-ca (and --tls-cert, --tls-key under mutual TLS)"
+        };
+        return DataFusionError::Execution(format!(
+            "cannot talk to the driver at {driver} ({cause}): {hint}"
+        ));
+    }
     let Some((head, task)) = text.split_once("Task failed due to runtime execution error: ") else {
         return error;
     };
@@ -288,14 +317,15 @@ mod tests {
              \"cannot decode image (24 bytes, starts with \\\"hello\\\")\\nskip it\")))))\n"
                 .into(),
         );
+        let driver = "http://127.0.0.1:50050";
         assert_eq!(
-            readable_error(ballista).to_string(),
+            readable_error(ballista, driver).to_string(),
             "Execution error: job 038GW, stage 0: cannot decode image (24 bytes, starts with \
              \"hello\")\nskip it"
         );
         let other = DataFusionError::Plan("no such table".into());
         assert_eq!(
-            readable_error(other).to_string(),
+            readable_error(other, driver).to_string(),
             "Error during planning: no such table"
         );
         assert_eq!(
@@ -303,5 +333,17 @@ mod tests {
             "http://127.0.0.1:50050"
         );
         assert!(driver_url("nohost").is_err());
+        let refused = DataFusionError::Execution(
+            "Status { code: Unknown, message: \"transport error\", source: Some(tonic::transport::\
+             Error(Transport, hyper::Error(Io, Custom { kind: InvalidData, error: \"received \
+             fatal alert: DecryptError\" }))) }"
+                .into(),
+        );
+        let text = readable_error(refused, "https://10.0.0.1:50050").to_string();
+        assert!(
+            text.contains("driver at https://10.0.0.1:50050 (received fatal alert: DecryptError)")
+                && text.contains("--tls-cert"),
+            "{text}"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod codec;
 pub mod display;
 pub mod statements;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -155,7 +155,7 @@ async fn main() {
                             ..Default::default()
                         },
                         &driver,
-                        |c| c,
+                        None,
                     ),
                     None => quiver_sql::session(SessionOptions {
                         default_store: "memory://quiver/".into(),

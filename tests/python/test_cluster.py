@@ -1,9 +1,11 @@
 """Cluster mode on 127.0.0.1: a `quiver driver` and two `quiver executor` processes. The .slt
-suite runs on the cluster with the same expected results as on the embedded engine, and a
-distributed hot-dog-style ETL writes TFRecords that TensorFlow reads."""
+suite runs on the cluster with the same expected results as on the embedded engine, a
+distributed hot-dog-style ETL writes TFRecords that TensorFlow reads, and a cluster under mutual
+TLS refuses clients and executors without a certificate from its CA."""
 import glob
 import json
 import os
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -15,37 +17,71 @@ import tensorflow as tf
 from conftest import QUIVER, free_port
 
 
-def wait_ready(port, executors, proc, log, timeout=90):
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def readyz(port, certs=None):
+    """The driver's /readyz text (over mutual TLS with the client certificate in `certs`)."""
+    if certs is None:
+        url, context = f"http://127.0.0.1:{port}/readyz", None
+    else:
+        url = f"https://127.0.0.1:{port}/readyz"
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as r:
+            return r.read().decode()
+    except Exception as e:  # not up yet, or 503 while executors join
+        return str(e)
+
+
+def wait_ready(port, executors, proc, log, certs=None, timeout=90):
     """Waits until the driver at `port` has `executors` registered."""
     deadline = time.time() + timeout
     last = ""
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("driver exited: " + open(log).read()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                last = r.read().decode()
-        except Exception as e:  # not up yet, or 503 while executors join
-            last = str(e)
+        last = readyz(port, certs)
         if f"ready: {executors} executors" in last:
             return
         time.sleep(0.3)
     raise RuntimeError(f"cluster not ready ({last}): " + open(log).read()[-3000:])
 
 
+def make_certs(folder):
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), str(folder)], check=True,
+                   capture_output=True)
+    return folder
+
+
+def node_tls(certs):
+    """The flags of a driver or executor under mutual TLS."""
+    return ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+            "--tls-ca", str(certs / "ca.pem"), "--mutual-tls"]
+
+
+def client_tls(certs, ca=None):
+    """The flags of a client with the certificate in `certs`, trusting `ca`."""
+    return ["--tls-ca", str(ca or certs / "ca.pem"), "--tls-cert", str(certs / "client.pem"),
+            "--tls-key", str(certs / "client.key")]
+
+
 class Cluster:
-    def __init__(self, root, executors=2, slots=2):
+    def __init__(self, root, executors=2, slots=2, certs=None):
         self.root = root
         self.store = str(root / "store")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.certs = certs
+        self.tls = node_tls(certs) if certs else []
         self.procs = []
         self.logs = []
-        driver_log = self.spawn("driver", ["driver", "--listen", self.address])
+        driver_log = self.spawn("driver", ["driver", "--listen", self.address, *self.tls])
         for i in range(executors):
             self.spawn(f"executor{i}", ["executor", "--driver", self.address, "--slots", str(slots),
-                                        "--work-dir", str(root / f"work{i}")])
-        wait_ready(self.port, executors, self.procs[0], driver_log)
+                                        "--work-dir", str(root / f"work{i}"), *self.tls])
+        wait_ready(self.port, executors, self.procs[0], driver_log, certs)
 
     def spawn(self, name, args):
         log = self.root / f"{name}.log"
@@ -55,9 +91,11 @@ class Cluster:
         self.logs.append(log)
         return log
 
-    def sql(self, sql, check=True):
+    def sql(self, sql, check=True, tls=None):
+        if tls is None:
+            tls = client_tls(self.certs) if self.certs else []
         proc = subprocess.run([QUIVER, "--store", self.store, "sql", "--cluster", self.address,
-                               "--format", "json", sql],
+                               "--format", "json", *tls, sql],
                               capture_output=True, text=True, timeout=600)
         if check:
             assert proc.returncode == 0, proc.stderr + self.tail()
@@ -157,3 +195,42 @@ def test_bad_cluster_options_are_named(tmp_path):
     assert proc.returncode != 0 and "slotz" in proc.stderr and "cluster.toml" in proc.stderr, proc.stderr
     proc = subprocess.run([QUIVER, "driver"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "--listen" in proc.stderr, proc.stderr
+
+
+def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_path, samples):
+    certs, other = make_certs(tmp_path / "certs"), make_certs(tmp_path / "other")
+    cluster = Cluster(tmp_path, certs=certs)
+    try:
+        # A shuffled GROUP BY: client to driver, executors to driver, executor to executor and
+        # client to executor all run over mutual TLS.
+        src = os.path.join(samples, "photos", "train")
+        got = rows(cluster.sql(f"SELECT label, count(*) AS n FROM read_images('{src}/') "
+                               f"GROUP BY label ORDER BY label"))
+        files = [p for p in glob.glob(os.path.join(src, "*", "*"))
+                 if p.lower().endswith((".jpg", ".png"))]
+        assert len(got) == 8 and sum(r["n"] for r in got) == len(files)
+        ran = [open(log).read().count("Received task") for log in cluster.logs[1:]]
+        assert all(n > 0 for n in ran), (ran, cluster.tail())
+        refused = {
+            "no certificate": ["--tls-ca", str(certs / "ca.pem")],
+            "another CA's certificate": client_tls(other, ca=certs / "ca.pem"),
+            "plain TCP": [],
+        }
+        for why, flags in refused.items():
+            proc = cluster.sql("SELECT 1", check=False, tls=flags)
+            assert proc.returncode != 0, why
+            assert "cannot talk to the driver at http" in proc.stderr and cluster.address in proc.stderr, \
+                (why, proc.stderr)
+        # Executors without a certificate from the cluster's CA never join.
+        for name, flags in [("plain", []), ("other", node_tls(other))]:
+            cluster.spawn(f"intruder-{name}", ["executor", "--driver", cluster.address,
+                                               "--work-dir", str(tmp_path / name), *flags])
+        time.sleep(4)
+        for log in cluster.logs[-2:]:
+            assert "failed" in open(log).read().lower(), open(log).read()[-2000:]
+        status = readyz(cluster.port, certs)
+        assert status.startswith("ready: 2 executors") and status.count("/cpu") == 2, status
+        # /readyz refuses a client without a certificate too.
+        assert "ready" not in readyz(cluster.port, None)
+    finally:
+        cluster.stop()

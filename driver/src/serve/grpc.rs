@@ -21,11 +21,11 @@ use super::proto::tensorflow::serving::{
     SignatureDefMap, StatusProto, input, model_spec, model_version_status,
 };
 use super::proto::tensorflow::{DataType, SignatureDef, TensorInfo, tensor_info};
-use super::tls::TlsConfig;
 use super::{Call, SIGNATURE, ServeError, ServerState};
 use quiver_operators::ml::ModelCard;
 use quiver_operators::ml::spec::InputKind;
 use quiver_operators::tfrecord::feature::Kind;
+use quiver_sql::tls::Tls;
 
 impl From<ServeError> for Status {
     fn from(e: ServeError) -> Self {
@@ -311,7 +311,7 @@ impl ModelService for Grpc {
 pub async fn run(
     state: Arc<ServerState>,
     listener: TcpListener,
-    tls: Option<TlsConfig>,
+    tls: Option<Tls>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let limit = state.max_request_bytes;
@@ -319,7 +319,10 @@ pub async fn run(
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder
-            .tls_config(tls.tonic())
+            .tls_config(
+                tls.tonic_server()
+                    .map_err(|e| ServeError::InvalidArgument(e.to_string()))?,
+            )
             .map_err(|e| ServeError::InvalidArgument(format!("gRPC TLS: {e}")))?;
     }
     builder

@@ -7,7 +7,6 @@ pub mod grpc;
 pub mod models;
 pub mod plog;
 pub mod rest;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,7 +44,7 @@ pub struct ServeOptions {
     /// The REST port (0 picks a free one).
     pub rest_port: u16,
     /// TLS files; plain TCP without them.
-    pub tls: Option<tls::TlsFiles>,
+    pub tls: Option<quiver_sql::tls::TlsFiles>,
     /// Where the models run.
     pub device: quiver_operators::ml::device::Device,
     /// Copies of each loaded version that run forward passes concurrently.
@@ -87,7 +86,12 @@ pub async fn serve(
             "no model to serve: pass --model <store>/models/<name>[/<version>]".into(),
         ));
     }
-    let tls = options.tls.as_ref().map(tls::TlsConfig::load).transpose()?;
+    let tls = options
+        .tls
+        .as_ref()
+        .map(quiver_sql::tls::Tls::load)
+        .transpose()
+        .map_err(|e| ServeError::InvalidArgument(e.to_string()))?;
     let models = Models::open(
         session,
         &options.models,
@@ -128,7 +132,7 @@ pub async fn serve(
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
         "quiver serve: gRPC on {grpc_addr}, REST on {scheme}://{rest_addr} ({}{})",
-        if tls.as_ref().is_some_and(|t| t.client_auth) {
+        if tls.as_ref().is_some_and(|t| t.mutual()) {
             "mutual TLS"
         } else if tls.is_some() {
             "TLS"

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use super::convert::{self, InputTensor};
 use super::grpc::signature_def;
 use super::proto::tensorflow::{DataType, TensorInfo, tensor_info};
-use super::tls::TlsConfig;
 use super::{Call, Prediction, SIGNATURE, ServeError, ServerState};
+use quiver_sql::tls::Tls;
 
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
@@ -486,7 +486,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
 pub async fn run(
     state: Arc<ServerState>,
     listener: TcpListener,
-    tls: Option<TlsConfig>,
+    tls: Option<Tls>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> Result<(), ServeError> {
@@ -502,7 +502,10 @@ pub async fn run(
     });
     let served = match tls {
         Some(tls) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls.rest()?));
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(
+                tls.server_config()
+                    .map_err(|e| ServeError::InvalidArgument(e.to_string()))?,
+            );
             axum_server::from_tcp_rustls(listener, config)
                 .handle(handle)
                 .serve(app)
