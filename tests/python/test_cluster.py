@@ -234,3 +234,35 @@ def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_pat
         assert "ready" not in readyz(cluster.port, None)
     finally:
         cluster.stop()
+
+
+def test_a_killed_executor_s_tasks_run_again_elsewhere(tmp_path, samples):
+    cluster = Cluster(tmp_path)
+    try:
+        src = os.path.join(samples, "photos", "train")
+        one = (f"SELECT label, image_resize(image_decode(content), 400, 400) AS im "
+               f"FROM read_images('{src}/')")
+        copies = 12  # about 8 s of work on the two executors
+        query = (f"SELECT label, count(*) AS n, sum(image_width(im)) AS w "
+                 f"FROM ({' UNION ALL '.join([one] * copies)}) GROUP BY label ORDER BY label")
+        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
+                                   cluster.address, "--format", "json", query],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = cluster.logs[2]
+        deadline = time.time() + 60
+        while "Received task" not in open(log).read() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        victim = cluster.procs[2]
+        victim.kill()  # SIGKILL mid-query
+        out, err = client.communicate(timeout=300)
+        assert client.returncode == 0, err + cluster.tail()
+        got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        files = [p for p in glob.glob(os.path.join(src, "*", "*"))
+                 if p.lower().endswith((".jpg", ".png"))]
+        assert sum(r["n"] for r in got) == copies * len(files), got
+        assert all(r["w"] == 400 * r["n"] for r in got), got
+        driver = open(cluster.logs[0]).read()
+        assert "on lost Executor" in driver and "heartbeat timed out" in driver, cluster.tail()
+    finally:
+        cluster.stop()
