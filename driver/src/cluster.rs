@@ -9,15 +9,22 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_core::serde::scheduler::ExecutorMetadata;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::create_scheduler;
 use ballista_scheduler::scheduler_server::SchedulerServer;
+use ballista_scheduler::state::executor_manager::ExecutorManager;
 use datafusion::error::DataFusionError;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use futures::FutureExt;
 use quiver_engine::{QuiverError, Result, SessionOptions};
+use quiver_executor::trainer::{TrainerDirectory, TrainerEndpoint};
+use quiver_sql::cluster::proto::coordinator_server::CoordinatorServer;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
+
+use crate::coordinator::CoordinatorService;
 use tonic::service::RoutesBuilder;
 
 /// Seconds without a heartbeat after which an executor counts as lost and its tasks run
@@ -44,25 +51,51 @@ fn cluster_error(listen: SocketAddr, what: &str, e: impl std::fmt::Display) -> Q
 
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
-/// `GET /readyz`: 200 once an executor is registered, with how many are, then one line per
-/// live executor: its id (`host:port/device`) and slots.
-async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> (StatusCode, String) {
+/// The executors that sent a heartbeat within [`EXECUTOR_TIMEOUT_SECONDS`].
+async fn live_executors(executors: &ExecutorManager) -> Vec<ExecutorMetadata> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let executors = scheduler
-        .state
-        .executor_manager
+    executors
         .get_executors_state()
         .await
-        .unwrap_or_default();
-    let alive: Vec<String> = executors
-        .iter()
+        .unwrap_or_default()
+        .into_iter()
         .filter(|(_, beat, _)| {
             beat.is_some_and(|t| now.saturating_sub(t.as_secs()) <= EXECUTOR_TIMEOUT_SECONDS)
         })
-        .map(|(meta, _, _)| format!("{} {} slots\n", meta.id, meta.specification.vcores))
+        .map(|(meta, _, _)| meta)
+        .collect()
+}
+
+/// The live executors' trainers (each advertises its trainer's port as its gRPC port).
+fn trainer_directory(executors: ExecutorManager) -> TrainerDirectory {
+    Arc::new(move || {
+        let executors = executors.clone();
+        async move {
+            live_executors(&executors)
+                .await
+                .into_iter()
+                .map(|meta| TrainerEndpoint {
+                    address: format!("{}:{}", meta.host, meta.grpc_port),
+                    slots: meta.specification.vcores as usize,
+                    device: meta.id.rsplit('/').next().unwrap_or("cpu").to_string(),
+                    id: meta.id,
+                })
+                .collect()
+        }
+        .boxed()
+    })
+}
+
+/// `GET /readyz`: 200 once an executor is registered, with how many are, then one line per
+/// live executor: its id (`host:port/device`) and slots.
+async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> (StatusCode, String) {
+    let alive: Vec<String> = live_executors(&scheduler.state.executor_manager)
+        .await
+        .iter()
+        .map(|meta| format!("{} {} slots\n", meta.id, meta.specification.vcores))
         .collect();
     let (status, state) = if scheduler.is_ready() {
         (StatusCode::OK, "ready")
@@ -76,12 +109,14 @@ async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> (StatusCode, String)
     )
 }
 
-/// Serves the scheduler's gRPC service and `/readyz` on `listener` until it fails.
+/// Serves the scheduler's gRPC service, the experiment coordinator and `/readyz` on
+/// `listener` until it fails.
 async fn serve(
     listener: tokio::net::TcpListener,
     scheduler: Scheduler,
-    tls: Option<&Tls>,
+    options: &DriverOptions,
 ) -> std::io::Result<()> {
+    let tls = options.tls.as_ref();
     let config = Arc::clone(&scheduler.state.config);
     let mut grpc = RoutesBuilder::default();
     grpc.add_service(
@@ -89,6 +124,11 @@ async fn serve(
             .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
             .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize),
     );
+    grpc.add_service(CoordinatorServer::new(CoordinatorService::new(
+        options.session.clone(),
+        trainer_directory(scheduler.state.executor_manager.clone()),
+        options.tls.clone(),
+    )));
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(readyz))
         .with_state(Arc::new(scheduler))
@@ -151,7 +191,7 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
         }
     );
     tokio::select! {
-        served = serve(listener, scheduler, options.tls.as_ref()) => {
+        served = serve(listener, scheduler, &options) => {
             served.map_err(|e| cluster_error(listen, "service", e))
         }
         _ = crate::shutdown_signal() => {

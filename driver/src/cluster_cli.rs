@@ -13,6 +13,7 @@
 //! bind = "0.0.0.0"
 //! advertise_host = "worker-1.example"
 //! port = 50051
+//! trainer_port = 50061
 //! work_dir = "/var/tmp/quiver"
 //!
 //! [client]
@@ -77,6 +78,7 @@ struct ExecutorSection {
     bind: Option<String>,
     advertise_host: Option<String>,
     port: Option<u16>,
+    trainer_port: Option<u16>,
     work_dir: Option<PathBuf>,
 }
 
@@ -209,6 +211,9 @@ pub(crate) struct ExecutorArgs {
     /// Where shuffle files go (default: a temporary folder).
     #[arg(long, env = "QUIVER_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// The port of the trainer service, which trains experiments' trials (default: a free one).
+    #[arg(long, env = "QUIVER_TRAINER_PORT")]
+    trainer_port: Option<u16>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -257,6 +262,7 @@ impl ExecutorArgs {
             slots,
             device,
             work_dir: self.work_dir.clone().or_else(|| section.work_dir.clone()),
+            trainer_port: self.trainer_port.or(section.trainer_port).unwrap_or(0),
             session: session.clone(),
             tls: self.tls.tls(file)?,
         })

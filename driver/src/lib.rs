@@ -3,6 +3,7 @@
 //! signals.
 
 pub mod cluster;
+pub mod coordinator;
 pub mod serve;
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -18,11 +18,15 @@ use ballista_executor::shutdown::Shutdown;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use quiver_engine::{QuiverError, Result, SessionOptions, StoreRegistry};
+use quiver_operators::experiment::LocalExecutor;
+use quiver_sql::cluster::proto::trainer_server::TrainerServer;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 use tonic::transport::ServerTlsConfig;
+use trainer::TrainerService;
 
 pub mod logging;
+pub mod trainer;
 
 /// The session an executor runs tasks in: the same registrations as the driver's.
 pub fn executor_session(options: SessionOptions) -> Result<quiver_engine::Session> {
@@ -81,6 +85,8 @@ pub struct ExecutorOptions {
     pub device: Device,
     /// Where shuffle files go; a temporary folder when `None`.
     pub work_dir: Option<PathBuf>,
+    /// The port of the trainer service (trials of experiments); a free one when 0.
+    pub trainer_port: u16,
     /// The session every task runs in (stores, partitions).
     pub session: SessionOptions,
     /// TLS for the channel to the driver, the data service and the fetches from other
@@ -131,6 +137,44 @@ fn tls_flight_service(tls: ServerTlsConfig) -> Result<Arc<ArrowFlightServerProvi
     ))
 }
 
+/// Starts the trainer service on the executor's bind host; returns its port.
+async fn start_trainer(options: &ExecutorOptions, id: &str) -> Result<u16> {
+    let session = executor_session(options.session.clone())?;
+    let slots = LocalExecutor::new(session, options.slots, &options.device.to_string())?;
+    let listener =
+        tokio::net::TcpListener::bind((options.bind_host.as_str(), options.trainer_port))
+            .await
+            .map_err(|e| {
+                QuiverError::Cluster(format!(
+                    "trainer cannot listen on {}:{}: {e}",
+                    options.bind_host, options.trainer_port
+                ))
+            })?;
+    let port = listener.local_addr()?.port();
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        server = server
+            .tls_config(tls.tonic_server()?)
+            .map_err(|e| QuiverError::Cluster(format!("trainer TLS: {e}")))?;
+    }
+    let router = server.add_service(
+        TrainerServer::new(TrainerService::new(id.to_string(), slots))
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20),
+    );
+    let id = id.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+        {
+            log::error!("trainer of executor {id} stopped: {e}");
+        }
+    });
+    log::info!("executor trainer on {}:{port}", options.bind_host);
+    Ok(port)
+}
+
 /// Runs an executor until Ctrl-C or SIGTERM, or until the driver tells it to stop.
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     if options.slots == 0 {
@@ -164,13 +208,17 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         .as_ref()
         .map(|tls| tls_flight_service(tls.tonic_server()?))
         .transpose()?;
+    let executor_id = format!("{}:{port}/{}", options.advertise_host, options.device);
+    let trainer_port = start_trainer(&options, &executor_id).await?;
     let tls = options.tls.clone();
     let config = ExecutorProcessConfig {
-        executor_id: format!("{}:{port}/{}", options.advertise_host, options.device),
+        executor_id,
         bind_host: options.bind_host.clone(),
         external_host: Some(options.advertise_host.clone()),
         port,
-        grpc_port: 0,
+        // Ballista's pull-based executors serve no gRPC of their own: the port advertised in
+        // the registration is the trainer's.
+        grpc_port: trainer_port,
         scheduler_host,
         scheduler_port,
         scheduler_connect_timeout_seconds: 30,

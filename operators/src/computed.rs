@@ -26,10 +26,22 @@ pub(crate) trait ComputeRows: std::fmt::Debug + Send + Sync + 'static {
 
 /// The table of a [`ComputeRows`].
 #[derive(Debug)]
-pub(crate) struct ComputedTable<T>(pub(crate) T);
+pub struct ComputedTable(Box<dyn ComputeRows>);
+
+impl ComputedTable {
+    pub(crate) fn new(rows: impl ComputeRows) -> Self {
+        Self(Box::new(rows))
+    }
+}
+
+/// Whether `provider` is computed from the store in the session that scans it (`models()`,
+/// `experiments()`, `experiment_trials`, `job_runs`, `ml_evaluate`, `feature_stats`).
+pub fn is_computed(provider: &dyn TableProvider) -> bool {
+    provider.is::<ComputedTable>()
+}
 
 #[async_trait]
-impl<T: ComputeRows> TableProvider for ComputedTable<T> {
+impl TableProvider for ComputedTable {
     fn schema(&self) -> SchemaRef {
         self.0.schema()
     }

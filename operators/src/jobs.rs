@@ -299,7 +299,7 @@ impl TableFunctionImpl for JobRunsFunc {
             }
             _ => return plan_err!("usage: job_runs() or job_runs('job name')"),
         };
-        Ok(Arc::new(ComputedTable(JobRunsTable {
+        Ok(Arc::new(ComputedTable::new(JobRunsTable {
             jobs: self.jobs.clone(),
             job,
         })))

@@ -37,7 +37,7 @@ macro_rules! projected_file_source {
     };
 }
 
-mod computed;
+pub mod computed;
 pub mod experiment;
 pub mod image_ops;
 pub mod image_udfs;

@@ -83,7 +83,7 @@ impl TableFunctionImpl for FeatureStatsFunc {
         if sources.len() == 2 && sources[0].name == sources[1].name {
             sources[1].name = format!("{} (2)", sources[1].name);
         }
-        Ok(Arc::new(ComputedTable(FeatureStatsTable { sources })))
+        Ok(Arc::new(ComputedTable::new(FeatureStatsTable { sources })))
     }
 }
 

@@ -10,8 +10,9 @@ use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use ballista_core::planner::BallistaQueryPlanner;
 use ballista_core::registry::BallistaFunctionRegistry;
 use datafusion::common::internal_err;
-use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::file_format::{file_type_to_format, format_as_file_type};
+use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionState;
@@ -32,7 +33,16 @@ use quiver_engine::{QuiverError, Result, Session, SessionOptions};
 use quiver_operators::TfRecordFormatFactory;
 
 use crate::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+
+/// Quiver's own cluster services: each executor's trainer and the driver's coordinator.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("quiver.cluster.v1");
+}
+use crate::statements::CreateModel;
 use crate::tls::Tls;
+use quiver_operators::experiment::ExperimentFile;
+use tonic::transport::Endpoint;
 
 /// The gRPC URL of a driver given as `host:port` or a full `http(s)://` URL.
 pub fn driver_url(address: &str) -> Result<String> {
@@ -70,7 +80,11 @@ pub fn connect(options: SessionOptions, driver: &str, tls: Option<&Tls>) -> Resu
         let config = match tls {
             Some(tls) => tls.session_config(config),
             None => config,
-        };
+        }
+        .with_extension(Arc::new(ClusterClient {
+            driver: url.clone(),
+            tls: tls.cloned(),
+        }));
         let ballista = BallistaQueryPlanner::with_extension(
             url.clone(),
             config.clone().upgrade_for_ballista().ballista_config(),
@@ -78,6 +92,7 @@ pub fn connect(options: SessionOptions, driver: &str, tls: Option<&Tls>) -> Resu
         );
         let config = config.with_ballista_query_planner(Arc::new(ClusterPlanner {
             ballista,
+            local: Arc::clone(state.query_planner()),
             driver: url.clone(),
         }));
         SessionStateBuilder::new_from_existing(state)
@@ -87,6 +102,67 @@ pub fn connect(options: SessionOptions, driver: &str, tls: Option<&Tls>) -> Resu
     })?;
     crate::register_all(&session)?;
     Ok(session)
+}
+
+/// A cluster session's way to the driver's own services (the experiment coordinator).
+#[derive(Debug)]
+pub struct ClusterClient {
+    driver: String,
+    tls: Option<Tls>,
+}
+
+/// The cluster client of a session made by [`connect`]; `None` for an embedded session.
+pub fn client_of(session: &Session) -> Option<Arc<ClusterClient>> {
+    session
+        .context()
+        .state()
+        .config()
+        .get_extension::<ClusterClient>()
+}
+
+impl ClusterClient {
+    /// Has the driver's coordinator run (or resume) an experiment across the executors, with its
+    /// live log on the session's log; returns whether the objective is maximized.
+    pub async fn run_experiment(&self, session: &Session, create: &CreateModel) -> Result<bool> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            QuiverError::Cluster(format!("cannot talk to the driver at {}: {e}", self.driver))
+        };
+        let mut endpoint =
+            Endpoint::from_shared(self.driver.clone()).map_err(|e| unreachable(&e))?;
+        if let Some(tls) = &self.tls {
+            endpoint = tls.endpoint(endpoint)?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        let request = proto::ExperimentRequest {
+            create_json: serde_json::to_string(create)
+                .map_err(|e| QuiverError::Cluster(e.to_string()))?,
+        };
+        let mut events = proto::coordinator_client::CoordinatorClient::new(channel)
+            .run_experiment(request)
+            .await
+            .map_err(|e| unreachable(&e))?
+            .into_inner();
+        while let Some(event) = events.message().await.map_err(|e| unreachable(&e))? {
+            match event.kind {
+                Some(proto::experiment_event::Kind::Log(line)) => session.log(&line),
+                Some(proto::experiment_event::Kind::DoneJson(json)) => {
+                    let file: ExperimentFile = serde_json::from_str(&json)
+                        .map_err(|e| QuiverError::Cluster(format!("bad experiment.json: {e}")))?;
+                    return Ok(file.objective.maximize);
+                }
+                Some(proto::experiment_event::Kind::Error(message)) => {
+                    return Err(QuiverError::Cluster(format!(
+                        "experiment {} on the cluster: {message}",
+                        create.name
+                    )));
+                }
+                None => {}
+            }
+        }
+        Err(unreachable(
+            &"the coordinator's stream ended without a result",
+        ))
+    }
 }
 
 /// The state the driver's planner uses for a client's session with `config`: Quiver's stores
@@ -162,7 +238,24 @@ impl OptimizerRule for CopyOptionsInFormat {
 #[derive(Debug)]
 struct ClusterPlanner {
     ballista: BallistaQueryPlanner<LogicalPlanNode>,
+    /// The embedded engine's planner, for queries over the store's catalog tables.
+    local: Arc<dyn QueryPlanner + Send + Sync>,
     driver: String,
+}
+
+/// Whether `plan` reads a table computed from the store when scanned (`models()`,
+/// `experiment_trials(...)`, `job_runs(...)`, `ml_evaluate(...)`, `feature_stats(...)`): such
+/// queries run in the client, which reaches the same store, since those tables are computed in
+/// the session that scans them.
+fn reads_computed_tables(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+                .is_ok_and(|provider| quiver_operators::computed::is_computed(provider.as_ref())),
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
 }
 
 #[async_trait]
@@ -172,6 +265,9 @@ impl QueryPlanner for ClusterPlanner {
         plan: &LogicalPlan,
         state: &dyn datafusion::catalog::Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if reads_computed_tables(plan) {
+            return self.local.create_physical_plan(plan, state).await;
+        }
         let plan = self.ballista.create_physical_plan(plan, state).await?;
         Ok(Arc::new(ReadableErrorsExec {
             input: plan,

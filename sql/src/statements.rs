@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use quiver_engine::{QuiverError, Result, Session};
-use quiver_operators::experiment::ExperimentBuilder;
+use quiver_operators::experiment::{ExperimentBuilder, ExperimentReport, TrialExecutor};
 use quiver_operators::ml::{ModelBuilder, OptionValue};
 
 /// One statement of a script.
@@ -66,7 +66,7 @@ impl std::fmt::Display for Statement {
 }
 
 /// A parsed `CREATE MODEL` or `CREATE EXPERIMENT`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CreateModel {
     /// The model's registry name, or the experiment's name.
     pub name: String,
@@ -366,21 +366,40 @@ fn model_type(create: &CreateModel, what: &str) -> Result<String> {
     }
 }
 
-/// Runs (or resumes) the experiment and returns its trials, best first.
-async fn create_experiment(session: &Session, create: CreateModel) -> Result<DataFrame> {
-    let mut builder = ExperimentBuilder::new(&create.name, &model_type(&create, "EXPERIMENT")?)?;
+/// Runs (or resumes) the experiment on `executor`'s slots; on this process's when `None`.
+pub async fn run_experiment(
+    session: &Session,
+    create: &CreateModel,
+    executor: Option<Arc<dyn TrialExecutor>>,
+) -> Result<ExperimentReport> {
+    let mut builder = ExperimentBuilder::new(&create.name, &model_type(create, "EXPERIMENT")?)?;
     for (key, value) in &create.options {
         builder.set(key, value.clone())?;
     }
-    let report = builder.run(session, &create.query).await?;
+    let report = match executor {
+        Some(executor) => builder.run_on(session, &create.query, executor).await?,
+        None => builder.run(session, &create.query).await?,
+    };
     if let Some(model) = &report.file.model {
         session.log(&format!("best model registered at {model}"));
     }
-    let order = if report.file.objective.maximize {
-        "DESC"
-    } else {
-        "ASC"
+    Ok(report)
+}
+
+/// Runs (or resumes) the experiment and returns its trials, best first. A cluster session has
+/// the driver's coordinator run it, one trial per executor slot.
+async fn create_experiment(session: &Session, create: CreateModel) -> Result<DataFrame> {
+    let maximize = match crate::cluster::client_of(session) {
+        Some(client) => client.run_experiment(session, &create).await?,
+        None => {
+            run_experiment(session, &create, None)
+                .await?
+                .file
+                .objective
+                .maximize
+        }
     };
+    let order = if maximize { "DESC" } else { "ASC" };
     session
         .sql(&format!(
             "SELECT * FROM experiment_trials('{}') ORDER BY objective {order} NULLS LAST, trial",

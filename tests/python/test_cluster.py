@@ -266,3 +266,56 @@ def test_a_killed_executor_s_tasks_run_again_elsewhere(tmp_path, samples):
         assert "on lost Executor" in driver and "heartbeat timed out" in driver, cluster.tail()
     finally:
         cluster.stop()
+
+
+def test_experiment_trials_run_on_executors_and_move_when_one_is_killed(tmp_path, samples):
+    """A 4-trial experiment across 2 executors (one slot each): the driver's coordinator places
+    the trials, the client sees the live log, and the trial whose executor is SIGKILLed resumes
+    from its last checkpoint on the other executor."""
+    cluster = Cluster(tmp_path, slots=1)
+    train = os.path.join(samples, "fashion", "train")
+    test = os.path.join(samples, "fashion", "test")
+    sql = f"""CREATE EXPERIMENT lr OPTIONS (model_type = 'dnn_classifier',
+                learning_rate = [0.001, 0.002, 0.003, 0.004], hidden_units = [64], epochs = 4,
+                batch_size = 64, max_parallel_trials = 2,
+                validation_query = 'SELECT image_decode(content) AS image, label
+                                    FROM read_images(''{test}/'')')
+              AS SELECT image_decode(content) AS image, label FROM read_images('{train}/')"""
+    try:
+        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
+                                   cluster.address, "--format", "json", sql],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        trials = tmp_path / "store" / "experiments" / "lr" / "trials"
+        victim_log = cluster.logs[2]
+        deadline = time.time() + 600
+        victim_trial = None
+        # Kill executor 1 once its trial has a checkpoint but no result.
+        while victim_trial is None:
+            assert client.poll() is None, client.stderr.read() + cluster.tail()
+            assert time.time() < deadline, cluster.tail()
+            for line in open(victim_log).read().splitlines():
+                if ": trial-" in line and " starts on " in line:
+                    t = "trial-" + line.split("trial-")[1].split()[0]
+                    if (list((trials / t).glob("checkpoints/*/state.json"))
+                            and not (trials / t / "result.json").exists()):
+                        victim_trial = t
+            time.sleep(0.05)
+        cluster.procs[2].kill()
+        out, err = client.communicate(timeout=900)
+        assert client.returncode == 0, err + cluster.tail()
+        got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert len(got) == 4 and all(r["status"] == "completed" for r in got), (got, err)
+        # The live log reached the client, naming the lost executor.
+        assert "lost while training " + victim_trial in err, err
+        log = open(trials / victim_trial / "log.txt").read()
+        assert "resuming" in log and "after epoch" in log, log
+        executors = [line for line in log.splitlines() if "trains on executor" in line]
+        assert len({line.split("trains on executor ")[1].split()[0] for line in executors}) == 2, log
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        acc = EventAccumulator(str(trials / victim_trial))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4]
+        # Both executors trained trials.
+        assert "starts on" in open(cluster.logs[1]).read()
+    finally:
+        cluster.stop()

@@ -79,7 +79,7 @@ impl TableFunctionImpl for ExperimentTableFunc {
             if !exprs.is_empty() {
                 return plan_err!("experiments() takes no arguments");
             }
-            return Ok(Arc::new(ComputedTable(ExperimentTable {
+            return Ok(Arc::new(ComputedTable::new(ExperimentTable {
                 schema: experiments_schema(),
                 experiments: self.experiments.clone(),
                 name: None,
@@ -133,7 +133,7 @@ impl TableFunctionImpl for ExperimentTableFunc {
             Field::new("checkpoint", DataType::Utf8, true),
             Field::new("error", DataType::Utf8, true),
         ]);
-        Ok(Arc::new(ComputedTable(ExperimentTable {
+        Ok(Arc::new(ComputedTable::new(ExperimentTable {
             schema: Arc::new(Schema::new(fields)),
             experiments: self.experiments.clone(),
             name: Some(name),

@@ -578,7 +578,7 @@ impl TableFunctionImpl for MlTableFunc {
             }
             (models_schema(), ComputeKind::Models)
         };
-        Ok(Arc::new(ComputedTable(MlTable {
+        Ok(Arc::new(ComputedTable::new(MlTable {
             schema,
             compute,
             registry: self.registry.clone(),

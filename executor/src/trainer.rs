@@ -1,0 +1,353 @@
+//! Trials across a cluster. Each executor serves a [`TrainerService`] that trains one trial per
+//! slot, exactly as the embedded engine's [`LocalExecutor`] does, and streams the trial's log and
+//! epochs back. The driver's experiment runner talks to every executor's trainer through one
+//! [`ClusterTrainers`], a [`TrialExecutor`] whose slots are all the executors' slots; a trial
+//! whose executor is lost fails, and the runner's retry resumes it from its last checkpoint on
+//! an executor that is alive.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use quiver_engine::{QuiverError, Result};
+use quiver_operators::experiment::{LocalExecutor, Slot, TrialExecutor, TrialOutput, TrialTask};
+use quiver_operators::ml::{EpochMetrics, MlError, TrainHooks};
+use quiver_sql::cluster::proto::trainer_client::TrainerClient;
+use quiver_sql::cluster::proto::trainer_server::Trainer;
+use quiver_sql::cluster::proto::{
+    TrialControl, TrialEvent, TrialStart, trial_control, trial_event,
+};
+use quiver_sql::tls::Tls;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status, Streaming};
+
+/// An executor's trainer: its slots, each with its share of the cores or its GPU.
+pub struct TrainerService {
+    executor: Arc<LocalExecutor>,
+    id: String,
+}
+
+impl TrainerService {
+    /// A trainer named `id` over `executor`'s slots.
+    pub fn new(id: String, executor: LocalExecutor) -> Self {
+        Self {
+            executor: Arc::new(executor),
+            id,
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<TrialEvent, Status>> + Send>>;
+
+fn event(kind: trial_event::Kind) -> TrialEvent {
+    TrialEvent { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl Trainer for TrainerService {
+    type RunTrialStream = EventStream;
+
+    async fn run_trial(
+        &self,
+        request: Request<Streaming<TrialControl>>,
+    ) -> std::result::Result<Response<EventStream>, Status> {
+        let mut controls = request.into_inner();
+        let start = match controls.message().await? {
+            Some(TrialControl {
+                kind: Some(trial_control::Kind::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must start a trial",
+                ));
+            }
+        };
+        let task: TrialTask = serde_json::from_str(&start.task_json)
+            .map_err(|e| Status::invalid_argument(format!("bad trial: {e}")))?;
+        let slot = self
+            .executor
+            .slots()
+            .into_iter()
+            .find(|s| s.index == start.slot as usize)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("executor {} has no slot {}", self.id, start.slot))
+            })?;
+        let (events, receiver) = mpsc::unbounded_channel();
+        // The runner's answers to the Epoch events, in order.
+        let (answers, decisions) = mpsc::unbounded_channel::<bool>();
+        tokio::spawn(async move {
+            while let Ok(Some(control)) = controls.message().await {
+                if let Some(trial_control::Kind::GoOn(go_on)) = control.kind {
+                    let _ = answers.send(go_on);
+                }
+            }
+        });
+        let decisions = Arc::new(tokio::sync::Mutex::new(decisions));
+        let log = events.clone();
+        let epochs = events.clone();
+        let hooks = TrainHooks {
+            log: Some(Arc::new(move |line: &str| {
+                let _ = log.send(event(trial_event::Kind::Log(line.to_string())));
+            })),
+            // Without an answer (the runner went away) the trial stops after this epoch.
+            on_epoch: Some(Arc::new(move |metrics: EpochMetrics| {
+                let (epochs, decisions) = (epochs.clone(), Arc::clone(&decisions));
+                async move {
+                    let json = serde_json::to_string(&metrics).unwrap_or_default();
+                    if epochs
+                        .send(event(trial_event::Kind::EpochJson(json)))
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    decisions.lock().await.recv().await.unwrap_or(false)
+                }
+                .boxed()
+            })),
+            ..Default::default()
+        };
+        let executor = Arc::clone(&self.executor);
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            log::info!("trainer {id}: {} starts on {slot}", task.trial);
+            let last = match executor.run_trial(&slot, &task, hooks).await {
+                Ok(output) => trial_event::Kind::OutputJson(
+                    serde_json::to_string(&output).unwrap_or_default(),
+                ),
+                Err(e) => trial_event::Kind::Error(e.to_string()),
+            };
+            log::info!("trainer {id}: {} ended", task.trial);
+            let _ = events.send(event(last));
+        });
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(receiver).map(Ok),
+        )))
+    }
+}
+
+/// How the error of a trial whose executor went away reads.
+const LOST: &str = "lost while training";
+
+/// An executor's trainer as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainerEndpoint {
+    /// The executor's id, `host:port/device`.
+    pub id: String,
+    /// Where its trainer listens, `host:port`.
+    pub address: String,
+    /// Trials it trains at once.
+    pub slots: usize,
+    /// `cpu` or `cuda:K`.
+    pub device: String,
+}
+
+/// Lists the trainers of the executors alive now.
+pub type TrainerDirectory = Arc<dyn Fn() -> BoxFuture<'static, Vec<TrainerEndpoint>> + Send + Sync>;
+
+/// Every executor's trainer as one [`TrialExecutor`].
+pub struct ClusterTrainers {
+    /// Each global slot's executor and its own slot there, as the cluster was at the start.
+    homes: Vec<(TrainerEndpoint, usize)>,
+    directory: TrainerDirectory,
+    tls: Option<Tls>,
+    /// Trials running on each executor (by id), for placing the trials of lost executors.
+    running: Mutex<HashMap<String, usize>>,
+    /// Executors that failed a trial or a connection: trials go elsewhere while others live.
+    lost: Mutex<HashSet<String>>,
+}
+
+impl ClusterTrainers {
+    /// The trainers of the executors `directory` lists now; `tls` for the connections.
+    pub async fn new(directory: TrainerDirectory, tls: Option<Tls>) -> Result<Self> {
+        let executors = directory().await;
+        if executors.is_empty() {
+            return Err(QuiverError::Cluster(
+                "no executor is registered to train trials on".into(),
+            ));
+        }
+        let homes = executors
+            .iter()
+            .flat_map(|e| (0..e.slots).map(move |k| (e.clone(), k)))
+            .collect();
+        Ok(Self {
+            homes,
+            directory,
+            tls,
+            running: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Where a trial of global slot `index` trains: its home executor while it is registered
+    /// and has not failed, else the healthy executor with the fewest running trials per slot.
+    async fn place(&self, index: usize) -> std::result::Result<(TrainerEndpoint, usize), MlError> {
+        let (home, local) = self.homes[index % self.homes.len()].clone();
+        let registered = (self.directory)().await;
+        let lost = self.lost.lock().expect("lost executors").clone();
+        let healthy: Vec<_> = registered
+            .iter()
+            .filter(|e| !lost.contains(&e.id))
+            .cloned()
+            .collect();
+        if healthy.iter().any(|e| e.id == home.id) {
+            return Ok((home, local));
+        }
+        // With every executor suspect, try them all again rather than give up.
+        let candidates = if healthy.is_empty() {
+            registered
+        } else {
+            healthy
+        };
+        let running = self.running.lock().expect("running trials");
+        let load = |e: &TrainerEndpoint| running.get(&e.id).copied().unwrap_or(0);
+        let target = candidates
+            .into_iter()
+            .min_by_key(|e| load(e) * 1000 / e.slots.max(1))
+            .ok_or_else(|| MlError::Training("no executor is registered to train on".into()))?;
+        let local = load(&target) % target.slots.max(1);
+        Ok((target, local))
+    }
+
+    async fn connect(
+        &self,
+        address: &str,
+    ) -> std::result::Result<TrainerClient<tonic::transport::Channel>, MlError> {
+        let url = format!("http://{address}");
+        let mut endpoint = Endpoint::from_shared(url)
+            .map_err(|e| MlError::Training(format!("trainer at {address}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = tls
+                .endpoint(endpoint)
+                .map_err(|e| MlError::Training(e.to_string()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            MlError::Training(format!("cannot reach the trainer at {address}: {e}"))
+        })?;
+        Ok(TrainerClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20))
+    }
+
+    async fn train_on(
+        &self,
+        executor: &TrainerEndpoint,
+        local: usize,
+        task: &TrialTask,
+        hooks: &TrainHooks,
+    ) -> std::result::Result<TrialOutput, MlError> {
+        let lost = |e: &dyn std::fmt::Display| {
+            MlError::Training(format!(
+                "executor {} {LOST} {}: {e}",
+                executor.id, task.trial
+            ))
+        };
+        let mut client = self
+            .connect(&executor.address)
+            .await
+            .map_err(|e| lost(&e))?;
+        let (controls, receiver) = mpsc::unbounded_channel();
+        let start = TrialStart {
+            task_json: serde_json::to_string(task).map_err(|e| MlError::Training(e.to_string()))?,
+            slot: local as u32,
+        };
+        let _ = controls.send(TrialControl {
+            kind: Some(trial_control::Kind::Start(start)),
+        });
+        let mut events = client
+            .run_trial(UnboundedReceiverStream::new(receiver))
+            .await
+            .map_err(|e| lost(&e))?
+            .into_inner();
+        let log = |line: &str| match &hooks.log {
+            Some(sink) => sink(line),
+            None => eprintln!("{line}"),
+        };
+        log(&format!(
+            "{} trains on executor {} (its slot {local})",
+            task.trial, executor.id
+        ));
+        while let Some(message) = events.message().await.map_err(|e| lost(&e))? {
+            match message.kind {
+                Some(trial_event::Kind::Log(line)) => log(&line),
+                Some(trial_event::Kind::EpochJson(json)) => {
+                    let metrics: EpochMetrics = serde_json::from_str(&json).map_err(|e| {
+                        MlError::Training(format!("bad epoch from {}: {e}", executor.id))
+                    })?;
+                    let go_on = match &hooks.on_epoch {
+                        Some(hook) => hook(metrics).await,
+                        None => true,
+                    };
+                    let _ = controls.send(TrialControl {
+                        kind: Some(trial_control::Kind::GoOn(go_on)),
+                    });
+                }
+                Some(trial_event::Kind::OutputJson(json)) => {
+                    return serde_json::from_str(&json).map_err(|e| {
+                        MlError::Training(format!("bad result from {}: {e}", executor.id))
+                    });
+                }
+                Some(trial_event::Kind::Error(message)) => {
+                    return Err(MlError::Training(format!(
+                        "{} on executor {}: {message}",
+                        task.trial, executor.id
+                    )));
+                }
+                None => {}
+            }
+        }
+        Err(lost(&"the trainer's stream ended without a result"))
+    }
+}
+
+#[async_trait]
+impl TrialExecutor for ClusterTrainers {
+    fn slots(&self) -> Vec<Slot> {
+        self.homes
+            .iter()
+            .enumerate()
+            .map(|(index, (executor, _))| Slot {
+                index,
+                device: executor.device.clone(),
+                threads: 1,
+            })
+            .collect()
+    }
+
+    async fn run_trial(
+        &self,
+        slot: &Slot,
+        task: &TrialTask,
+        hooks: TrainHooks,
+    ) -> std::result::Result<TrialOutput, MlError> {
+        let (executor, local) = self.place(slot.index).await?;
+        *self
+            .running
+            .lock()
+            .expect("running trials")
+            .entry(executor.id.clone())
+            .or_default() += 1;
+        let result = self.train_on(&executor, local, task, &hooks).await;
+        if let Err(MlError::Training(message)) = &result
+            && message.contains(LOST)
+        {
+            self.lost
+                .lock()
+                .expect("lost executors")
+                .insert(executor.id.clone());
+        }
+        if let Some(n) = self
+            .running
+            .lock()
+            .expect("running trials")
+            .get_mut(&executor.id)
+        {
+            *n = n.saturating_sub(1);
+        }
+        result
+    }
+}
