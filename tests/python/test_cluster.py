@@ -13,6 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import QUIVER, free_port
 
@@ -311,11 +312,51 @@ def test_experiment_trials_run_on_executors_and_move_when_one_is_killed(tmp_path
         assert "resuming" in log and "after epoch" in log, log
         executors = [line for line in log.splitlines() if "trains on executor" in line]
         assert len({line.split("trains on executor ")[1].split()[0] for line in executors}) == 2, log
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         acc = EventAccumulator(str(trials / victim_trial))
         acc.Reload()
         assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4]
         # Both executors trained trials.
         assert "starts on" in open(cluster.logs[1]).read()
+    finally:
+        cluster.stop()
+
+
+def test_a_restarted_driver_resumes_the_experiment_from_the_store(tmp_path, samples):
+    """SIGKILL the driver in the middle of an experiment: the executors join the restarted
+    driver on their own, and running the statement again keeps the finished trials and resumes
+    the others from their checkpoints, with each epoch in TensorBoard once."""
+    cluster = Cluster(tmp_path, slots=1)
+    train = os.path.join(samples, "fashion", "train")
+    sql = f"""CREATE EXPERIMENT lr OPTIONS (model_type = 'dnn_classifier',
+                learning_rate = [0.001, 0.002, 0.003, 0.004], hidden_units = [64], epochs = 4,
+                batch_size = 64, max_parallel_trials = 2)
+              AS SELECT image_decode(content) AS image, label FROM read_images('{train}/')"""
+    trials = tmp_path / "store" / "experiments" / "lr" / "trials"
+    try:
+        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
+                                   cluster.address, sql],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 600
+        while not list(trials.glob("*/checkpoints/*/state.json")):
+            assert client.poll() is None and time.time() < deadline, cluster.tail()
+            time.sleep(0.05)
+        cluster.procs[0].kill()
+        client.wait(timeout=60)
+        assert client.returncode != 0 and cluster.address in client.stderr.read()
+        log = cluster.root / "driver-again.log"
+        cluster.procs[0] = subprocess.Popen(
+            [QUIVER, "--store", cluster.store, "driver", "--listen", cluster.address],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "QUIVER_LOG": "info"})
+        cluster.logs[0] = log
+        wait_ready(cluster.port, 2, cluster.procs[0], log)
+        proc = cluster.sql(sql)
+        got = rows(proc)
+        assert len(got) == 4 and all(r["status"] == "completed" for r in got), (got, proc.stderr)
+        logs = [open(t / "log.txt").read() for t in sorted(trials.glob("trial-*"))]
+        assert any("resuming" in text for text in logs), logs
+        for t in sorted(trials.glob("trial-*")):
+            acc = EventAccumulator(str(t))
+            acc.Reload()
+            assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4], t
     finally:
         cluster.stop()
