@@ -17,7 +17,7 @@ use ballista_executor::flight_service::BallistaFlightService;
 use ballista_executor::shutdown::Shutdown;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
-use quiver_engine::{QuiverError, Result, SessionOptions, StoreRegistry};
+use quiver_engine::{QuiverError, Result, Session, SessionOptions, StoreRegistry};
 use quiver_operators::experiment::LocalExecutor;
 use quiver_sql::cluster::proto::trainer_server::TrainerServer;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
@@ -29,7 +29,7 @@ pub mod logging;
 pub mod trainer;
 
 /// The session an executor runs tasks in: the same registrations as the driver's.
-pub fn executor_session(options: SessionOptions) -> Result<quiver_engine::Session> {
+pub fn executor_session(options: SessionOptions) -> Result<Session> {
     quiver_sql::session(options)
 }
 
@@ -137,9 +137,9 @@ fn tls_flight_service(tls: ServerTlsConfig) -> Result<Arc<ArrowFlightServerProvi
     ))
 }
 
-/// Starts the trainer service on the executor's bind host; returns its port.
-async fn start_trainer(options: &ExecutorOptions, id: &str) -> Result<u16> {
-    let session = executor_session(options.session.clone())?;
+/// Starts the trainer service, training in `session`, on the executor's bind host; returns its
+/// port.
+async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) -> Result<u16> {
     let slots = LocalExecutor::new(session, options.slots, &options.device.to_string())?;
     let listener =
         tokio::net::TcpListener::bind((options.bind_host.as_str(), options.trainer_port))
@@ -192,7 +192,8 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         }
         None => None,
     };
-    let registry = quiver_sql::cluster::function_registry(&options.session)?;
+    let session = executor_session(options.session.clone())?;
+    let registry = quiver_sql::cluster::function_registry(&session);
     let stores = Arc::new(StoreRegistry::new(options.session.s3.clone()));
     let temp = work_dir
         .clone()
@@ -209,7 +210,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         .map(|tls| tls_flight_service(tls.tonic_server()?))
         .transpose()?;
     let executor_id = format!("{}:{port}/{}", options.advertise_host, options.device);
-    let trainer_port = start_trainer(&options, &executor_id).await?;
+    let trainer_port = start_trainer(&options, &executor_id, session).await?;
     let tls = options.tls.clone();
     let config = ExecutorProcessConfig {
         executor_id,

@@ -177,15 +177,14 @@ pub fn planner_state(options: &SessionOptions, config: SessionConfig) -> Result<
 }
 
 /// Every function of a Quiver session, for an executor's registry.
-pub fn function_registry(options: &SessionOptions) -> Result<BallistaFunctionRegistry> {
-    let session = crate::session(options.clone())?;
+pub fn function_registry(session: &Session) -> BallistaFunctionRegistry {
     let state = session.context().state();
-    Ok(BallistaFunctionRegistry {
+    BallistaFunctionRegistry {
         scalar_functions: state.scalar_functions().clone(),
         aggregate_functions: state.aggregate_functions().clone(),
         window_functions: state.window_functions().clone(),
         ..Default::default()
-    })
+    }
 }
 
 /// Moves the options of a `COPY ... STORED AS TFRECORD` into its format, which is what a plan

@@ -117,6 +117,16 @@ fn staged_schema() -> SchemaRef {
     ]))
 }
 
+/// The properties of a node that emits `schema` in `partitions` partitions once its input ends.
+fn final_properties(schema: SchemaRef, partitions: usize) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(partitions),
+        EmissionType::Final,
+        Boundedness::Bounded,
+    ))
+}
+
 /// Writes each input partition as one shard in the staging folder and returns a row naming it.
 #[derive(Debug)]
 pub struct TfRecordWriterExec {
@@ -128,16 +138,11 @@ pub struct TfRecordWriterExec {
 impl TfRecordWriterExec {
     /// A writer of `input`'s partitions into the write's staging folder.
     pub fn new(input: Arc<dyn ExecutionPlan>, write: TfRecordWrite) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(staged_schema()),
-            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
+        let partitions = input.output_partitioning().partition_count();
         Self {
             input,
             write,
-            properties: Arc::new(properties),
+            properties: final_properties(staged_schema(), partitions),
         }
     }
 
@@ -177,16 +182,10 @@ fn count_schema() -> SchemaRef {
 impl TfRecordSinkExec {
     /// The commit of the shards that `input` (the writers) staged.
     pub fn new(input: Arc<dyn ExecutionPlan>, write: TfRecordWrite) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(count_schema()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
         Self {
             input,
             write,
-            properties: Arc::new(properties),
+            properties: final_properties(count_schema(), 1),
         }
     }
 
