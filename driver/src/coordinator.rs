@@ -1,15 +1,21 @@
-//! The driver's experiment coordinator: runs the CREATE EXPERIMENT statements of cluster clients
-//! with one trial per executor slot, through every live executor's trainer, and streams the
-//! experiment's live log back. Everything the trials write goes to the shared store.
+//! The driver's coordinator: runs the CREATE EXPERIMENT statements of cluster clients with one
+//! trial per executor slot, and their data-parallel CREATE MODEL statements (`workers = N`) on
+//! a gang of N executor slots, through the live executors' trainers, and streams the live log
+//! back. Everything the trials and workers write goes to the shared store.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use quiver_engine::Session;
 use quiver_engine::SessionOptions;
 use quiver_executor::trainer::{ClusterTrainers, TrainerDirectory};
+use quiver_operators::experiment::TrialTask;
+use quiver_operators::experiment::executor::TRIAL_WEIGHTS;
+use quiver_operators::ml::store::get_bytes;
+use quiver_operators::ml::{MlError, ModelBuilder, ModelCard, TrainHooks};
 use quiver_sql::cluster::proto::coordinator_server::Coordinator;
-use quiver_sql::cluster::proto::{ExperimentEvent, ExperimentRequest, experiment_event};
+use quiver_sql::cluster::proto::{StatementEvent, StatementRequest, statement_event};
 use quiver_sql::statements::CreateModel;
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
@@ -35,10 +41,88 @@ impl CoordinatorService {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<ExperimentEvent, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<StatementEvent, Status>> + Send>>;
 
-fn event(kind: experiment_event::Kind) -> ExperimentEvent {
-    ExperimentEvent { kind: Some(kind) }
+fn event(kind: statement_event::Kind) -> StatementEvent {
+    StatementEvent { kind: Some(kind) }
+}
+
+/// How often a data-parallel gang starts again after losing a worker.
+const GANG_RESTARTS: usize = 3;
+
+impl CoordinatorService {
+    /// The statement of `request`, a session whose log streams to the client, the live
+    /// executors' trainers, and the stream's sender and receiver.
+    async fn start(
+        &self,
+        request: Request<StatementRequest>,
+        what: &'static str,
+    ) -> std::result::Result<
+        (
+            CreateModel,
+            Session,
+            ClusterTrainers,
+            mpsc::UnboundedSender<StatementEvent>,
+            mpsc::UnboundedReceiver<StatementEvent>,
+        ),
+        Status,
+    > {
+        let create: CreateModel = serde_json::from_str(&request.into_inner().create_json)
+            .map_err(|e| Status::invalid_argument(format!("bad {what}: {e}")))?;
+        let (events, receiver) = mpsc::unbounded_channel();
+        let log = events.clone();
+        let name = create.name.clone();
+        let session = quiver_sql::session(self.session.clone())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_log(Arc::new(move |line: &str| {
+                log::info!("{what} {name}: {line}");
+                let _ = log.send(event(statement_event::Kind::Log(line.to_string())));
+            }));
+        let trainers = ClusterTrainers::new(Arc::clone(&self.directory), self.tls.clone())
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok((create, session, trainers, events, receiver))
+    }
+}
+
+/// Trains `create`'s model on a gang of its `workers` and registers it.
+async fn train_model(
+    session: &Session,
+    create: &CreateModel,
+    trainers: &ClusterTrainers,
+) -> std::result::Result<ModelCard, MlError> {
+    let model_type = quiver_sql::statements::model_type(create, "MODEL")?;
+    let mut builder = ModelBuilder::new(&create.name, &model_type)?.replace(create.replace);
+    for (key, value) in &create.options {
+        builder.set(key, value)?;
+    }
+    builder.check_batch()?;
+    let workers = builder.workers();
+    let (registry, run_url) = builder.run_folder(session).await?;
+    let task = TrialTask {
+        experiment: create.name.clone(),
+        trial: String::new(),
+        model_type,
+        options: create.options.clone(),
+        query: create.query.clone(),
+        run_url: run_url.to_string(),
+    };
+    let hooks = TrainHooks {
+        log: session.log_sink().cloned(),
+        ..Default::default()
+    };
+    let output = trainers
+        .train_gang(&task, workers, GANG_RESTARTS, &hooks)
+        .await?;
+    let card = output
+        .model
+        .ok_or_else(|| MlError::Training("worker 0 returned no model".into()))?;
+    let store = session.store_for(&run_url)?;
+    let weights_path = quiver_engine::store::object_path(&run_url)?.join(TRIAL_WEIGHTS);
+    let weights = get_bytes(&store, &weights_path)
+        .await?
+        .ok_or_else(|| MlError::Checkpoint(format!("{run_url}{TRIAL_WEIGHTS} is missing")))?;
+    registry.register(card, weights).await
 }
 
 #[tonic::async_trait]
@@ -47,22 +131,10 @@ impl Coordinator for CoordinatorService {
 
     async fn run_experiment(
         &self,
-        request: Request<ExperimentRequest>,
+        request: Request<StatementRequest>,
     ) -> std::result::Result<Response<EventStream>, Status> {
-        let create: CreateModel = serde_json::from_str(&request.into_inner().create_json)
-            .map_err(|e| Status::invalid_argument(format!("bad experiment: {e}")))?;
-        let (events, receiver) = mpsc::unbounded_channel();
-        let log = events.clone();
-        let name = create.name.clone();
-        let session = quiver_sql::session(self.session.clone())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_log(Arc::new(move |line: &str| {
-                log::info!("experiment {name}: {line}");
-                let _ = log.send(event(experiment_event::Kind::Log(line.to_string())));
-            }));
-        let trainers = ClusterTrainers::new(Arc::clone(&self.directory), self.tls.clone())
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (create, session, trainers, events, receiver) =
+            self.start(request, "experiment").await?;
         tokio::spawn(async move {
             log::info!("experiment {} starts", create.name);
             let last = match quiver_sql::statements::run_experiment(
@@ -72,12 +144,35 @@ impl Coordinator for CoordinatorService {
             )
             .await
             {
-                Ok(report) => experiment_event::Kind::DoneJson(
+                Ok(report) => statement_event::Kind::DoneJson(
                     serde_json::to_string(&report.file).unwrap_or_default(),
                 ),
-                Err(e) => experiment_event::Kind::Error(e.to_string()),
+                Err(e) => statement_event::Kind::Error(e.to_string()),
             };
             log::info!("experiment {} ended", create.name);
+            let _ = events.send(event(last));
+        });
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(receiver).map(Ok),
+        )))
+    }
+
+    type TrainModelStream = EventStream;
+
+    async fn train_model(
+        &self,
+        request: Request<StatementRequest>,
+    ) -> std::result::Result<Response<EventStream>, Status> {
+        let (create, session, trainers, events, receiver) = self.start(request, "model").await?;
+        tokio::spawn(async move {
+            log::info!("data-parallel training of model {} starts", create.name);
+            let last = match train_model(&session, &create, &trainers).await {
+                Ok(card) => statement_event::Kind::DoneJson(
+                    serde_json::to_string(&card).unwrap_or_default(),
+                ),
+                Err(e) => statement_event::Kind::Error(e.to_string()),
+            };
+            log::info!("data-parallel training of model {} ended", create.name);
             let _ = events.send(event(last));
         });
         Ok(Response::new(Box::pin(

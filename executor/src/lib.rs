@@ -26,6 +26,7 @@ use tonic::transport::ServerTlsConfig;
 use trainer::TrainerService;
 
 pub mod logging;
+pub mod ring;
 pub mod trainer;
 
 /// The session an executor runs tasks in: the same registrations as the driver's.
@@ -158,9 +159,13 @@ async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) ->
             .map_err(|e| QuiverError::Cluster(format!("trainer TLS: {e}")))?;
     }
     let router = server.add_service(
-        TrainerServer::new(TrainerService::new(id.to_string(), slots))
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20),
+        TrainerServer::new(TrainerService::new(
+            id.to_string(),
+            slots,
+            options.tls.clone(),
+        ))
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20),
     );
     let id = id.to_string();
     tokio::spawn(async move {

@@ -14,12 +14,15 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use quiver_engine::{QuiverError, Result};
 use quiver_operators::experiment::{LocalExecutor, Slot, TrialExecutor, TrialOutput, TrialTask};
+use quiver_operators::ml::collective::Ring;
 use quiver_operators::ml::{EpochMetrics, MlError, TrainHooks};
 use quiver_sql::cluster::proto::trainer_client::TrainerClient;
 use quiver_sql::cluster::proto::trainer_server::Trainer;
 use quiver_sql::cluster::proto::{
-    TrialControl, TrialEvent, TrialStart, trial_control, trial_event,
+    Gang, RingDone, RingFrame, TrialControl, TrialEvent, TrialStart, trial_control, trial_event,
 };
+
+use crate::ring::{RingInboxes, TrainerLink};
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -30,14 +33,18 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct TrainerService {
     executor: Arc<LocalExecutor>,
     id: String,
+    tls: Option<Tls>,
+    inboxes: RingInboxes,
 }
 
 impl TrainerService {
-    /// A trainer named `id` over `executor`'s slots.
-    pub fn new(id: String, executor: LocalExecutor) -> Self {
+    /// A trainer named `id` over `executor`'s slots, reaching other trainers with `tls`.
+    pub fn new(id: String, executor: LocalExecutor, tls: Option<Tls>) -> Self {
         Self {
             executor: Arc::new(executor),
             id,
+            tls,
+            inboxes: RingInboxes::default(),
         }
     }
 }
@@ -51,6 +58,33 @@ fn event(kind: trial_event::Kind) -> TrialEvent {
 #[tonic::async_trait]
 impl Trainer for TrainerService {
     type RunTrialStream = EventStream;
+
+    async fn ring(
+        &self,
+        request: Request<Streaming<RingFrame>>,
+    ) -> std::result::Result<Response<RingDone>, Status> {
+        let mut frames = request.into_inner();
+        let mut inbox = None;
+        loop {
+            match frames.message().await {
+                Ok(Some(frame)) => {
+                    let inbox =
+                        inbox.get_or_insert_with(|| self.inboxes.sender(&frame.gang, frame.rank));
+                    let _ = inbox.send(Ok(frame));
+                }
+                Ok(None) => return Ok(Response::new(RingDone {})),
+                Err(e) => {
+                    if let Some(inbox) = inbox {
+                        let _ = inbox.send(Err(format!(
+                            "the stream from the previous worker broke: {}",
+                            e.message()
+                        )));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
 
     async fn run_trial(
         &self,
@@ -109,6 +143,20 @@ impl Trainer for TrainerService {
                 }
                 .boxed()
             })),
+            collective: match &start.gang {
+                Some(gang) => {
+                    let link = TrainerLink::connect(gang, &self.inboxes, self.tls.as_ref())
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    let world = gang.trainers.len();
+                    Some(Arc::new(Ring::new(
+                        gang.rank as usize,
+                        world,
+                        Box::new(link),
+                    )))
+                }
+                None => None,
+            },
             ..Default::default()
         };
         let executor = Arc::clone(&self.executor);
@@ -213,6 +261,127 @@ impl ClusterTrainers {
         Ok((target, local))
     }
 
+    /// Remembers `executor` as lost when `result` says so.
+    fn note_loss<T>(&self, executor: &TrainerEndpoint, result: &std::result::Result<T, MlError>) {
+        if let Err(MlError::Training(message)) = result
+            && message.contains(LOST)
+        {
+            self.lost
+                .lock()
+                .expect("lost executors")
+                .insert(executor.id.clone());
+        }
+    }
+
+    /// `workers` slots for a gang, on as many different healthy executors as possible; waits
+    /// up to a minute for enough of them to be registered.
+    async fn place_gang(
+        &self,
+        workers: usize,
+    ) -> std::result::Result<Vec<(TrainerEndpoint, usize)>, MlError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let lost = self.lost.lock().expect("lost executors").clone();
+            let healthy: Vec<_> = (self.directory)()
+                .await
+                .into_iter()
+                .filter(|e| !lost.contains(&e.id))
+                .collect();
+            let most = healthy.iter().map(|e| e.slots).max().unwrap_or(0);
+            let slots: Vec<_> = (0..most)
+                .flat_map(|k| {
+                    healthy
+                        .iter()
+                        .filter(move |e| k < e.slots)
+                        .map(move |e| (e.clone(), k))
+                })
+                .take(workers)
+                .collect();
+            if slots.len() == workers {
+                return Ok(slots);
+            }
+            if std::time::Instant::now() > deadline {
+                let ids: Vec<_> = healthy.iter().map(|e| e.id.as_str()).collect();
+                return Err(MlError::Training(format!(
+                    "workers = {workers} needs {workers} executor slots, but the healthy \
+                     executors {ids:?} have {} in all",
+                    slots.len()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Trains `task` data-parallel on a gang of `workers`, all started together; when a
+    /// worker fails because its executor went away, every worker stops and the gang starts
+    /// again (at most `restarts` times) from the last checkpoint, away from lost executors.
+    /// Returns rank 0's output.
+    pub async fn train_gang(
+        &self,
+        task: &TrialTask,
+        workers: usize,
+        restarts: usize,
+        hooks: &TrainHooks,
+    ) -> std::result::Result<TrialOutput, MlError> {
+        let log = |line: &str| match &hooks.log {
+            Some(sink) => sink(line),
+            None => eprintln!("{line}"),
+        };
+        let mut attempt = 0;
+        loop {
+            let placed = self.place_gang(workers).await?;
+            let id = format!(
+                "{}-{attempt}-{}",
+                task.experiment,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            );
+            let trainers: Vec<_> = placed.iter().map(|(e, _)| e.address.clone()).collect();
+            let executors: Vec<_> = placed.iter().map(|(e, _)| e.id.clone()).collect();
+            log(&format!(
+                "gang {id}: {workers} workers on {}",
+                executors.join(", ")
+            ));
+            let runs = placed.iter().enumerate().map(|(rank, (executor, local))| {
+                let gang = Gang {
+                    id: id.clone(),
+                    rank: rank as u32,
+                    trainers: trainers.clone(),
+                    executors: executors.clone(),
+                };
+                let mut task = task.clone();
+                task.trial = format!("worker {rank}");
+                async move {
+                    let result = self
+                        .train_on(executor, *local, &task, hooks, Some(gang))
+                        .await;
+                    self.note_loss(executor, &result);
+                    result
+                }
+            });
+            // Every worker ends once one fails: its neighbours' rings break in turn.
+            let mut results = futures::future::join_all(runs).await;
+            let lost = results
+                .iter()
+                .any(|r| matches!(r, Err(MlError::Training(m)) if m.contains(LOST)));
+            match results.iter().position(|r| r.is_err()) {
+                None => return results.swap_remove(0),
+                Some(i) if !lost || attempt == restarts => return results.swap_remove(i),
+                Some(i) => {
+                    if let Err(e) = &results[i] {
+                        log(&format!(
+                            "a worker was lost ({e}): the gang restarts from the last \
+                             checkpoint (restart {} of at most {restarts})",
+                            attempt + 1
+                        ));
+                    }
+                }
+            }
+            attempt += 1;
+        }
+    }
+
     async fn connect(
         &self,
         address: &str,
@@ -239,6 +408,7 @@ impl ClusterTrainers {
         local: usize,
         task: &TrialTask,
         hooks: &TrainHooks,
+        gang: Option<Gang>,
     ) -> std::result::Result<TrialOutput, MlError> {
         let lost = |e: &dyn std::fmt::Display| {
             MlError::Training(format!(
@@ -254,6 +424,7 @@ impl ClusterTrainers {
         let start = TrialStart {
             task_json: serde_json::to_string(task).map_err(|e| MlError::Training(e.to_string()))?,
             slot: local as u32,
+            gang,
         };
         let _ = controls.send(TrialControl {
             kind: Some(trial_control::Kind::Start(start)),
@@ -331,15 +502,8 @@ impl TrialExecutor for ClusterTrainers {
             .expect("running trials")
             .entry(executor.id.clone())
             .or_default() += 1;
-        let result = self.train_on(&executor, local, task, &hooks).await;
-        if let Err(MlError::Training(message)) = &result
-            && message.contains(LOST)
-        {
-            self.lost
-                .lock()
-                .expect("lost executors")
-                .insert(executor.id.clone());
-        }
+        let result = self.train_on(&executor, local, task, &hooks, None).await;
+        self.note_loss(&executor, &result);
         if let Some(n) = self
             .running
             .lock()

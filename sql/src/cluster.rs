@@ -42,6 +42,7 @@ pub mod proto {
 use crate::statements::CreateModel;
 use crate::tls::Tls;
 use quiver_operators::experiment::ExperimentFile;
+use quiver_operators::ml::ModelCard;
 use tonic::transport::Endpoint;
 
 /// The gRPC URL of a driver given as `host:port` or a full `http(s)://` URL.
@@ -124,6 +125,23 @@ impl ClusterClient {
     /// Has the driver's coordinator run (or resume) an experiment across the executors, with its
     /// live log on the session's log; returns whether the objective is maximized.
     pub async fn run_experiment(&self, session: &Session, create: &CreateModel) -> Result<bool> {
+        let json = self.call(session, create, "experiment").await?;
+        let file: ExperimentFile = serde_json::from_str(&json)
+            .map_err(|e| QuiverError::Cluster(format!("bad experiment.json: {e}")))?;
+        Ok(file.objective.maximize)
+    }
+
+    /// Has the driver's coordinator train a data-parallel model on a gang of executors and
+    /// register it, with its live log on the session's log; returns the registered card.
+    pub async fn train_model(&self, session: &Session, create: &CreateModel) -> Result<ModelCard> {
+        let json = self.call(session, create, "model").await?;
+        serde_json::from_str(&json)
+            .map_err(|e| QuiverError::Cluster(format!("bad model.json: {e}")))
+    }
+
+    /// Sends `create` to the coordinator (`what` is `experiment` or `model`) and relays its
+    /// log; returns the final JSON.
+    async fn call(&self, session: &Session, create: &CreateModel, what: &str) -> Result<String> {
         let unreachable = |e: &dyn std::fmt::Display| {
             QuiverError::Cluster(format!("cannot talk to the driver at {}: {e}", self.driver))
         };
@@ -133,26 +151,23 @@ impl ClusterClient {
             endpoint = tls.endpoint(endpoint)?;
         }
         let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
-        let request = proto::ExperimentRequest {
+        let request = proto::StatementRequest {
             create_json: serde_json::to_string(create)
                 .map_err(|e| QuiverError::Cluster(e.to_string()))?,
         };
-        let mut events = proto::coordinator_client::CoordinatorClient::new(channel)
-            .run_experiment(request)
-            .await
-            .map_err(|e| unreachable(&e))?
-            .into_inner();
+        let mut client = proto::coordinator_client::CoordinatorClient::new(channel);
+        let response = match what {
+            "experiment" => client.run_experiment(request).await,
+            _ => client.train_model(request).await,
+        };
+        let mut events = response.map_err(|e| unreachable(&e))?.into_inner();
         while let Some(event) = events.message().await.map_err(|e| unreachable(&e))? {
             match event.kind {
-                Some(proto::experiment_event::Kind::Log(line)) => session.log(&line),
-                Some(proto::experiment_event::Kind::DoneJson(json)) => {
-                    let file: ExperimentFile = serde_json::from_str(&json)
-                        .map_err(|e| QuiverError::Cluster(format!("bad experiment.json: {e}")))?;
-                    return Ok(file.objective.maximize);
-                }
-                Some(proto::experiment_event::Kind::Error(message)) => {
+                Some(proto::statement_event::Kind::Log(line)) => session.log(&line),
+                Some(proto::statement_event::Kind::DoneJson(json)) => return Ok(json),
+                Some(proto::statement_event::Kind::Error(message)) => {
                     return Err(QuiverError::Cluster(format!(
-                        "experiment {} on the cluster: {message}",
+                        "{what} {} on the cluster: {message}",
                         create.name
                     )));
                 }

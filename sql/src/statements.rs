@@ -354,7 +354,7 @@ pub async fn execute(session: &Session, statement: Statement) -> Result<DataFram
 }
 
 /// The `model_type` option, which every CREATE MODEL and CREATE EXPERIMENT needs.
-fn model_type(create: &CreateModel, what: &str) -> Result<String> {
+pub fn model_type(create: &CreateModel, what: &str) -> Result<String> {
     match create.options.iter().find(|(k, _)| k == "model_type") {
         Some((_, OptionValue::Str(t))) => Ok(t.clone()),
         Some(_) => Err(syntax("model_type must be a string")),
@@ -414,8 +414,15 @@ async fn create_model(session: &Session, create: CreateModel) -> Result<DataFram
     for (key, value) in &create.options {
         builder.set(key, value)?;
     }
-    let frame = session.sql(&create.query).await?;
-    let card = builder.train(session, frame, &create.query).await?;
+    // A data-parallel model trains on a gang of the cluster's executors; elsewhere `fit`
+    // explains that it needs a cluster.
+    let card = match crate::cluster::client_of(session) {
+        Some(client) if builder.workers() > 1 => client.train_model(session, &create).await?,
+        _ => {
+            let frame = session.sql(&create.query).await?;
+            builder.train(session, frame, &create.query).await?
+        }
+    };
     let last = card.history.last();
     let schema = Arc::new(Schema::new(vec![
         Field::new("model", DataType::Utf8, false),

@@ -69,8 +69,9 @@ def client_tls(certs, ca=None):
 
 
 class Cluster:
-    def __init__(self, root, executors=2, slots=2, certs=None):
+    def __init__(self, root, executors=2, slots=2, certs=None, flags=()):
         self.root = root
+        self.flags = list(flags)
         self.store = str(root / "store")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -86,7 +87,8 @@ class Cluster:
 
     def spawn(self, name, args):
         log = self.root / f"{name}.log"
-        proc = subprocess.Popen([QUIVER, "--store", self.store, *args], stdout=open(log, "w"),
+        proc = subprocess.Popen([QUIVER, "--store", self.store, *self.flags, *args],
+                                stdout=open(log, "w"),
                                 stderr=subprocess.STDOUT, env={**os.environ, "QUIVER_LOG": "info"})
         self.procs.append(proc)
         self.logs.append(log)
@@ -358,5 +360,103 @@ def test_a_restarted_driver_resumes_the_experiment_from_the_store(tmp_path, samp
             acc = EventAccumulator(str(t))
             acc.Reload()
             assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4], t
+    finally:
+        cluster.stop()
+
+
+def fashion_query(samples, split):
+    folder = os.path.join(samples, "fashion", split)
+    return f"SELECT image_decode(content) AS image, label FROM read_images('{folder}/')"
+
+
+def metrics(store, model):
+    path = os.path.join(store, "training", model, "v1", "metrics.jsonl")
+    return [json.loads(line) for line in open(path)]
+
+
+def test_two_data_parallel_workers_train_the_model_one_worker_does(tmp_path, samples):
+    """CREATE MODEL ... workers = 2 trains on a gang of two executors, each on half of every
+    batch with the gradients all-reduced over the ring. With the same global batch, seed, data
+    order (the shuffle depends on the partition count, so both use 2) and SGD, it takes the steps
+    one worker takes on the embedded engine: the same losses up to float summation order, and
+    the same test accuracy."""
+    cluster = Cluster(tmp_path, slots=1, flags=["--partitions", "2"])
+    embedded = [QUIVER, "--store", str(tmp_path / "embedded"), "--partitions", "2", "sql",
+                "--format", "json"]
+    options = ("model_type = 'dnn_classifier', hidden_units = [128, 64], dropout = 0.0, "
+               "optimizer = 'sgd', learning_rate = 0.05, epochs = 3, batch_size = 64, seed = 7")
+    train = fashion_query(samples, "train")
+    evaluate = "SELECT accuracy FROM ml_evaluate('{}', '{}')".format(
+        "{}", fashion_query(samples, "test").replace("'", "''"))
+    try:
+        subprocess.run([*embedded, f"CREATE MODEL one OPTIONS ({options}) AS {train}"],
+                       check=True, capture_output=True, timeout=600)
+        proc = cluster.sql(f"CREATE MODEL two OPTIONS ({options}, workers = 2) AS {train}")
+        two = rows(proc)
+        assert two[0]["model"] == "two" and two[0]["version"] == 1 and two[0]["epochs"] == 3, two
+        # Each executor trained one worker of the gang, and the client saw the live log.
+        assert "2 workers on" in proc.stderr and "epoch 3/3" in proc.stderr, proc.stderr
+        ranks = {line.split("worker ")[1].split()[0]
+                 for log in cluster.logs[1:] for line in open(log).read().splitlines()
+                 if ": worker " in line and " starts on " in line}
+        assert ranks == {"0", "1"}, cluster.tail()
+        m1 = metrics(str(tmp_path / "embedded"), "one")
+        m2 = metrics(cluster.store, "two")
+        assert [m["examples"] for m in m1] == [m["examples"] for m in m2] == [2000] * 3
+        for a, b in zip(m1, m2):
+            assert abs(a["loss"] - b["loss"]) < 1e-3 * a["loss"], (m1, m2)
+        one = subprocess.run([*embedded, evaluate.format("one")], capture_output=True,
+                             text=True, timeout=600)
+        accuracy = [rows(one)[0]["accuracy"], rows(cluster.sql(evaluate.format("two")))[0]["accuracy"]]
+        assert accuracy[0] > 0.6 and abs(accuracy[0] - accuracy[1]) <= 0.01, accuracy
+        # A global batch that does not split evenly is named; so is workers = 2 without a cluster.
+        proc = cluster.sql(f"CREATE MODEL three OPTIONS ({options}, workers = 2, batch_size = 65) "
+                           f"AS {train}", check=False)
+        assert proc.returncode != 0 and "multiple of workers = 2" in proc.stderr, proc.stderr
+        proc = subprocess.run([*embedded, f"CREATE MODEL three OPTIONS ({options}, workers = 2) "
+                               f"AS {train}"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "run the statement on a cluster" in proc.stderr, proc.stderr
+    finally:
+        cluster.stop()
+
+
+def test_a_gang_restarts_from_its_checkpoint_when_a_worker_is_killed(tmp_path, samples):
+    """SIGKILL the executor of data-parallel worker 0 (the one that writes checkpoints) in the
+    middle of epoch 2: every worker stops, the gang starts again on the executors left and
+    resumes from epoch 1's checkpoint; each epoch is once in metrics and TensorBoard."""
+    cluster = Cluster(tmp_path, executors=3, slots=1)
+    sql = (f"CREATE MODEL dp OPTIONS (model_type = 'dnn_classifier', hidden_units = [256, 128], "
+           f"epochs = 4, batch_size = 32, workers = 2) AS {fashion_query(samples, 'train')}")
+    run = tmp_path / "store" / "training" / "dp" / "v1"
+    try:
+        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
+                                   cluster.address, "--format", "json", sql],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 600
+        while not (run / "checkpoints" / "epoch-0001" / "state.json").exists():
+            assert client.poll() is None, client.stderr.read() + cluster.tail()
+            assert time.time() < deadline, cluster.tail()
+            time.sleep(0.02)
+        victim = next(i for i, log in enumerate(cluster.logs)
+                      if i > 0 and ": worker 0 starts on" in open(log).read())
+        assert not (run / "checkpoints" / "epoch-0002").exists()
+        cluster.procs[victim].kill()
+        out, err = client.communicate(timeout=900)
+        assert client.returncode == 0, err + cluster.tail()
+        got = rows(subprocess.CompletedProcess([], 0, out, err))
+        assert got[0]["epochs"] == 4, got
+        assert "the gang restarts from the last checkpoint" in err, err
+        assert "lost while training" in err, err
+        assert "resuming" in err and "after epoch 1" in err, err
+        # The restarted gang ran on the two executors left.
+        survivors = [log for i, log in enumerate(cluster.logs) if i not in (0, victim)]
+        assert all(open(log).read().count(" starts on ") >= 1 for log in survivors)
+        assert [m["epoch"] for m in metrics(cluster.store, "dp")] == [1, 2, 3, 4]
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4]
+        evaluated = rows(cluster.sql(f"SELECT accuracy FROM ml_evaluate('dp', "
+                                     f"'{fashion_query(samples, 'test').replace(chr(39), chr(39) * 2)}')"))
+        assert evaluated[0]["accuracy"] > 0.6, evaluated
     finally:
         cluster.stop()

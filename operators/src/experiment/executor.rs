@@ -174,12 +174,16 @@ impl TrialExecutor for LocalExecutor {
         let run_url = Url::parse(&task.run_url)
             .map_err(|e| MlError::Option(format!("bad trial folder {}: {e}", task.run_url)))?;
         let frame = self.session.sql(&task.query).await?;
+        // Of a data-parallel gang's workers, rank 0 writes the weights.
+        let leader = hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
         let fitted = builder
             .fit(&self.session, frame, &task.query, &run_url, hooks)
             .await?;
-        let store = self.session.store_for(&run_url)?;
-        let dir = quiver_engine::store::object_path(&run_url)?;
-        put_bytes(&store, &dir.clone().join(TRIAL_WEIGHTS), fitted.weights).await?;
+        if leader {
+            let store = self.session.store_for(&run_url)?;
+            let dir = quiver_engine::store::object_path(&run_url)?;
+            put_bytes(&store, &dir.clone().join(TRIAL_WEIGHTS), fitted.weights).await?;
+        }
         Ok(TrialOutput {
             history: fitted.card.history.clone(),
             evaluation: fitted.card.evaluation.clone(),

@@ -715,6 +715,7 @@ impl Runner {
             progress: Some(progress),
             threads: None,
             summaries: vec![session_start(&trial.params, &trial.trial, started_at)],
+            collective: None,
         }
     }
 

@@ -350,6 +350,8 @@ pub struct BatchStream {
     spec: InputSpec,
     batch_size: usize,
     drained: bool,
+    /// This worker's rank and the number of workers sharing each batch.
+    shard: (usize, usize),
 }
 
 impl BatchStream {
@@ -399,7 +401,16 @@ impl BatchStream {
             spec: spec.clone(),
             batch_size: batch_size.max(1),
             drained: false,
+            shard: (0, 1),
         })
+    }
+
+    /// Keeps worker `rank`'s share of every batch when `world` workers read the same stream:
+    /// the batch's examples `rank`, `rank + world`, ... A batch may then be empty (the last
+    /// batch of the epoch can be shorter than the number of workers).
+    pub fn shard(mut self, rank: usize, world: usize) -> Self {
+        self.shard = (rank, world.max(1));
+        self
     }
 
     /// The next example in order from the partitions, or `None` at the end: round-robin over
@@ -448,16 +459,21 @@ impl BatchStream {
     /// The next batch (the last one may be smaller), or `None` at the end of the epoch.
     pub async fn next_batch(&mut self) -> Result<Option<Batch>, MlError> {
         let per_example = self.spec.len();
-        let mut features = Vec::with_capacity(self.batch_size * per_example);
-        let mut labels = Vec::with_capacity(self.batch_size);
-        while labels.len() < self.batch_size {
+        let (rank, world) = self.shard;
+        let mut features = Vec::with_capacity(self.batch_size / world * per_example);
+        let mut labels = Vec::with_capacity(self.batch_size / world);
+        let mut taken = 0;
+        while taken < self.batch_size {
             let Some(example) = self.next_example().await? else {
                 break;
             };
-            push_chw(&mut features, &example.features, &self.spec);
-            labels.push(example.label as i64);
+            if taken % world == rank {
+                push_chw(&mut features, &example.features, &self.spec);
+                labels.push(example.label as i64);
+            }
+            taken += 1;
         }
-        if labels.is_empty() {
+        if taken == 0 {
             return Ok(None);
         }
         Ok(Some(Batch {

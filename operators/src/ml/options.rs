@@ -10,7 +10,7 @@ use url::Url;
 use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::Classifier;
-use super::registry::{ModelCard, validate_name};
+use super::registry::{ModelCard, Registry, validate_name};
 use super::spec::{Activation, Architecture, InputKind, OptimizerSpec, TrainOptions};
 use super::train::{TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
@@ -151,6 +151,11 @@ pub const MODEL_OPTIONS: &[(&str, &str)] = &[
     ),
     ("device", "'cpu' (default), 'cuda', 'cuda:N'"),
     (
+        "workers",
+        "executors training one model data-parallel on a cluster (all-reduce of gradients \
+         every step), default 1; batch_size is the global batch",
+    ),
+    (
         "input_column",
         "default: the one column that is not the label",
     ),
@@ -223,6 +228,23 @@ impl ModelBuilder {
         Ok(self)
     }
 
+    /// The `workers` option: how many executors train the model together.
+    pub fn workers(&self) -> usize {
+        self.options.workers
+    }
+
+    /// Checks that the global batch splits evenly over the workers.
+    pub fn check_batch(&self) -> Result<(), MlError> {
+        let (batch, workers) = (self.options.batch_size, self.options.workers);
+        if batch % workers != 0 {
+            return Err(MlError::Option(format!(
+                "batch_size {batch} is the global batch and must be a multiple of workers = \
+                 {workers}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Sets one option in place.
     pub fn set(&mut self, key: &str, v: &OptionValue) -> Result<(), MlError> {
         match key.to_ascii_lowercase().as_str() {
@@ -280,6 +302,7 @@ impl ModelBuilder {
                 super::device::parse(&d)?;
                 self.options.device = d;
             }
+            "workers" => self.options.workers = want_count(key, v, 1)?,
             "input_column" => self.input_column = Some(want_str(key, v)?),
             "label_column" => self.label_column = want_str(key, v)?,
             "input_shape" => self.input_shape = Some(want_counts(key, v, 1)?),
@@ -322,6 +345,25 @@ impl ModelBuilder {
         frame: DataFrame,
         training_data: &str,
     ) -> Result<ModelCard, MlError> {
+        let (registry, run_url) = self.run_folder(session).await?;
+        let fitted = self
+            .fit(
+                session,
+                frame,
+                training_data,
+                &run_url,
+                TrainHooks {
+                    log: session.log_sink().cloned(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        registry.register(fitted.card, fitted.weights).await
+    }
+
+    /// The registry to register the model in and the run folder to train it in (that of the
+    /// next version); fails when the name is taken and [`Self::replace`] was not asked for.
+    pub async fn run_folder(&self, session: &Session) -> Result<(Registry, Url), MlError> {
         let registry = registry(session)?;
         let existing = registry.versions(&self.name).await?;
         if !existing.is_empty() && !self.replace {
@@ -336,19 +378,7 @@ impl ModelBuilder {
             .default_store()
             .join(&format!("training/{}/v{version}/", self.name))
             .map_err(|e| MlError::Option(e.to_string()))?;
-        let fitted = self
-            .fit(
-                session,
-                frame,
-                training_data,
-                &run_url,
-                TrainHooks {
-                    log: session.log_sink().cloned(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        registry.register(fitted.card, fitted.weights).await
+        Ok((registry, run_url))
     }
 
     /// Trains on `frame` in the run folder `run_url` (resuming from its last checkpoint) and
@@ -369,6 +399,16 @@ impl ModelBuilder {
         } else {
             OptimizerSpec::Adam
         };
+        let workers = hooks.collective.as_ref().map_or(1, |r| r.world());
+        if options.workers != workers {
+            return Err(MlError::Option(format!(
+                "workers = {} trains across a cluster's executors: run the statement on a \
+                 cluster session (quiver sql --cluster URL)",
+                options.workers
+            )));
+        }
+        self.check_batch()?;
+        let leader = hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
         let labels = label_map(&frame, &self.label_column).await?;
         let input_column = match &self.input_column {
             Some(c) => c.clone(),
@@ -429,7 +469,7 @@ impl ModelBuilder {
         };
         let outcome = train(&frame, validation.as_ref(), &job).await?;
         let evaluation = match &validation {
-            Some(v) => {
+            Some(v) if leader => {
                 let model = Classifier::<burn::backend::Flex>::new(
                     &architecture,
                     &input,
@@ -440,7 +480,7 @@ impl ModelBuilder {
                 let model = load_weights(model, outcome.weights.clone(), "the trained model")?;
                 Some(evaluate_model(&model, v, &input, &labels, options.batch_size).await?)
             }
-            None => None,
+            _ => None,
         };
         let card = ModelCard {
             name: self.name.clone(),

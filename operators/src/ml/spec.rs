@@ -180,6 +180,13 @@ pub struct TrainOptions {
     pub shuffle_buffer: usize,
     /// `cpu` or `cuda[:N]`.
     pub device: String,
+    /// Executors training the model together, each on its share of every batch.
+    #[serde(default = "one_worker")]
+    pub workers: usize,
+}
+
+fn one_worker() -> usize {
+    1
 }
 
 impl Default for TrainOptions {
@@ -193,6 +200,7 @@ impl Default for TrainOptions {
             early_stopping_patience: 0,
             shuffle_buffer: usize::MAX,
             device: "cpu".into(),
+            workers: 1,
         }
     }
 }

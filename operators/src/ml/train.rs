@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
@@ -25,9 +25,10 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use super::collective::Ring;
 use super::conv::ConvBackend;
 use super::data::{BatchStream, batch_dims};
-use super::evaluate::{Evaluation, evaluate_model};
+use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
@@ -75,6 +76,9 @@ pub struct TrainHooks {
     pub threads: Option<Arc<rayon::ThreadPool>>,
     /// Written at the start of each event file (a trial's hyperparameters, for example).
     pub summaries: Vec<PluginSummary>,
+    /// This worker's ring when several workers train one model (`workers = N`): each trains
+    /// on its share of every batch and the gradients are summed over the ring; rank 0 writes.
+    pub collective: Option<Arc<Ring>>,
 }
 
 impl std::fmt::Debug for TrainHooks {
@@ -86,6 +90,7 @@ impl std::fmt::Debug for TrainHooks {
                 "threads",
                 &self.threads.as_ref().map(|p| p.current_num_threads()),
             )
+            .field("collective", &self.collective)
             .finish()
     }
 }
@@ -212,7 +217,8 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
         labels: job.labels.clone(),
         options: options.clone(),
     };
-    let resumed = resume_state(job, &run).await?;
+    let leader = job.hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
+    let resumed = resume_state(job, &run, leader).await?;
     match options.optimizer {
         OptimizerSpec::Adam => {
             let optimizer = AdamConfig::new()
@@ -234,8 +240,12 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     }
 }
 
-/// Where a run left off: `None` for a fresh run (after writing `run.json`).
-async fn resume_state(job: &TrainJob, run: &RunSpec) -> Result<Option<CheckpointState>, MlError> {
+/// Where a run left off: `None` for a fresh run (after writing `run.json` if `leader`).
+async fn resume_state(
+    job: &TrainJob,
+    run: &RunSpec,
+    leader: bool,
+) -> Result<Option<CheckpointState>, MlError> {
     let spec_path = job.run_dir.clone().join("run.json");
     match get_bytes(&job.store, &spec_path).await? {
         Some(bytes) => {
@@ -251,7 +261,9 @@ async fn resume_state(job: &TrainJob, run: &RunSpec) -> Result<Option<Checkpoint
             }
         }
         None => {
-            put_bytes(&job.store, &spec_path, serde_json::to_vec_pretty(run)?).await?;
+            if leader {
+                put_bytes(&job.store, &spec_path, serde_json::to_vec_pretty(run)?).await?;
+            }
             return Ok(None);
         }
     }
@@ -367,6 +379,23 @@ async fn epochs<
         ));
         state = saved;
     }
+    let ring = job.hooks.collective.clone();
+    let (rank, world) = ring.as_ref().map_or((0, 1), |r| (r.rank(), r.world()));
+    let leader = rank == 0;
+    if let Some(ring) = &ring {
+        // Rank 0's weights, and the epoch it resumed after, become every worker's.
+        let mut flat = job.compute(|| flat_weights(&model));
+        flat.push(state.epoch as f32);
+        ring.broadcast(&mut flat).await?;
+        let first = flat.pop().expect("pushed") as usize;
+        if first != state.epoch {
+            return Err(MlError::Checkpoint(format!(
+                "worker {rank} found {} at epoch {} but worker 0 at epoch {first}",
+                job.run_url, state.epoch
+            )));
+        }
+        model = job.compute(|| set_weights(model, &flat));
+    }
     let mut events = EventFile::new(unix_now());
     for summary in &job.hooks.summaries {
         events.plugin_summary(unix_now(), 0, summary);
@@ -396,7 +425,8 @@ async fn epochs<
         let epoch_seed = options
             .seed
             .wrapping_add((epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut dropout_rng = StdRng::seed_from_u64(epoch_seed);
+        let mut dropout_rng = StdRng::seed_from_u64(epoch_seed.wrapping_add(rank as u64));
+        // Every worker reads the same shuffled stream and trains on its share of each batch.
         let mut batches = BatchStream::start(
             train,
             &job.input,
@@ -404,36 +434,49 @@ async fn epochs<
             options.batch_size,
             Some((epoch_seed, options.shuffle_buffer)),
         )
-        .await?;
-        let bar = progress_bar(epoch, options.epochs, job.hooks.log.is_none());
+        .await?
+        .shard(rank, world);
+        let bar = progress_bar(epoch, options.epochs, leader && job.hooks.log.is_none());
         let started = Instant::now();
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
         while let Some(batch) = batches.next_batch().await? {
-            let n = batch.len;
-            let x =
-                Tensor::<B, 4>::from_data(TensorData::new(batch.features, [n, c, h, w]), &device);
-            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &device);
-            let (next, loss, hits) = job.compute(|| {
-                let logits = model.forward_train(x, &mut dropout_rng);
-                let loss = loss_fn.forward(logits.clone(), y.clone());
-                let hits = logits
-                    .argmax(1)
-                    .flatten::<1>(0, 1)
-                    .equal(y)
-                    .int()
-                    .sum()
-                    .into_scalar()
-                    .elem::<i64>();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                let loss = loss.into_scalar().elem::<f64>();
-                (
-                    optimizer.step(options.learning_rate, model, grads),
-                    loss,
-                    hits,
-                )
-            });
-            model = next;
+            let mut n = batch.len;
+            let (mut grads, mut loss, mut hits) = (GradientsParams::new(), 0.0, 0);
+            if n > 0 {
+                let x = Tensor::<B, 4>::from_data(
+                    TensorData::new(batch.features, [n, c, h, w]),
+                    &device,
+                );
+                let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &device);
+                (grads, loss, hits) = job.compute(|| {
+                    let logits = model.forward_train(x, &mut dropout_rng);
+                    let loss = loss_fn.forward(logits.clone(), y.clone());
+                    let hits = logits
+                        .argmax(1)
+                        .flatten::<1>(0, 1)
+                        .equal(y)
+                        .int()
+                        .sum()
+                        .into_scalar()
+                        .elem::<i64>();
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    (grads, loss.into_scalar().elem::<f64>(), hits)
+                });
+            }
+            if let Some(ring) = &ring {
+                // Sum n-weighted gradients, loss, hits and examples over the workers, so that
+                // the step is the one a single worker takes on the whole batch.
+                let mut flat = job.compute(|| flat_gradients(&model, grads, n as f32));
+                flat.extend([(loss * n as f64) as f32, hits as f32, n as f32]);
+                ring.all_reduce_sum(&mut flat).await?;
+                let total = flat.pop().expect("pushed").max(1.0);
+                hits = flat.pop().expect("pushed") as i64;
+                loss = flat.pop().expect("pushed") as f64 / total as f64;
+                n = total as usize;
+                grads = job.compute(|| gradients_from_flat(&model, &flat, 1.0 / total));
+            }
+            model = job.compute(|| optimizer.step(options.learning_rate, model, grads));
             if !loss.is_finite() {
                 return Err(MlError::Training(format!(
                     "the loss became {loss} in epoch {epoch}: lower the learning_rate"
@@ -467,30 +510,40 @@ async fn epochs<
         if seen == 0 {
             return Err(MlError::Input("the training query returned no rows".into()));
         }
-        let val = match validation {
-            Some(frame) => Some(
-                evaluate_model(
+        // (loss, accuracy) on the validation query.
+        let mut val = match validation {
+            Some(frame) if leader => {
+                let v = evaluate_model(
                     &model.valid(),
                     frame,
                     &job.input,
                     &job.labels,
                     options.batch_size,
                 )
-                .await?,
-            ),
-            None => None,
+                .await?;
+                Some((v.loss, v.accuracy))
+            }
+            _ => None,
         };
+        if let (Some(ring), Some(_)) = (&ring, validation) {
+            // Rank 0 validates; every worker needs the same numbers for early stopping.
+            let mut shared = val.map_or([0.0; 2], |(l, a)| [l as f32, a as f32]);
+            ring.broadcast(&mut shared).await?;
+            val = Some((shared[0] as f64, shared[1] as f64));
+        }
         let metrics = EpochMetrics {
             epoch,
             loss: loss_sum / seen as f64,
             accuracy: correct as f64 / seen as f64,
-            val_loss: val.as_ref().map(|v: &Evaluation| v.loss),
-            val_accuracy: val.as_ref().map(|v| v.accuracy),
+            val_loss: val.map(|v| v.0),
+            val_accuracy: val.map(|v| v.1),
             examples: seen,
             seconds,
             examples_per_second: seen as f64 / seconds,
         };
-        job.log(&describe(&metrics, options.epochs));
+        if leader {
+            job.log(&describe(&metrics, options.epochs));
+        }
         log_epoch(&mut events, &metrics);
         let monitored = metrics.val_loss.unwrap_or(metrics.loss);
         if monitored < state.best_loss {
@@ -501,34 +554,37 @@ async fn epochs<
         }
         state.epoch = epoch;
         state.history.push(metrics);
-        // The checkpoint: weights and optimizer first, state.json (the marker) last.
-        let dir = checkpoint_dir(job, epoch);
-        let weights = recorder
-            .record(model.clone().into_record(), ())
-            .map_err(|e| MlError::Checkpoint(format!("cannot serialise the model: {e}")))?;
-        put_bytes(&job.store, &dir.clone().join("model.bin"), weights).await?;
-        let optim = recorder
-            .record(optimizer.to_record(), ())
-            .map_err(|e| MlError::Checkpoint(format!("cannot serialise the optimizer: {e}")))?;
-        put_bytes(&job.store, &dir.clone().join("optimizer.bin"), optim).await?;
-        put_bytes(
-            &job.store,
-            &dir.clone().join("state.json"),
-            serde_json::to_vec_pretty(&state)?,
-        )
-        .await?;
-        let mut lines = Vec::new();
-        for m in &state.history {
-            serde_json::to_writer(&mut lines, m)?;
-            lines.push(b'\n');
+        // Rank 0 alone writes the run folder; the other workers hold the same model.
+        if leader {
+            // The checkpoint: weights and optimizer first, state.json (the marker) last.
+            let dir = checkpoint_dir(job, epoch);
+            let weights = recorder
+                .record(model.clone().into_record(), ())
+                .map_err(|e| MlError::Checkpoint(format!("cannot serialise the model: {e}")))?;
+            put_bytes(&job.store, &dir.clone().join("model.bin"), weights).await?;
+            let optim = recorder
+                .record(optimizer.to_record(), ())
+                .map_err(|e| MlError::Checkpoint(format!("cannot serialise the optimizer: {e}")))?;
+            put_bytes(&job.store, &dir.clone().join("optimizer.bin"), optim).await?;
+            put_bytes(
+                &job.store,
+                &dir.clone().join("state.json"),
+                serde_json::to_vec_pretty(&state)?,
+            )
+            .await?;
+            let mut lines = Vec::new();
+            for m in &state.history {
+                serde_json::to_writer(&mut lines, m)?;
+                lines.push(b'\n');
+            }
+            put_bytes(
+                &job.store,
+                &job.run_dir.clone().join("metrics.jsonl"),
+                lines,
+            )
+            .await?;
+            put_bytes(&job.store, &events_path, events.bytes().to_vec()).await?;
         }
-        put_bytes(
-            &job.store,
-            &job.run_dir.clone().join("metrics.jsonl"),
-            lines,
-        )
-        .await?;
-        put_bytes(&job.store, &events_path, events.bytes().to_vec()).await?;
         if options.early_stopping_patience > 0
             && state.epochs_without_improvement >= options.early_stopping_patience
         {
@@ -598,4 +654,88 @@ fn progress_bar(epoch: usize, epochs: usize, visible: bool) -> ProgressBar {
     bar.set_prefix(format!("{epoch}/{epochs}"));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
+}
+
+/// Every float parameter of `model`, flattened in visiting order.
+fn flat_weights<B: Backend>(model: &Classifier<B>) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.extend(param.val().into_data().iter::<f32>());
+        }
+    }
+    let mut collect = Collect(Vec::with_capacity(model.num_params()));
+    model.visit(&mut collect);
+    collect.0
+}
+
+/// `model` with its float parameters replaced by `flat` (as [`flat_weights`] orders them).
+fn set_weights<B: Backend>(model: Classifier<B>, flat: &[f32]) -> Classifier<B> {
+    struct Assign<'a>(&'a [f32]);
+    impl<B: Backend> ModuleMapper<B> for Assign<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|tensor| {
+                let shape = tensor.shape();
+                let (values, rest) = self.0.split_at(shape.num_elements());
+                self.0 = rest;
+                let new =
+                    Tensor::from_data(TensorData::new(values.to_vec(), shape), &tensor.device());
+                new.set_require_grad(tensor.is_require_grad())
+            })
+        }
+    }
+    model.map(&mut Assign(flat))
+}
+
+/// The gradients of every float parameter of `model` times `scale`, flattened as
+/// [`flat_weights`] orders them (zeros for parameters without a gradient).
+fn flat_gradients<B: AutodiffBackend>(
+    model: &Classifier<B>,
+    mut grads: GradientsParams,
+    scale: f32,
+) -> Vec<f32> {
+    struct Collect<'a>(&'a mut GradientsParams, Vec<f32>, f32);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            match self.0.remove::<B::InnerBackend, D>(param.id) {
+                Some(grad) => self
+                    .1
+                    .extend(grad.into_data().iter::<f32>().map(|g| g * self.2)),
+                None => {
+                    let len = param.val().shape().num_elements();
+                    self.1.resize(self.1.len() + len, 0.0);
+                }
+            }
+        }
+    }
+    let mut collect = Collect(&mut grads, Vec::with_capacity(model.num_params()), scale);
+    model.visit(&mut collect);
+    collect.1
+}
+
+/// Gradients of `model`'s parameters from `flat` (as [`flat_gradients`] orders them) times
+/// `scale`.
+fn gradients_from_flat<B: AutodiffBackend>(
+    model: &Classifier<B>,
+    flat: &[f32],
+    scale: f32,
+) -> GradientsParams {
+    struct Split<'a>(&'a [f32], GradientsParams, f32);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Split<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let inner = param.val().inner();
+            let shape = inner.shape();
+            let (values, rest) = self.0.split_at(shape.num_elements());
+            self.0 = rest;
+            let values: Vec<f32> = values.iter().map(|v| v * self.2).collect();
+            let grad = Tensor::<B::InnerBackend, D>::from_data(
+                TensorData::new(values, shape),
+                &inner.device(),
+            );
+            self.1.register(param.id, grad);
+        }
+    }
+    let mut split = Split(flat, GradientsParams::new(), scale);
+    model.visit(&mut split);
+    split.1
 }
