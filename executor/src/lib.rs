@@ -19,7 +19,6 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use quiver_engine::{QuiverError, Result, Session, SessionOptions, StoreRegistry};
 use quiver_operators::experiment::LocalExecutor;
-use quiver_sql::cluster::proto::trainer_server::TrainerServer;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 use tonic::transport::ServerTlsConfig;
@@ -152,21 +151,7 @@ async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) ->
                 ))
             })?;
     let port = listener.local_addr()?.port();
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &options.tls {
-        server = server
-            .tls_config(tls.tonic_server()?)
-            .map_err(|e| QuiverError::Cluster(format!("trainer TLS: {e}")))?;
-    }
-    let router = server.add_service(
-        TrainerServer::new(TrainerService::new(
-            id.to_string(),
-            slots,
-            options.tls.clone(),
-        ))
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20),
-    );
+    let router = TrainerService::new(id.to_string(), slots, options.tls.clone()).router()?;
     let id = id.to_string();
     tokio::spawn(async move {
         if let Err(e) = router

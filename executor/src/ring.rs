@@ -22,6 +22,12 @@ pub type Delivery = Result<RingFrame, String>;
 /// Values per frame: 1 MiB.
 const FRAME_VALUES: usize = 1 << 18;
 
+/// HTTP/2 flow-control window of ring streams, both ways: 8 MiB.
+pub const RING_WINDOW: u32 = 8 << 20;
+
+/// The largest HTTP/2 frame a trainer accepts: 1 MiB.
+pub const RING_FRAME: u32 = 1 << 20;
+
 /// How long a worker waits for the previous one before giving up on the gang:
 /// `QUIVER_RING_TIMEOUT_S` seconds, 300 by default (rank 0 validates and writes a checkpoint
 /// between epochs while the others wait).
@@ -110,7 +116,9 @@ impl TrainerLink {
         })?;
         let address = &gang.trainers[next_rank as usize];
         let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| MlError::Training(format!("{next} at {address}: {e}")))?;
+            .map_err(|e| MlError::Training(format!("{next} at {address}: {e}")))?
+            .initial_stream_window_size(RING_WINDOW)
+            .initial_connection_window_size(2 * RING_WINDOW);
         if let Some(tls) = tls {
             endpoint = tls
                 .endpoint(endpoint)

@@ -22,11 +22,14 @@ use quiver_sql::cluster::proto::{
     Gang, RingDone, RingFrame, TrialControl, TrialEvent, TrialStart, trial_control, trial_event,
 };
 
-use crate::ring::{RingInboxes, TrainerLink};
+use crate::ring::{RING_FRAME, RING_WINDOW, RingInboxes, TrainerLink};
+use quiver_sql::cluster::proto::trainer_server::TrainerServer;
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Endpoint;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic::{Request, Response, Status, Streaming};
 
 /// An executor's trainer: its slots, each with its share of the cores or its GPU.
@@ -46,6 +49,31 @@ impl TrainerService {
             tls,
             inboxes: RingInboxes::default(),
         }
+    }
+
+    /// Where this trainer delivers the ring frames of the gang workers it hosts.
+    pub fn inboxes(&self) -> RingInboxes {
+        self.inboxes.clone()
+    }
+
+    /// This trainer as a gRPC server (with its TLS). Its HTTP/2 windows and frames are large,
+    /// so that ring frames stream at the link's speed instead of waiting for a window update
+    /// every 64 KiB, in 16 KiB pieces.
+    pub fn router(self) -> Result<Router> {
+        let mut server = Server::builder()
+            .initial_stream_window_size(RING_WINDOW)
+            .initial_connection_window_size(2 * RING_WINDOW)
+            .max_frame_size(RING_FRAME);
+        if let Some(tls) = &self.tls {
+            server = server
+                .tls_config(tls.tonic_server()?)
+                .map_err(|e| QuiverError::Cluster(format!("trainer TLS: {e}")))?;
+        }
+        Ok(server.add_service(
+            TrainerServer::new(self)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        ))
     }
 }
 
