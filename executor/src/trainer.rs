@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use quiver_engine::{QuiverError, Result};
 use quiver_operators::experiment::{LocalExecutor, Slot, TrialExecutor, TrialOutput, TrialTask};
@@ -142,12 +143,15 @@ impl Trainer for TrainerService {
         let (events, receiver) = mpsc::unbounded_channel();
         // The runner's answers to the Epoch events, in order.
         let (answers, decisions) = mpsc::unbounded_channel::<bool>();
+        // Fires when the driver's side of the stream goes away.
+        let (gone, driver_gone) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             while let Ok(Some(control)) = controls.message().await {
                 if let Some(trial_control::Kind::GoOn(go_on)) = control.kind {
                     let _ = answers.send(go_on);
                 }
             }
+            let _ = gone.send(());
         });
         let decisions = Arc::new(tokio::sync::Mutex::new(decisions));
         let log = events.clone();
@@ -189,9 +193,22 @@ impl Trainer for TrainerService {
         };
         let executor = Arc::clone(&self.executor);
         let id = self.id.clone();
+        let worker = start.gang.is_some();
         tokio::spawn(async move {
             log::info!("trainer {id}: {} starts on {slot}", task.trial);
-            let last = match executor.run_trial(&slot, &task, hooks).await {
+            // A gang's worker stops at once when the driver gives up the gang (another worker
+            // failed); a trial finishes its epoch and stops for want of an answer.
+            let cancelled = async move {
+                match driver_gone.await {
+                    Ok(()) if worker => {}
+                    _ => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                result = executor.run_trial(&slot, &task, hooks) => result,
+                () = cancelled => Err(MlError::Training("the driver stopped the gang".into())),
+            };
+            let last = match result {
                 Ok(output) => trial_event::Kind::OutputJson(
                     serde_json::to_string(&output).unwrap_or_default(),
                 ),
@@ -208,6 +225,9 @@ impl Trainer for TrainerService {
 
 /// How the error of a trial whose executor went away reads.
 const LOST: &str = "lost while training";
+
+/// How long a gang's other workers may take to stop by themselves after one failed.
+const GANG_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An executor's trainer as the driver sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,27 +405,49 @@ impl ClusterTrainers {
                         .train_on(executor, *local, &task, hooks, Some(gang))
                         .await;
                     self.note_loss(executor, &result);
-                    result
+                    (rank, result)
                 }
             });
-            // Every worker ends once one fails: its neighbours' rings break in turn.
-            let mut results = futures::future::join_all(runs).await;
-            let lost = results
-                .iter()
-                .any(|r| matches!(r, Err(MlError::Training(m)) if m.contains(LOST)));
-            match results.iter().position(|r| r.is_err()) {
-                None => return results.swap_remove(0),
-                Some(i) if !lost || attempt == restarts => return results.swap_remove(i),
-                Some(i) => {
-                    if let Err(e) = &results[i] {
-                        log(&format!(
-                            "a worker was lost ({e}): the gang restarts from the last \
-                             checkpoint (restart {} of at most {restarts})",
-                            attempt + 1
-                        ));
+            let mut running: FuturesUnordered<_> = runs.collect();
+            let mut outputs: Vec<Option<TrialOutput>> = vec![None; workers];
+            let mut errors = Vec::new();
+            // Once a worker fails, its neighbours' rings break within moments; the workers
+            // still running after a grace period are stopped (dropping their streams).
+            let mut deadline = None;
+            loop {
+                let next = match deadline {
+                    None => running.next().await,
+                    Some(at) => tokio::time::timeout_at(at, running.next())
+                        .await
+                        .unwrap_or(None),
+                };
+                match next {
+                    Some((rank, Ok(output))) => outputs[rank] = Some(output),
+                    Some((_, Err(e))) => {
+                        errors.push(e);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + GANG_GRACE);
                     }
+                    None => break,
                 }
             }
+            drop(running);
+            if errors.is_empty() {
+                return outputs.swap_remove(0).ok_or_else(|| {
+                    MlError::Training("worker 0 of the gang returned nothing".into())
+                });
+            }
+            let lost = errors
+                .iter()
+                .any(|e| matches!(e, MlError::Training(m) if m.contains(LOST)));
+            let first = errors.swap_remove(0);
+            if !lost || attempt == restarts {
+                return Err(first);
+            }
+            log(&format!(
+                "a worker was lost ({first}): the gang restarts from the last checkpoint \
+                 (restart {} of at most {restarts})",
+                attempt + 1
+            ));
             attempt += 1;
         }
     }
