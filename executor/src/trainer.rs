@@ -371,10 +371,7 @@ impl ClusterTrainers {
         restarts: usize,
         hooks: &TrainHooks,
     ) -> std::result::Result<TrialOutput, MlError> {
-        let log = |line: &str| match &hooks.log {
-            Some(sink) => sink(line),
-            None => eprintln!("{line}"),
-        };
+        let log = |line: &str| hooks.log(line);
         let mut attempt = 0;
         loop {
             let placed = self.place_gang(workers).await?;
@@ -409,7 +406,8 @@ impl ClusterTrainers {
                 }
             });
             let mut running: FuturesUnordered<_> = runs.collect();
-            let mut outputs: Vec<Option<TrialOutput>> = vec![None; workers];
+            // Rank 0's output is the model's; the other workers hold the same weights.
+            let mut leader = None;
             let mut errors = Vec::new();
             // Once a worker fails, its neighbours' rings break within moments; the workers
             // still running after a grace period are stopped (dropping their streams).
@@ -422,7 +420,8 @@ impl ClusterTrainers {
                         .unwrap_or(None),
                 };
                 match next {
-                    Some((rank, Ok(output))) => outputs[rank] = Some(output),
+                    Some((0, Ok(output))) => leader = Some(output),
+                    Some((_, Ok(_))) => {}
                     Some((_, Err(e))) => {
                         errors.push(e);
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + GANG_GRACE);
@@ -432,7 +431,7 @@ impl ClusterTrainers {
             }
             drop(running);
             if errors.is_empty() {
-                return outputs.swap_remove(0).ok_or_else(|| {
+                return leader.ok_or_else(|| {
                     MlError::Training("worker 0 of the gang returned nothing".into())
                 });
             }
@@ -504,10 +503,7 @@ impl ClusterTrainers {
             .await
             .map_err(|e| lost(&e))?
             .into_inner();
-        let log = |line: &str| match &hooks.log {
-            Some(sink) => sink(line),
-            None => eprintln!("{line}"),
-        };
+        let log = |line: &str| hooks.log(line);
         log(&format!(
             "{} trains on executor {} (its slot {local})",
             task.trial, executor.id

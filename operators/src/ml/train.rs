@@ -95,12 +95,19 @@ impl std::fmt::Debug for TrainHooks {
     }
 }
 
-impl TrainJob {
-    fn log(&self, line: &str) {
-        match &self.hooks.log {
+impl TrainHooks {
+    /// Sends `line` to the run's log sink, or to stderr without one.
+    pub fn log(&self, line: &str) {
+        match &self.log {
             Some(sink) => sink(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+impl TrainJob {
+    fn log(&self, line: &str) {
+        self.hooks.log(line);
     }
 
     /// Runs CPU-heavy work off the async runtime, on the run's threads.
