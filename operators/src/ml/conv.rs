@@ -4,7 +4,9 @@
 //! pass permuting tensors element by element (the weight gradient swaps the batch and channel
 //! axes of both operands). Here forward and backward are gemm calls on per-image im2col buffers,
 //! parallel over the images of a batch, with the backward pass registered as a custom autodiff
-//! op. Other backends (CUDA) use Burn's own convolution.
+//! op. With ReLU, the CNN's whole block (convolution, ReLU, 2x2 max pooling) is one op whose
+//! convolution output lives only in a per-thread buffer; the pooling keeps each output's winning
+//! window position for the backward pass. Other backends (CUDA) use Burn's own ops.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -13,12 +15,17 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
-use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Arc;
 
-/// Backends that run [`ConvBackend::conv2d_same`]; the default is Burn's convolution.
+/// Backends that run [`ConvBackend::conv2d_same`] and [`ConvBackend::conv_relu_pool`]; the
+/// defaults are Burn's own ops.
 pub trait ConvBackend: Backend {
     /// `x` `[n, c, h, w]` convolved with `weight` `[f, c, k, k]` (k odd, zero padding k/2,
     /// stride 1) plus `bias` `[f]`: `[n, f, h, w]`.
@@ -28,6 +35,16 @@ pub trait ConvBackend: Backend {
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         burn_conv2d_same::<Self>(x, weight, bias)
+    }
+
+    /// The CNN's block with ReLU: 2x2 max pooling (stride 2) of `relu(conv2d_same(x, weight,
+    /// bias))`, `[n, f, h / 2, w / 2]`.
+    fn conv_relu_pool(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        burn_conv_relu_pool::<Self>(x, weight, bias)
     }
 }
 
@@ -46,6 +63,18 @@ fn burn_conv2d_same<B: Backend>(
     )
 }
 
+/// [`ConvBackend::conv_relu_pool`] as three separate ops.
+fn burn_conv_relu_pool<B: ConvBackend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let y = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::conv2d_same(x, weight, bias)));
+    max_pool2d(relu(y), [2, 2], [2, 2], [0, 0], [1, 1], false)
+        .into_primitive()
+        .tensor()
+}
+
 impl ConvBackend for Flex {
     fn conv2d_same(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         match Shapes::of(&x, &weight) {
@@ -53,14 +82,22 @@ impl ConvBackend for Flex {
             None => burn_conv2d_same::<Self>(x, weight, bias),
         }
     }
+
+    fn conv_relu_pool(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        match Shapes::of(&x, &weight).filter(Shapes::poolable) {
+            Some(shapes) => pooled_forward(&shapes, &x, &weight, &bias).0,
+            None => burn_conv_relu_pool::<Self>(x, weight, bias),
+        }
+    }
 }
 
-/// The backward step of [`ConvBackend::conv2d_same`] on flex.
+/// The backward step of [`ConvBackend::conv2d_same`] and, with the pooling's winners,
+/// [`ConvBackend::conv_relu_pool`] on flex.
 #[derive(Debug)]
-struct ConvSameBackward;
+struct ConvBackward;
 
-impl Backward<Flex, 3> for ConvSameBackward {
-    type State = (NodeId, NodeId, Shapes);
+impl Backward<Flex, 3> for ConvBackward {
+    type State = (NodeId, NodeId, Shapes, Option<Arc<Vec<u8>>>);
 
     fn backward(
         self,
@@ -68,21 +105,51 @@ impl Backward<Flex, 3> for ConvSameBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, shapes) = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x_state, weight_state, shapes, winners) = ops.state;
+        let upstream = match &winners {
+            Some(winners) => Upstream::Pooled {
+                grad: grad.storage(),
+                winners,
+            },
+            None => Upstream::Conv(grad.storage()),
+        };
+        let [node_x, node_weight, node_bias] = ops.parents.map(|p| p.map(|n| n.id));
         let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
         let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
-        let (dx, dweight, dbias) = backward(&shapes, &x, &weight, &grad, node_x.is_some());
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, dx);
+        let (dx, dweight, dbias) = backward(&shapes, &x, &weight, &upstream, node_x.is_some());
+        if let (Some(id), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(id, dx);
         }
-        if let Some(node) = node_weight {
-            grads.register::<Flex>(node.id, dweight);
+        if let Some(id) = node_weight {
+            grads.register::<Flex>(id, dweight);
         }
-        if let Some(node) = node_bias {
-            grads.register::<Flex>(node.id, dbias);
+        if let Some(id) = node_bias {
+            grads.register::<Flex>(id, dbias);
         }
+    }
+}
+
+/// `output`, computed from x, the weight and the bias, as an autodiff tensor whose backward
+/// step is [`ConvBackward`] (keeping x and the weight).
+fn tracked<C: CheckpointStrategy>(
+    [x, weight, bias]: [&FloatTensor<Autodiff<Flex, C>>; 3],
+    shapes: Shapes,
+    winners: Option<Vec<u8>>,
+    output: FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match ConvBackward
+        .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(x);
+            let weight_state = prep.checkpoint(weight);
+            let state = (x_state, weight_state, shapes, winners.map(Arc::new));
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
     }
 }
 
@@ -96,18 +163,21 @@ impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
             return burn_conv2d_same::<Self>(x, weight, bias);
         };
         let output = forward(&shapes, &x.primitive, &weight.primitive, &bias.primitive);
-        match ConvSameBackward
-            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                prep.finish((x_state, weight_state, shapes), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        tracked::<C>([&x, &weight, &bias], shapes, None, output)
+    }
+
+    fn conv_relu_pool(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let Some(shapes) = Shapes::of(&x.primitive, &weight.primitive).filter(Shapes::poolable)
+        else {
+            return burn_conv_relu_pool::<Self>(x, weight, bias);
+        };
+        let (output, winners) =
+            pooled_forward(&shapes, &x.primitive, &weight.primitive, &bias.primitive);
+        tracked::<C>([&x, &weight, &bias], shapes, Some(winners), output)
     }
 }
 
@@ -147,37 +217,158 @@ impl Shapes {
     fn hw(&self) -> usize {
         self.h * self.w
     }
+
+    /// Whether the image is at least 2x2, so that pooling leaves something.
+    fn poolable(&self) -> bool {
+        self.h >= 2 && self.w >= 2
+    }
+
+    /// Pooled outputs per channel.
+    fn pooled(&self) -> usize {
+        (self.h / 2) * (self.w / 2)
+    }
 }
 
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// The convolution of one image, bias included when `bias` is given: `z[f, hw]`.
+fn convolve(
+    s: &Shapes,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    cols: &mut [f32],
+    z: &mut [f32],
+) {
+    let (hw, ckk) = (s.hw(), s.ckk());
+    im2col(s, x, cols);
+    // z[f, hw] = weight[f, ckk] · cols[ckk, hw]
+    matmul(z, s.f, hw, ckk, (weight, ckk, 1), (cols, hw, 1), false);
+    if let Some(bias) = bias {
+        for (row, b) in z.chunks_mut(hw).zip(bias) {
+            row.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// Splits a batch's images over the run's threads: one chunk of images per thread.
+fn images_per_thread(s: &Shapes) -> usize {
+    s.n.div_ceil(rayon::current_num_threads())
+}
+
 fn forward(s: &Shapes, x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
-    let (x, weight, bias) = (
-        x.to_contiguous(),
-        weight.to_contiguous(),
-        bias.to_contiguous(),
-    );
+    let [x, weight, bias] = [x, weight, bias].map(FlexTensor::to_contiguous);
     let (x, weight, bias): (&[f32], &[f32], &[f32]) =
         (x.storage(), weight.storage(), bias.storage());
-    let (chw, fhw, hw, ckk) = (s.c * s.hw(), s.f * s.hw(), s.hw(), s.ckk());
+    let (chw, fhw) = (s.c * s.hw(), s.f * s.hw());
     let mut out = vec![0.0f32; s.n * fhw];
     out.par_chunks_mut(fhw)
         .zip(x.par_chunks(chw))
-        .with_min_len(s.n.div_ceil(rayon::current_num_threads()))
+        .with_min_len(images_per_thread(s))
         .for_each_init(
-            || vec![0.0f32; ckk * hw],
-            |cols, (out, x)| {
-                im2col(s, x, cols);
-                // out[f, hw] = weight[f, ckk] · cols[ckk, hw]
-                matmul(out, s.f, hw, ckk, (weight, ckk, 1), (cols, hw, 1), false);
-                for (row, b) in out.chunks_mut(hw).zip(bias) {
-                    row.iter_mut().for_each(|v| *v += b);
-                }
-            },
+            || vec![0.0f32; s.ckk() * s.hw()],
+            |cols, (out, x)| convolve(s, x, weight, Some(bias), cols, out),
         );
     tensor(out, vec![s.n, s.f, s.h, s.w])
+}
+
+/// Added to a pooled output's winner where its ReLU is zero: no gradient flows back through
+/// it (winners of 4 and above match no window position).
+const NO_WINNER: u8 = 4;
+
+/// Max pooling 2x2 (stride 2) of `relu(z + bias)` for one image, with the window position
+/// (0..4, row-major) of each output's maximum, plus [`NO_WINNER`] where the ReLU is zero.
+fn relu_pool(s: &Shapes, z: &[f32], bias: &[f32], out: &mut [f32], winners: &mut [u8]) {
+    let (wo, ho) = (s.w / 2, s.h / 2);
+    let per_channel = wo * ho;
+    let outputs = out
+        .chunks_mut(per_channel)
+        .zip(winners.chunks_mut(per_channel));
+    for ((zf, &b), (out, winners)) in z.chunks(s.hw()).zip(bias).zip(outputs) {
+        for oy in 0..ho {
+            let top = &zf[2 * oy * s.w..][..2 * wo];
+            let bottom = &zf[(2 * oy + 1) * s.w..][..2 * wo];
+            let out = &mut out[oy * wo..][..wo];
+            let winners = &mut winners[oy * wo..][..wo];
+            // Arithmetic rather than branches (the winners are unpredictable); ties go to the
+            // first position.
+            for ox in 0..wo {
+                let (a, b2) = (top[2 * ox], top[2 * ox + 1]);
+                let (c, d) = (bottom[2 * ox], bottom[2 * ox + 1]);
+                let (i1, i2) = (u8::from(b2 > a), 2 + u8::from(d > c));
+                let (m1, m2) = (a.max(b2), c.max(d));
+                let lower = u8::from(m2 > m1);
+                let v = m1.max(m2) + b;
+                out[ox] = v.max(0.0);
+                // i1 or i2, plus NO_WINNER where the ReLU is zero.
+                winners[ox] = i1 + lower * (i2 - i1) + NO_WINNER * u8::from(v <= 0.0);
+            }
+        }
+    }
+}
+
+/// [`ConvBackend::conv_relu_pool`]'s output `[n, f, h/2, w/2]` and the winner of each output
+/// (see [`relu_pool`]), which the backward pass routes gradients by.
+fn pooled_forward(
+    s: &Shapes,
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+) -> (FlexTensor, Vec<u8>) {
+    let [x, weight, bias] = [x, weight, bias].map(FlexTensor::to_contiguous);
+    let (x, weight, bias): (&[f32], &[f32], &[f32]) =
+        (x.storage(), weight.storage(), bias.storage());
+    let (chw, pooled) = (s.c * s.hw(), s.f * s.pooled());
+    let mut out = vec![0.0f32; s.n * pooled];
+    let mut winners = vec![NO_WINNER; s.n * pooled];
+    out.par_chunks_mut(pooled)
+        .zip(winners.par_chunks_mut(pooled))
+        .zip(x.par_chunks(chw))
+        .with_min_len(images_per_thread(s))
+        .for_each_init(
+            || (vec![0.0f32; s.ckk() * s.hw()], vec![0.0f32; s.f * s.hw()]),
+            |(cols, z), ((out, winners), x)| {
+                convolve(s, x, weight, None, cols, z);
+                relu_pool(s, z, bias, out, winners);
+            },
+        );
+    (tensor(out, vec![s.n, s.f, s.h / 2, s.w / 2]), winners)
+}
+
+/// The gradient arriving at a convolution.
+enum Upstream<'a> {
+    /// At its output `[n, f, h, w]`.
+    Conv(&'a [f32]),
+    /// At its pooled ReLU output `[n, f, h/2, w/2]`, with each output's winner.
+    Pooled { grad: &'a [f32], winners: &'a [u8] },
+}
+
+impl Upstream<'_> {
+    /// Image `i`'s gradient at the convolution's output, `[f, hw]`, unpooled into `scratch`
+    /// where needed.
+    fn image<'s>(&'s self, s: &Shapes, i: usize, scratch: &'s mut [f32]) -> &'s [f32] {
+        match self {
+            Self::Conv(grad) => &grad[i * s.f * s.hw()..][..s.f * s.hw()],
+            Self::Pooled { grad, winners } => {
+                let pooled = s.f * s.pooled();
+                let (grad, winners) = (&grad[i * pooled..][..pooled], &winners[i * pooled..]);
+                let (wo, ho) = (s.w / 2, s.h / 2);
+                scratch.fill(0.0);
+                let planes = grad.chunks(wo * ho).zip(winners.chunks(wo * ho));
+                for (plane, (grad, winners)) in scratch.chunks_mut(s.hw()).zip(planes) {
+                    for (at, (&g, &winner)) in grad.iter().zip(winners).enumerate() {
+                        // Without branches (winners are unpredictable): a zero ReLU stores 0.
+                        let p = usize::from(winner & 3);
+                        let (y, x) = (2 * (at / wo) + p / 2, 2 * (at % wo) + p % 2);
+                        plane[y * s.w + x] = g * f32::from(u8::from(winner < NO_WINNER));
+                    }
+                }
+                scratch
+            }
+        }
+    }
 }
 
 /// Gradients for x (when `need_dx`), the weight and the bias.
@@ -185,63 +376,63 @@ fn backward(
     s: &Shapes,
     x: &FlexTensor,
     weight: &FlexTensor,
-    grad: &FlexTensor,
+    upstream: &Upstream,
     need_dx: bool,
 ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
-    let (x, weight, grad) = (
-        x.to_contiguous(),
-        weight.to_contiguous(),
-        grad.to_contiguous(),
-    );
-    let (x, weight, grad): (&[f32], &[f32], &[f32]) =
-        (x.storage(), weight.storage(), grad.storage());
-    let (chw, fhw, hw, ckk) = (s.c * s.hw(), s.f * s.hw(), s.hw(), s.ckk());
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let (x, weight): (&[f32], &[f32]) = (x.storage(), weight.storage());
+    let (chw, hw, ckk) = (s.c * s.hw(), s.hw(), s.ckk());
     let mut dx = vec![0.0f32; if need_dx { s.n * chw } else { 0 }];
     let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
         dx.chunks_mut(chw).map(Some).collect()
     } else {
         (0..s.n).map(|_| None).collect()
     };
+    // Per thread: weight and bias gradients, an im2col buffer and an unpooling buffer.
     let zero = || {
         (
             vec![0.0f32; s.f * ckk],
             vec![0.0f32; s.f],
             vec![0.0f32; ckk * hw],
+            vec![0.0f32; s.f * hw],
         )
     };
-    let (dweight, dbias, _) = dx_chunks
+    let (dweight, dbias, _, _) = dx_chunks
         .into_par_iter()
         .zip(x.par_chunks(chw))
-        .zip(grad.par_chunks(fhw))
-        // One accumulator per thread rather than per split: each holds a weight gradient and
-        // an im2col buffer.
-        .with_min_len(s.n.div_ceil(rayon::current_num_threads()))
-        .fold(zero, |(mut dw, mut db, mut cols), ((dx, x), dy)| {
-            im2col(s, x, &mut cols);
-            // dw[f, ckk] += dy[f, hw] · cols[ckk, hw]ᵀ
-            matmul(&mut dw, s.f, ckk, hw, (dy, hw, 1), (&cols, 1, hw), true);
-            for (b, row) in db.iter_mut().zip(dy.chunks(hw)) {
-                *b += row.iter().sum::<f32>();
-            }
-            if let Some(dx) = dx {
-                // dcols[ckk, hw] = weight[f, ckk]ᵀ · dy[f, hw]
-                matmul(
-                    &mut cols,
-                    ckk,
-                    hw,
-                    s.f,
-                    (weight, 1, ckk),
-                    (dy, hw, 1),
-                    false,
-                );
-                col2im(s, &cols, dx);
-            }
-            (dw, db, cols)
-        })
-        .reduce(zero, |(mut a, mut b, cols), (c, d, _)| {
+        .enumerate()
+        // One accumulator per thread rather than per split.
+        .with_min_len(images_per_thread(s))
+        .fold(
+            zero,
+            |(mut dw, mut db, mut cols, mut scratch), (i, (dx, x))| {
+                let dy = upstream.image(s, i, &mut scratch);
+                im2col(s, x, &mut cols);
+                // dw[f, ckk] += dy[f, hw] · cols[ckk, hw]ᵀ
+                matmul(&mut dw, s.f, ckk, hw, (dy, hw, 1), (&cols, 1, hw), true);
+                for (b, row) in db.iter_mut().zip(dy.chunks(hw)) {
+                    *b += row.iter().sum::<f32>();
+                }
+                if let Some(dx) = dx {
+                    // dcols[ckk, hw] = weight[f, ckk]ᵀ · dy[f, hw]
+                    matmul(
+                        &mut cols,
+                        ckk,
+                        hw,
+                        s.f,
+                        (weight, 1, ckk),
+                        (dy, hw, 1),
+                        false,
+                    );
+                    col2im(s, &mut cols, dx);
+                }
+                (dw, db, cols, scratch)
+            },
+        )
+        .reduce(zero, |(mut a, mut b, cols, scratch), (c, d, _, _)| {
             a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
             b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-            (a, b, cols)
+            (a, b, cols, scratch)
         });
     (
         need_dx.then(|| tensor(dx, vec![s.n, s.c, s.h, s.w])),
@@ -250,56 +441,67 @@ fn backward(
     )
 }
 
-/// For each im2col row (channel c, kernel offset dy, dx) and output row `oy`: the output
-/// columns `[lo, hi)` that read inside the image, and the input row and column shift.
-fn for_each_window(
+/// For each im2col row (channel c, kernel offset ky, kx): its index, the channel, the output
+/// range `[lo, hi)` that reads inside the channel's plane when the plane is read as one flat
+/// array shifted by `shift`, and the output columns of each row that such a flat read would
+/// take from the neighbouring image row (they read padding instead).
+fn for_each_row(
     s: &Shapes,
-    mut visit: impl FnMut(usize, usize, usize, Option<(usize, usize, usize)>),
+    mut visit: impl FnMut(usize, usize, usize, usize, isize, Range<usize>),
 ) {
-    let pad = s.k / 2;
+    let (hw, pad) = (s.hw() as isize, (s.k / 2) as isize);
     for c in 0..s.c {
         for ky in 0..s.k {
             for kx in 0..s.k {
-                let row = (c * s.k + ky) * s.k + kx;
-                // Output column ox reads input column ox + kx - pad.
-                let lo = pad.saturating_sub(kx).min(s.w);
-                let hi = (s.w + pad).saturating_sub(kx).min(s.w).max(lo);
-                for oy in 0..s.h {
-                    let iy = (oy + ky).checked_sub(pad).filter(|&iy| iy < s.h);
-                    visit(row, c, oy, iy.map(|iy| (iy, lo, hi)));
-                }
+                let (dy, dx) = (ky as isize - pad, kx as isize - pad);
+                // Output j reads input j + shift; vertical overruns fall outside [0, hw).
+                let shift = dy * s.w as isize + dx;
+                let lo = (-shift).clamp(0, hw) as usize;
+                let hi = (hw - shift).clamp(lo as isize, hw) as usize;
+                // Columns whose horizontal neighbour lies outside the row.
+                let wrapped = if dx < 0 {
+                    0..(-dx as usize).min(s.w)
+                } else {
+                    s.w.saturating_sub(dx as usize)..s.w
+                };
+                visit((c * s.k + ky) * s.k + kx, c, lo, hi, shift, wrapped);
             }
         }
     }
 }
 
-/// cols[(c, ky, kx), (oy, ox)] = x[c, oy + ky - pad, ox + kx - pad], zero outside the image.
+/// cols[(c, ky, kx), (oy, ox)] = x[c, oy + ky - pad, ox + kx - pad], zero outside the image:
+/// one flat copy per row, then the wrapped columns zeroed.
 fn im2col(s: &Shapes, x: &[f32], cols: &mut [f32]) {
-    let (hw, pad) = (s.hw(), s.k / 2);
-    for_each_window(s, |row, c, oy, window| {
-        let out = &mut cols[row * hw + oy * s.w..][..s.w];
-        match window {
-            Some((iy, lo, hi)) => {
-                let kx = row % s.k;
-                let input = &x[(c * s.h + iy) * s.w..][..s.w];
-                out[..lo].fill(0.0);
-                out[lo..hi].copy_from_slice(&input[lo + kx - pad..hi + kx - pad]);
-                out[hi..].fill(0.0);
-            }
-            None => out.fill(0.0),
+    let hw = s.hw();
+    for_each_row(s, |row, c, lo, hi, shift, wrapped| {
+        let out = &mut cols[row * hw..][..hw];
+        let plane = &x[c * hw..][..hw];
+        out[..lo].fill(0.0);
+        if lo < hi {
+            let from = (lo as isize + shift) as usize;
+            out[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
+        }
+        out[hi..].fill(0.0);
+        for line in out.chunks_mut(s.w) {
+            line[wrapped.clone()].fill(0.0);
         }
     });
 }
 
-/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read from.
-fn col2im(s: &Shapes, cols: &[f32], dx: &mut [f32]) {
-    let (hw, pad) = (s.hw(), s.k / 2);
-    for_each_window(s, |row, c, oy, window| {
-        if let Some((iy, lo, hi)) = window {
-            let kx = row % s.k;
-            let from = &cols[row * hw + oy * s.w..][lo..hi];
-            let to = &mut dx[(c * s.h + iy) * s.w..][lo + kx - pad..hi + kx - pad];
-            to.iter_mut().zip(from).for_each(|(t, f)| *t += f);
+/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read
+/// from. Zeroes the wrapped columns of `cols` (which read padding) on the way.
+fn col2im(s: &Shapes, cols: &mut [f32], dx: &mut [f32]) {
+    let hw = s.hw();
+    for_each_row(s, |row, c, lo, hi, shift, wrapped| {
+        let from = &mut cols[row * hw..][..hw];
+        for line in from.chunks_mut(s.w) {
+            line[wrapped.clone()].fill(0.0);
+        }
+        if lo < hi {
+            let at = (lo as isize + shift) as usize;
+            let to = &mut dx[c * hw..][at..at + (hi - lo)];
+            to.iter_mut().zip(&from[lo..hi]).for_each(|(t, f)| *t += f);
         }
     });
 }
@@ -354,12 +556,13 @@ fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+    use burn::tensor::Distribution;
 
     type Ad = Autodiff<Flex>;
 
-    /// Checks the forward pass and all three gradients against Burn's own convolution.
-    fn compare(n: usize, c: usize, h: usize, w: usize, f: usize, k: usize) {
+    /// Checks the forward pass and all three gradients against Burn's own convolution, and
+    /// with `pooled` the fused block against Burn's convolution, ReLU and max pooling.
+    fn compare(pooled: bool, n: usize, c: usize, h: usize, w: usize, f: usize, k: usize) {
         let device = Default::default();
         let x = Tensor::<Ad, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
             .require_grad();
@@ -367,26 +570,33 @@ mod tests {
             .require_grad();
         let bias =
             Tensor::<Ad, 1>::random([f], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let upstream =
-            Tensor::<Ad, 4>::random([n, f, h, w], Distribution::Normal(0.0, 1.0), &device);
-
-        let ours = Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(Ad::conv2d_same(
+        let op = if pooled {
+            Ad::conv_relu_pool
+        } else {
+            Ad::conv2d_same
+        };
+        let ours = Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(op(
             x.clone().into_primitive().tensor(),
             weight.clone().into_primitive().tensor(),
             bias.clone().into_primitive().tensor(),
         )));
         let pad = k / 2;
-        let burn = burn::tensor::module::conv2d(
+        let mut burn = burn::tensor::module::conv2d(
             x.clone(),
             weight.clone(),
             Some(bias.clone()),
             ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
         );
+        if pooled {
+            burn = max_pool2d(relu(burn), [2, 2], [2, 2], [0, 0], [1, 1], false);
+        }
+        let upstream =
+            Tensor::<Ad, 4>::random(burn.dims(), Distribution::Normal(0.0, 1.0), &device);
         let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>, what: &str| {
             let diff = (a - b).abs().max().into_scalar();
             assert!(
                 diff < 1e-3,
-                "{what} differs by {diff} for n{n} c{c} {h}x{w} f{f} k{k}"
+                "{what} differs by {diff} for pooled {pooled} n{n} c{c} {h}x{w} f{f} k{k}"
             );
         };
         close(ours.clone().inner(), burn.clone().inner(), "output");
@@ -406,10 +616,43 @@ mod tests {
 
     #[test]
     fn matches_burn_convolution_and_its_gradients() {
-        compare(3, 1, 28, 28, 8, 3);
-        compare(2, 5, 7, 9, 4, 3);
-        compare(2, 3, 6, 5, 2, 5);
-        compare(1, 2, 2, 3, 3, 5);
-        compare(2, 2, 4, 4, 3, 1);
+        for pooled in [false, true] {
+            compare(pooled, 3, 1, 28, 28, 8, 3);
+            compare(pooled, 2, 5, 7, 9, 4, 3);
+            compare(pooled, 2, 3, 6, 5, 2, 5);
+            compare(pooled, 1, 2, 2, 3, 3, 5);
+            compare(pooled, 2, 2, 4, 4, 3, 1);
+        }
+    }
+
+    #[test]
+    fn the_fused_block_without_autodiff_matches_the_tracked_one() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::random([2, 3, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+        let weight =
+            Tensor::<Flex, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        let bias = Tensor::<Flex, 1>::random([4], Distribution::Normal(0.0, 1.0), &device);
+        let plain = Flex::conv_relu_pool(
+            x.clone().into_primitive().tensor(),
+            weight.clone().into_primitive().tensor(),
+            bias.clone().into_primitive().tensor(),
+        );
+        let composed = max_pool2d(
+            relu(burn::tensor::module::conv2d(
+                x,
+                weight,
+                Some(bias),
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            )),
+            [2, 2],
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            false,
+        );
+        let plain = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(plain));
+        assert_eq!(plain.dims(), [2, 4, 4, 4]);
+        let diff = (plain - composed).abs().max().into_scalar();
+        assert!(diff < 1e-4, "differs by {diff}");
     }
 }

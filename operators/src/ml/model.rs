@@ -152,10 +152,18 @@ impl<B: ConvBackend> Classifier<B> {
             return self.forward(input);
         }
         let scale = (1.0 / (1.0 - p)) as f32;
+        // Dropped where a uniform u32 falls below p (one 32-bit draw per value).
+        let threshold = (p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
         self.forward_with(input, |x| {
             let dims = x.dims();
             let mask: Vec<f32> = (0..dims[0] * dims[1])
-                .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
+                .map(|_| {
+                    if rng.random::<u32>() < threshold {
+                        0.0
+                    } else {
+                        scale
+                    }
+                })
                 .collect();
             let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, dims), &x.device());
             x * mask
@@ -173,13 +181,22 @@ impl<B: ConvBackend> Classifier<B> {
                 .bias
                 .as_ref()
                 .expect("conv layers are built with a bias");
-            let y = B::conv2d_same(
+            let (input, weight, bias) = (
                 x.into_primitive().tensor(),
                 conv.weight.val().into_primitive().tensor(),
                 bias.val().into_primitive().tensor(),
             );
-            x = Tensor::from_primitive(TensorPrimitive::Float(y));
-            x = self.pool.forward(self.activation.forward(x));
+            x = if matches!(self.activation, ActivationLayer::Relu(_)) {
+                // One fused op: the block's largest tensors never exist on their own.
+                Tensor::from_primitive(TensorPrimitive::Float(B::conv_relu_pool(
+                    input, weight, bias,
+                )))
+            } else {
+                let y = Tensor::from_primitive(TensorPrimitive::Float(B::conv2d_same(
+                    input, weight, bias,
+                )));
+                self.pool.forward(self.activation.forward(y))
+            };
         }
         let mut x: Tensor<B, 2> = x.flatten(1, 3);
         if !self.convs.is_empty() {
