@@ -339,6 +339,12 @@ impl From<&LabelMap> for LabelLookup {
 /// Examples of one partition, a record batch at a time, from its reader task.
 type PartitionReceiver = mpsc::Receiver<Result<Vec<Example>, MlError>>;
 
+/// A whole training input in read order, kept after an epoch whose input fit in its shuffle
+/// buffer, so that later epochs shuffle it again instead of reading and decoding it again
+/// (as `tf.data`'s `cache()`).
+#[derive(Clone)]
+pub struct WholeInput(Arc<Vec<Example>>);
+
 /// Streams shuffled batches of one epoch.
 pub struct BatchStream {
     /// Each partition's channel and the examples received from it but not yet taken.
@@ -405,6 +411,28 @@ impl BatchStream {
         })
     }
 
+    /// A stream over `input`, shuffled with `seed`: the same batches as reading the input
+    /// again with that seed, since a fresh read buffers it whole, in the same order.
+    pub fn replay(input: &WholeInput, spec: &InputSpec, batch_size: usize, seed: u64) -> Self {
+        let buffer = input.0.as_ref().clone();
+        Self {
+            partitions: Vec::new(),
+            next_partition: 0,
+            buffer_size: buffer.len().max(1),
+            buffer,
+            rng: Some(StdRng::seed_from_u64(seed)),
+            spec: spec.clone(),
+            batch_size: batch_size.max(1),
+            drained: true,
+            shard: (0, 1),
+        }
+    }
+
+    /// After [`fill`](Self::fill): the whole input, where it ended inside the shuffle buffer.
+    pub fn whole_input(&self) -> Option<WholeInput> {
+        (self.rng.is_some() && self.drained).then(|| WholeInput(Arc::new(self.buffer.clone())))
+    }
+
     /// Keeps worker `rank`'s share of every batch when `world` workers read the same stream:
     /// the batch's examples `rank`, `rank + world`, ... A batch may then be empty (the last
     /// batch of the epoch can be shorter than the number of workers).
@@ -437,17 +465,24 @@ impl BatchStream {
         }
     }
 
-    /// The next example after the shuffle buffer.
-    async fn next_example(&mut self) -> Result<Option<Example>, MlError> {
-        if self.rng.is_none() {
-            return self.next_ordered().await;
-        }
-        while !self.drained && self.buffer.len() < self.buffer_size {
+    /// Reads until the shuffle buffer is full or the data ends (without shuffling, nothing):
+    /// an epoch prepared in the background then starts without waiting for its input.
+    pub async fn fill(&mut self) -> Result<(), MlError> {
+        while self.rng.is_some() && !self.drained && self.buffer.len() < self.buffer_size {
             match self.next_ordered().await? {
                 Some(example) => self.buffer.push(example),
                 None => self.drained = true,
             }
         }
+        Ok(())
+    }
+
+    /// The next example after the shuffle buffer.
+    async fn next_example(&mut self) -> Result<Option<Example>, MlError> {
+        if self.rng.is_none() {
+            return self.next_ordered().await;
+        }
+        self.fill().await?;
         if self.buffer.is_empty() {
             return Ok(None);
         }

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adam;
 pub mod collective;
 pub mod conv;
 pub mod data;

@@ -3,14 +3,14 @@
 //! epoch; `metrics.jsonl` and TensorBoard event files written as training runs; resume from the
 //! last checkpoint.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -25,9 +25,10 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use super::adam::{AdamBackend, FastAdam};
 use super::collective::Ring;
 use super::conv::ConvBackend;
-use super::data::{BatchStream, batch_dims};
+use super::data::{BatchStream, WholeInput, batch_dims};
 use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
@@ -111,6 +112,11 @@ impl TrainJob {
     }
 
     /// Runs CPU-heavy work off the async runtime, on the run's threads.
+    ///
+    /// Without a pool of its own, the work stays on this thread rather than moving onto
+    /// rayon's global pool: Burn's autodiff holds a graph lock during the backward pass, and a
+    /// global worker waiting inside it would take up another run's step, whose backward pass
+    /// then waits for the same lock (two concurrent runs deadlocked that way).
     fn compute<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         tokio::task::block_in_place(|| match &self.hooks.threads {
             Some(pool) => pool.install(work),
@@ -203,7 +209,7 @@ pub async fn train(
     }
 }
 
-async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
+async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + ConvBackend>(
     train: &DataFrame,
     validation: Option<&DataFrame>,
     job: &TrainJob,
@@ -228,9 +234,7 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend>(
     let resumed = resume_state(job, &run, leader).await?;
     match options.optimizer {
         OptimizerSpec::Adam => {
-            let optimizer = AdamConfig::new()
-                .with_epsilon(1e-7)
-                .init::<B, Classifier<B>>();
+            let optimizer = FastAdam::new(1e-7).init::<B, Classifier<B>>();
             epochs(train, validation, job, device, model, optimizer, resumed).await
         }
         OptimizerSpec::Sgd { momentum } => {
@@ -426,25 +430,25 @@ async fn epochs<
     let [c, h, w] = batch_dims(&job.input);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut stopped_early, mut stopped_by_scheduler) = (false, false);
+    let whole = Arc::new(OnceLock::new());
+    let mut upcoming =
+        (state.epoch < options.epochs).then(|| read_ahead(train, job, state.epoch + 1, &whole));
     while state.epoch < options.epochs {
         let epoch = state.epoch + 1;
-        // Seeding per epoch makes dropout and shuffling after a resume equal an uninterrupted run.
-        let epoch_seed = options
-            .seed
-            .wrapping_add((epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut dropout_rng = StdRng::seed_from_u64(epoch_seed.wrapping_add(rank as u64));
-        // Every worker reads the same shuffled stream and trains on its share of each batch.
-        let mut batches = BatchStream::start(
-            train,
-            &job.input,
-            &job.labels,
-            options.batch_size,
-            Some((epoch_seed, options.shuffle_buffer)),
-        )
-        .await?
-        .shard(rank, world);
-        let bar = progress_bar(epoch, options.epochs, leader && job.hooks.log.is_none());
+        let mut dropout_rng =
+            StdRng::seed_from_u64(epoch_seed(options, epoch).wrapping_add(rank as u64));
+        // The epoch's time includes any wait for its input.
         let started = Instant::now();
+        // Every worker reads the same shuffled stream and trains on its share of each batch.
+        let mut batches = upcoming
+            .take()
+            .expect("the next epoch is read ahead")
+            .stream()
+            .await?
+            .shard(rank, world);
+        // The next epoch's input is read and decoded while this one trains.
+        upcoming = (epoch < options.epochs).then(|| read_ahead(train, job, epoch + 1, &whole));
+        let bar = progress_bar(epoch, options.epochs, leader && job.hooks.log.is_none());
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
         while let Some(batch) = batches.next_batch().await? {
@@ -618,6 +622,63 @@ async fn epochs<
         stopped_early,
         stopped_by_scheduler,
     })
+}
+
+/// Seeding per epoch makes dropout and shuffling after a resume equal an uninterrupted run.
+fn epoch_seed(options: &TrainOptions, epoch: usize) -> u64 {
+    options
+        .seed
+        .wrapping_add((epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// An epoch's shuffled batch stream, started and filled by a background task; dropping it
+/// stops the task.
+struct ReadAhead(Option<tokio::task::JoinHandle<Result<BatchStream, MlError>>>);
+
+impl ReadAhead {
+    /// The stream, once its shuffle buffer is full.
+    async fn stream(mut self) -> Result<BatchStream, MlError> {
+        let task = self.0.take().expect("taken once");
+        task.await
+            .map_err(|e| MlError::Training(format!("reading the training data failed: {e}")))?
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Starts preparing epoch `epoch`'s input in the background: a replay of `whole` where an
+/// earlier epoch's input fit in the shuffle buffer (which then fills `whole`), else a read.
+fn read_ahead(
+    train: &DataFrame,
+    job: &TrainJob,
+    epoch: usize,
+    whole: &Arc<OnceLock<WholeInput>>,
+) -> ReadAhead {
+    let (frame, input, labels) = (train.clone(), job.input.clone(), job.labels.clone());
+    let (batch_size, seed, buffer) = (
+        job.options.batch_size,
+        epoch_seed(&job.options, epoch),
+        job.options.shuffle_buffer,
+    );
+    let whole = Arc::clone(whole);
+    ReadAhead(Some(tokio::spawn(async move {
+        if let Some(kept) = whole.get() {
+            return Ok(BatchStream::replay(kept, &input, batch_size, seed));
+        }
+        let mut stream =
+            BatchStream::start(&frame, &input, &labels, batch_size, Some((seed, buffer))).await?;
+        stream.fill().await?;
+        if let Some(kept) = stream.whole_input() {
+            let _ = whole.set(kept);
+        }
+        Ok(stream)
+    })))
 }
 
 fn log_epoch(events: &mut EventFile, m: &EpochMetrics) {
