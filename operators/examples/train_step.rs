@@ -1,0 +1,80 @@
+//! Times training steps (forward, backward, Adam) of the benchmark DNN and CNN on the CPU, on
+//! random 28x28 images: the kernels alone, without Quiver's input pipeline, for profiling
+//! (`perf record`) next to `benches/train/run.sh`.
+//!
+//!     cargo run --example train_step -- [dnn|cnn] [batch] [steps]
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::{Int, Tensor, TensorData};
+use quiver_operators::ml::adam::FastAdam;
+use quiver_operators::ml::model::Classifier;
+use quiver_operators::ml::spec::{Activation, Architecture, InputKind, InputSpec};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type B = Autodiff<Flex>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let model_type = args.first().map_or("cnn", String::as_str);
+    let batch: usize = args.get(1).map_or(64, |b| b.parse().expect("batch size"));
+    let steps: usize = args.get(2).map_or(50, |s| s.parse().expect("step count"));
+    let architecture = match model_type {
+        "dnn" => Architecture::DnnClassifier {
+            hidden_units: vec![512, 256, 128],
+            activation: Activation::Relu,
+            dropout: 0.2,
+        },
+        "cnn" => Architecture::CnnClassifier {
+            conv_filters: vec![32, 64],
+            kernel_size: 3,
+            dense_units: vec![128],
+            activation: Activation::Relu,
+            dropout: 0.2,
+        },
+        _ if model_type.starts_with("conv") => Architecture::DnnClassifier {
+            hidden_units: vec![],
+            activation: Activation::Relu,
+            dropout: 0.0,
+        },
+        other => panic!("model type '{other}' is not dnn or cnn"),
+    };
+    let input = InputSpec {
+        column: "image".into(),
+        kind: InputKind::Image,
+        shape: vec![28, 28, 1],
+        scale: 1.0 / 255.0,
+    };
+    let device = Default::default();
+    let mut model =
+        Classifier::<B>::new(&architecture, &input, 10, &device, 42).expect("a valid model");
+    let mut optimizer = FastAdam::new(1e-7).init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut rng = StdRng::seed_from_u64(7);
+    let warmup = 3;
+    let mut started = Instant::now();
+    for step in 0..warmup + steps {
+        if step == warmup {
+            started = Instant::now();
+        }
+        let pixels: Vec<f32> = (0..batch * 784).map(|_| rng.random()).collect();
+        let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..10)).collect();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [batch, 1, 28, 28]), &device);
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+        let logits = model.forward_train(x, &mut rng);
+        let loss = loss_fn.forward(logits, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(0.001, model, grads);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{model_type} batch {batch}: {:.2} ms/step, {:.0} images/s ({} threads)",
+        seconds * 1e3 / steps as f64,
+        (steps * batch) as f64 / seconds,
+        rayon::current_num_threads()
+    );
+}
