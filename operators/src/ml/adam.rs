@@ -75,14 +75,10 @@ impl<B: AdamBackend> SimpleOptimizer<B> for FastAdam {
     }
 }
 
-/// A tensor's values as a contiguous, f32 flex tensor.
+/// A tensor's values as a flex tensor whose storage is exactly its values (flex copies only
+/// views; the moved-in original is dropped, so the result stays uniquely owned).
 fn contiguous<const D: usize>(tensor: Tensor<Flex, D>) -> FlexTensor {
-    let t = tensor.into_primitive().tensor();
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
+    tensor.into_primitive().tensor().to_contiguous()
 }
 
 fn wrap<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {

@@ -653,7 +653,8 @@ impl Drop for ReadAhead {
 }
 
 /// Starts preparing epoch `epoch`'s input in the background: a replay of `whole` where an
-/// earlier epoch's input fit in the shuffle buffer (which then fills `whole`), else a read.
+/// earlier epoch's input fit in the shuffle buffer, else a read (which fills `whole` when the
+/// input fits and a later epoch follows).
 fn read_ahead(
     train: &DataFrame,
     job: &TrainJob,
@@ -661,10 +662,11 @@ fn read_ahead(
     whole: &Arc<OnceLock<WholeInput>>,
 ) -> ReadAhead {
     let (frame, input, labels) = (train.clone(), job.input.clone(), job.labels.clone());
-    let (batch_size, seed, buffer) = (
+    let (batch_size, seed, buffer, last) = (
         job.options.batch_size,
         epoch_seed(&job.options, epoch),
         job.options.shuffle_buffer,
+        job.options.epochs,
     );
     let whole = Arc::clone(whole);
     ReadAhead(Some(tokio::spawn(async move {
@@ -674,7 +676,8 @@ fn read_ahead(
         let mut stream =
             BatchStream::start(&frame, &input, &labels, batch_size, Some((seed, buffer))).await?;
         stream.fill().await?;
-        if let Some(kept) = stream.whole_input() {
+        // Keeping a copy only pays when a later epoch will replay it.
+        if let Some(kept) = (epoch < last).then(|| stream.whole_input()).flatten() {
             let _ = whole.set(kept);
         }
         Ok(stream)
