@@ -2,9 +2,11 @@
 //! recursively in any store, as rows of `path`, `label` (the parent folder's name) and `content`
 //! (the encoded bytes), split into parallel partitions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{
@@ -27,6 +29,7 @@ use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use quiver_engine::url::Url;
@@ -228,53 +231,154 @@ impl ReadImagesSource {
     }
 }
 
+/// At most this many files are read together into one record batch, ...
+const CHUNK_FILES: usize = 256;
+/// ... and at most this many bytes (a larger file is a chunk of its own).
+const CHUNK_BYTES: u64 = 16 << 20;
+/// Reads of one chunk in flight at once, on stores other than the local file system.
+const CHUNK_CONCURRENCY: usize = 16;
+
+/// What opening a file of a partition does: the first file of each chunk of consecutive files
+/// reads the whole chunk as one batch, and the chunk's other files open as nothing. One batch
+/// per file would cost a task hand-over and a pass through every operator above for each row.
+enum ChunkRole {
+    Leads(Vec<ObjectMeta>),
+    Follows,
+}
+
+/// Cuts a partition's files, in order, into chunks of [`CHUNK_FILES`] and [`CHUNK_BYTES`].
+fn chunk_roles(files: &[ObjectMeta]) -> HashMap<Path, ChunkRole> {
+    let mut roles = HashMap::with_capacity(files.len());
+    let mut start = 0;
+    while start < files.len() {
+        let (mut end, mut bytes) = (start + 1, files[start].size);
+        while end < files.len()
+            && end - start < CHUNK_FILES
+            && bytes + files[end].size <= CHUNK_BYTES
+        {
+            bytes += files[end].size;
+            end += 1;
+        }
+        for file in &files[start + 1..end] {
+            roles.insert(file.location.clone(), ChunkRole::Follows);
+        }
+        roles.insert(
+            files[start].location.clone(),
+            ChunkRole::Leads(files[start..end].to_vec()),
+        );
+        start = end;
+    }
+    roles
+}
+
+/// Where a chunk's bytes come from: local files are read in one blocking task, other stores
+/// with several requests in flight.
+#[derive(Clone)]
+enum ChunkReader {
+    Local(Arc<LocalFileSystem>),
+    Store(Arc<dyn ObjectStore>),
+}
+
+impl ChunkReader {
+    async fn read(&self, base: &str, files: Vec<ObjectMeta>) -> Result<Vec<Bytes>> {
+        let failed = |location: &Path, e: &dyn std::fmt::Display| {
+            DataFusionError::Execution(format!("read_images: cannot read '{base}{location}': {e}"))
+        };
+        match self {
+            ChunkReader::Local(fs) => {
+                let fs = Arc::clone(fs);
+                let base = base.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let failed = |location: &Path, e: &dyn std::fmt::Display| {
+                        DataFusionError::Execution(format!(
+                            "read_images: cannot read '{base}{location}': {e}"
+                        ))
+                    };
+                    files
+                        .iter()
+                        .map(|meta| {
+                            let path = fs
+                                .path_to_filesystem(&meta.location)
+                                .map_err(|e| failed(&meta.location, &e))?;
+                            std::fs::read(path)
+                                .map(Bytes::from)
+                                .map_err(|e| failed(&meta.location, &e))
+                        })
+                        .collect()
+                })
+                .await
+                .map_err(|e| DataFusionError::Execution(format!("read_images: {e}")))?
+            }
+            ChunkReader::Store(store) => {
+                futures::stream::iter(files)
+                    .map(|meta| async move {
+                        let got = store.get(&meta.location).await;
+                        match got {
+                            Ok(result) => result.bytes().await,
+                            Err(e) => Err(e),
+                        }
+                        .map_err(|e| failed(&meta.location, &e))
+                    })
+                    .buffered(CHUNK_CONCURRENCY)
+                    .try_collect()
+                    .await
+            }
+        }
+    }
+}
+
 struct ImageFileOpener {
-    store: Arc<dyn ObjectStore>,
+    reader: ChunkReader,
     base: String,
     projection: Vec<usize>,
     schema: SchemaRef,
     progress: Option<Arc<Progress>>,
+    chunks: Arc<HashMap<Path, ChunkRole>>,
 }
 
 impl FileOpener for ImageFileOpener {
     fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
-        let store = Arc::clone(&self.store);
-        let meta = file.object_meta;
-        let url = format!("{}{}", self.base, meta.location);
+        let files = match self.chunks.get(&file.object_meta.location) {
+            Some(ChunkRole::Follows) => {
+                return Ok(Box::pin(async { Ok(futures::stream::empty().boxed()) }));
+            }
+            Some(ChunkRole::Leads(files)) => files.clone(),
+            // Not in this partition's file group as planned: read on its own.
+            None => vec![file.object_meta],
+        };
+        let reader = self.reader.clone();
+        let base = self.base.clone();
         let projection = self.projection.clone();
         let schema = Arc::clone(&self.schema);
         let progress = self.progress.clone();
         Ok(Box::pin(async move {
-            let content = if projection.contains(&2) {
-                let read = |e: object_store::Error| {
-                    DataFusionError::Execution(format!("read_images: cannot read '{url}': {e}"))
-                };
-                let bytes = store
-                    .get(&meta.location)
-                    .await
-                    .map_err(read)?
-                    .bytes()
-                    .await
-                    .map_err(read)?;
+            let urls: Vec<String> = files
+                .iter()
+                .map(|m| format!("{base}{}", m.location))
+                .collect();
+            let labels: Vec<String> = files.iter().map(|m| parent_name(&m.location)).collect();
+            let contents = if projection.contains(&2) {
+                let contents = reader.read(&base, files).await?;
                 if let Some(p) = &progress {
-                    p.add_file_read(bytes.len() as u64);
+                    for bytes in &contents {
+                        p.add_file_read(bytes.len() as u64);
+                    }
                 }
-                Some(bytes)
+                contents
             } else {
-                None
+                vec![Bytes::new(); urls.len()]
             };
+            let rows = urls.len();
             let all: [ArrayRef; 3] = [
-                Arc::new(StringArray::from(vec![url.as_str()])),
-                Arc::new(StringArray::from(vec![parent_name(&meta.location)])),
-                Arc::new(BinaryArray::from(vec![
-                    content.as_deref().unwrap_or_default(),
-                ])),
+                Arc::new(StringArray::from(urls)),
+                Arc::new(StringArray::from(labels)),
+                Arc::new(BinaryArray::from_iter_values(contents.iter())),
             ];
             let columns = projection.iter().map(|&i| Arc::clone(&all[i])).collect();
             let batch = RecordBatch::try_new_with_options(
                 schema,
                 columns,
-                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
             )?;
             Ok(futures::stream::once(async { Ok(batch) }).boxed())
         }))
@@ -288,13 +392,26 @@ impl FileSource for ReadImagesSource {
         &self,
         store: Arc<dyn ObjectStore>,
         base_config: &FileScanConfig,
-        _partition: usize,
+        partition: usize,
     ) -> Result<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
         let projection = self.projection.file_indices.clone();
+        let files: Vec<ObjectMeta> = base_config
+            .file_groups
+            .get(partition)
+            .map(|g| g.files().iter().map(|f| f.object_meta.clone()).collect())
+            .unwrap_or_default();
+        let base = base_config.object_store_url.as_str().to_string();
+        // Quiver's file:// store is the local file system from its root (quiver_engine::store).
+        let reader = if base.starts_with("file://") {
+            ChunkReader::Local(Arc::new(LocalFileSystem::new()))
+        } else {
+            ChunkReader::Store(store)
+        };
         let opener = Arc::new(ImageFileOpener {
-            store,
-            base: base_config.object_store_url.as_str().to_string(),
+            reader,
+            chunks: Arc::new(chunk_roles(&files)),
+            base,
             schema: Arc::new(file_schema.project(&projection)?),
             projection,
             progress: self.progress.clone(),
@@ -418,17 +535,52 @@ mod tests {
         );
     }
 
-    #[test]
-    fn splits_evenly_and_keeps_order() {
-        let files: Vec<ObjectMeta> = (0..10)
-            .map(|i| ObjectMeta {
+    fn metas(sizes: &[u64]) -> Vec<ObjectMeta> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| ObjectMeta {
                 location: Path::from(format!("f{i}")),
                 last_modified: Default::default(),
-                size: 100,
+                size,
                 e_tag: None,
                 version: None,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn chunks_cover_each_file_once_in_order() {
+        // 600 small files, then one over the byte limit, then two that fit together.
+        let mut sizes = vec![100; 600];
+        sizes.extend([CHUNK_BYTES + 1, CHUNK_BYTES / 2, CHUNK_BYTES / 2]);
+        let files = metas(&sizes);
+        let roles = chunk_roles(&files);
+        assert_eq!(roles.len(), files.len());
+        let mut chunks = Vec::new();
+        let mut covered = Vec::new();
+        for file in &files {
+            match &roles[&file.location] {
+                ChunkRole::Leads(chunk) => {
+                    assert_eq!(chunk[0].location, file.location);
+                    chunks.push(chunk.len());
+                    covered.extend(chunk.iter().map(|m| m.location.clone()));
+                }
+                ChunkRole::Follows => {}
+            }
+        }
+        assert_eq!(
+            chunks,
+            [CHUNK_FILES, CHUNK_FILES, 600 - 2 * CHUNK_FILES, 1, 2]
+        );
+        let order: Vec<_> = files.iter().map(|m| m.location.clone()).collect();
+        assert_eq!(covered, order);
+        assert!(chunk_roles(&[]).is_empty());
+    }
+
+    #[test]
+    fn splits_evenly_and_keeps_order() {
+        let files = metas(&[100; 10]);
         let groups = split_by_size(files, 3);
         assert_eq!(groups.len(), 3);
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 10);
