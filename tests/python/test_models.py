@@ -68,6 +68,10 @@ def test_faces_cnn_from_an_image_folder(samples, tmp_path):
     assert len(acc.Scalars("val_accuracy")) == 10
     history = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert [round(h["loss"], 5) for h in history] == [round(e.value, 5) for e in losses]
+    # The time each epoch waited for its input is part of the epoch's time, in TensorBoard too.
+    assert all(0 < h["input_seconds"] <= h["seconds"] for h in history), history
+    assert [round(e.value, 5) for e in acc.Scalars("input_seconds")] == [
+        round(h["input_seconds"], 5) for h in history]
 
     # predict() agrees with ml_evaluate.
     rows, _ = run_sql(tmp_path, f"""

@@ -1339,6 +1339,7 @@ mod tests {
             val_accuracy: None,
             examples: 10,
             seconds: 1.0,
+            input_seconds: 0.0,
             examples_per_second: 10.0,
         }
     }

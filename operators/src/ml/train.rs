@@ -140,8 +140,12 @@ pub struct EpochMetrics {
     pub val_accuracy: Option<f64>,
     /// Training examples seen.
     pub examples: u64,
-    /// Wall-clock seconds of the epoch's training steps.
+    /// Wall-clock seconds of the epoch, including any wait for its input.
     pub seconds: f64,
+    /// The part of `seconds` spent waiting for input (reading, decoding and batching it):
+    /// near zero when the input keeps up with training.
+    #[serde(default)]
+    pub input_seconds: f64,
     /// Training throughput.
     pub examples_per_second: f64,
 }
@@ -446,12 +450,18 @@ async fn epochs<
             .stream()
             .await?
             .shard(rank, world);
+        let mut input_seconds = started.elapsed().as_secs_f64();
         // The next epoch's input is read and decoded while this one trains.
         upcoming = (epoch < options.epochs).then(|| read_ahead(train, job, epoch + 1, &whole));
         let bar = progress_bar(epoch, options.epochs, leader && job.hooks.log.is_none());
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
-        while let Some(batch) = batches.next_batch().await? {
+        loop {
+            let waited = Instant::now();
+            let Some(batch) = batches.next_batch().await? else {
+                break;
+            };
+            input_seconds += waited.elapsed().as_secs_f64();
             let mut n = batch.len;
             let (mut grads, mut loss, mut hits) = (GradientsParams::new(), 0.0, 0);
             if n > 0 {
@@ -550,6 +560,7 @@ async fn epochs<
             val_accuracy: val.map(|v| v.1),
             examples: seen,
             seconds,
+            input_seconds,
             examples_per_second: seen as f64 / seconds,
         };
         if leader {
@@ -689,6 +700,7 @@ fn log_epoch(events: &mut EventFile, m: &EpochMetrics) {
         ("epoch_loss", m.loss),
         ("epoch_accuracy", m.accuracy),
         ("examples_per_second", m.examples_per_second),
+        ("input_seconds", m.input_seconds),
     ];
     if let (Some(l), Some(a)) = (m.val_loss, m.val_accuracy) {
         values.push(("val_loss", l));
@@ -707,8 +719,8 @@ pub fn describe(m: &EpochMetrics, epochs: usize) -> String {
         line.push_str(&format!(" val_loss {l:.4} val_accuracy {a:.4}"));
     }
     line.push_str(&format!(
-        " ({} examples, {:.1}s, {:.0} examples/s)",
-        m.examples, m.seconds, m.examples_per_second
+        " ({} examples, {:.1}s of which {:.1}s waiting for input, {:.0} examples/s)",
+        m.examples, m.seconds, m.input_seconds, m.examples_per_second
     ));
     line
 }
