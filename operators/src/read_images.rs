@@ -281,28 +281,19 @@ enum ChunkReader {
 
 impl ChunkReader {
     async fn read(&self, base: &str, files: Vec<ObjectMeta>) -> Result<Vec<Bytes>> {
-        let failed = |location: &Path, e: &dyn std::fmt::Display| {
-            DataFusionError::Execution(format!("read_images: cannot read '{base}{location}': {e}"))
-        };
         match self {
             ChunkReader::Local(fs) => {
                 let fs = Arc::clone(fs);
                 let base = base.to_string();
                 tokio::task::spawn_blocking(move || {
-                    let failed = |location: &Path, e: &dyn std::fmt::Display| {
-                        DataFusionError::Execution(format!(
-                            "read_images: cannot read '{base}{location}': {e}"
-                        ))
-                    };
                     files
                         .iter()
                         .map(|meta| {
-                            let path = fs
-                                .path_to_filesystem(&meta.location)
-                                .map_err(|e| failed(&meta.location, &e))?;
-                            std::fs::read(path)
+                            fs.path_to_filesystem(&meta.location)
+                                .map_err(|e| e.to_string())
+                                .and_then(|path| std::fs::read(path).map_err(|e| e.to_string()))
                                 .map(Bytes::from)
-                                .map_err(|e| failed(&meta.location, &e))
+                                .map_err(|e| read_error(&base, &meta.location, &e))
                         })
                         .collect()
                 })
@@ -317,7 +308,7 @@ impl ChunkReader {
                             Ok(result) => result.bytes().await,
                             Err(e) => Err(e),
                         }
-                        .map_err(|e| failed(&meta.location, &e))
+                        .map_err(|e| read_error(base, &meta.location, &e))
                     })
                     .buffered(CHUNK_CONCURRENCY)
                     .try_collect()
@@ -325,6 +316,11 @@ impl ChunkReader {
             }
         }
     }
+}
+
+/// The error of a file that cannot be read, naming it.
+fn read_error(base: &str, location: &Path, e: &dyn std::fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!("read_images: cannot read '{base}{location}': {e}"))
 }
 
 struct ImageFileOpener {
@@ -576,6 +572,47 @@ mod tests {
         let order: Vec<_> = files.iter().map(|m| m.location.clone()).collect();
         assert_eq!(covered, order);
         assert!(chunk_roles(&[]).is_empty());
+    }
+
+    /// Both readers return a chunk's bytes in order, and name the file that cannot be read.
+    #[tokio::test]
+    async fn chunk_readers_keep_order_and_name_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalFileSystem::new());
+        let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut metas = Vec::new();
+        for i in 0..40u8 {
+            let file = dir.path().join(format!("{i:02}.png"));
+            std::fs::write(&file, vec![i; i as usize + 1]).unwrap();
+            let location = Path::from_filesystem_path(&file).unwrap();
+            memory
+                .put(&location, vec![i; i as usize + 1].into())
+                .await
+                .unwrap();
+            metas.push(local.head(&location).await.unwrap());
+        }
+        let missing = dir.path().join("gone.png");
+        std::fs::write(&missing, b"x").unwrap();
+        let gone = local
+            .head(&Path::from_filesystem_path(&missing).unwrap())
+            .await
+            .unwrap();
+        std::fs::remove_file(&missing).unwrap();
+        for (reader, base) in [
+            (ChunkReader::Local(local), "file:///"),
+            (ChunkReader::Store(memory), "memory:///"),
+        ] {
+            let read = reader.read(base, metas.clone()).await.unwrap();
+            let expected: Vec<Bytes> = (0..40u8).map(|i| vec![i; i as usize + 1].into()).collect();
+            assert_eq!(read, expected);
+            let mut with_gone = metas.clone();
+            with_gone.insert(7, gone.clone());
+            let err = reader.read(base, with_gone).await.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("cannot read '{base}{}'", gone.location)),
+                "{err}"
+            );
+        }
     }
 
     #[test]
