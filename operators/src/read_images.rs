@@ -392,11 +392,17 @@ impl FileSource for ReadImagesSource {
     ) -> Result<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
         let projection = self.projection.file_indices.clone();
-        let files: Vec<ObjectMeta> = base_config
-            .file_groups
-            .get(partition)
-            .map(|g| g.files().iter().map(|f| f.object_meta.clone()).collect())
-            .unwrap_or_default();
+        // Chunks are cut from the partition's own file group, which its stream opens in order
+        // only when it preserves order: with work stealing, a chunk's files could be opened by
+        // another partition's stream, so each file is then read on its own.
+        let files: Vec<ObjectMeta> = match base_config.file_groups.get(partition) {
+            Some(group) if base_config.preserve_order => group
+                .files()
+                .iter()
+                .map(|f| f.object_meta.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         let base = base_config.object_store_url.as_str().to_string();
         // Quiver's file:// store is the local file system from its root (quiver_engine::store).
         let reader = if base.starts_with("file://") {
