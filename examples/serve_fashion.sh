@@ -10,7 +10,11 @@ test_images=quiver-data/samples/fashion/test
 "$quiver" serve --model "quiver-data/models/$model" --batching >quiver-data/serve.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 300); do grep -q "quiver serve: ready" quiver-data/serve.log && break; sleep 0.1; done
+# Wait for its "ready" line (a port already taken ends it at once, with the reason).
+until grep -q "quiver serve: ready" quiver-data/serve.log; do
+  if ! kill -0 $server 2>/dev/null; then cat quiver-data/serve.log >&2; exit 1; fi
+  sleep 0.1
+done
 cat quiver-data/serve.log
 "$client" accuracy --model "$model" --images "$test_images" --batch 50
 image=$(find "$test_images/sneaker" -name '*.png' | sort | head -1)

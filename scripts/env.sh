@@ -1,6 +1,8 @@
 # Shared set-up for Quiver's scripts: sourced, not run. Installs what is missing, idempotently:
-# build tools and the Fashion-MNIST Debian package, the reference Python environment
-# (TensorFlow, Pillow, scikit-image, SeaweedFS, ...) and the sample image folders.
+# Debian packages (build tools, clients, the Fashion-MNIST package), the reference Python
+# environment (TensorFlow, Pillow, scikit-image, SeaweedFS, ...) and the sample image folders.
+# Long phases say what they are doing: cargo shows its progress on a terminal, and in a log (no
+# terminal) a line every 50 s says that it is still working.
 set -euo pipefail
 QUIVER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUIVER_CACHE=${QUIVER_CACHE:-$HOME/.cache/quiver}
@@ -24,40 +26,82 @@ quiver_apt() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# Build tools: cmake and nasm compile the bundled libjpeg-turbo (with SIMD) into the binary.
-quiver_install_build_tools() { quiver_apt cmake nasm; }
+# The Debian packages the scripts need, in one apt run: cmake and nasm compile the bundled
+# libjpeg-turbo (with SIMD) into the binary; curl and openssl are clients of `quiver serve` and
+# make test certificates (scripts/certs.sh); dataset-fashion-mnist is real data.
+quiver_install_packages() { quiver_apt cmake nasm curl openssl dataset-fashion-mnist; }
 
-quiver_install_datasets() { quiver_apt dataset-fashion-mnist; }
+# quiver_cargo ARGS...: cargo, with a line every 50 s when stderr is not a terminal (cargo
+# shows its progress bar only on one).
+quiver_cargo() {
+    if [ -t 2 ]; then
+        cargo "$@"
+        return
+    fi
+    local started=$SECONDS what="cargo $*"
+    (
+        while sleep 50; do
+            local t=$((SECONDS - started))
+            quiver_log "still running ${what:0:60} ($((t / 60))m$((t % 60))s)"
+        done
+    ) &
+    local beat=$! rc=0
+    cargo "$@" || rc=$?
+    kill "$beat" 2>/dev/null || true
+    wait "$beat" 2>/dev/null || true
+    return $rc
+}
 
-# Clients of `quiver serve` in the tests and the main job: curl, and openssl for scripts/certs.sh.
-quiver_install_clients() { quiver_apt curl openssl; }
+# The reference environment of ../shared/tools/refenv.sh plus the test runner.
+quiver_refenv_ready() {
+    [ -f "$REFENV/.refenv-v2" ] && "$REFENV/bin/python" -c 'import pytest' 2>/dev/null
+}
 
 quiver_install_refenv() {
-    if [ ! -f "$REFENV/.refenv-v1" ]; then
-        quiver_log "building the reference environment in $REFENV (TensorFlow, Pillow, SeaweedFS; a few minutes once)"
-    fi
+    quiver_refenv_ready && return 0
     bash "$SHARED/tools/refenv.sh" "$REFENV"
-    # The test runner, on top of the shared reference environment.
     "$REFENV/bin/python" -c 'import pytest' 2>/dev/null ||
         "$REFENV/bin/python" -m pip install -q --disable-pip-version-check pytest
 }
 
+# Starts building the reference environment in the background (it downloads while cargo
+# compiles); quiver_wait_refenv waits for it.
+REFENV_PID=
+quiver_start_refenv() {
+    quiver_refenv_ready && return 0
+    quiver_log "building the reference environment in $REFENV in the background (TensorFlow, Pillow, SeaweedFS; a few minutes once; log: $QUIVER_CACHE/refenv.log)"
+    quiver_install_refenv >"$QUIVER_CACHE/refenv.log" 2>&1 &
+    REFENV_PID=$!
+}
+
+quiver_wait_refenv() {
+    if [ -n "$REFENV_PID" ]; then
+        quiver_log "waiting for the reference environment"
+        if ! wait "$REFENV_PID"; then
+            cat "$QUIVER_CACHE/refenv.log" >&2
+            quiver_log "building the reference environment failed (log above)"
+            return 1
+        fi
+        REFENV_PID=
+    fi
+    quiver_install_refenv
+}
+
 # quiver_sample_data DIR: real photos and Fashion-MNIST rendered into DIR.
 quiver_sample_data() {
-    quiver_install_datasets
-    quiver_install_refenv
+    quiver_wait_refenv
     "$REFENV/bin/python" "$QUIVER_ROOT/scripts/sample_data.py" "$1"
 }
 
-# Builds Quiver and sets QUIVER to its binary: the dev profile when $1 is 1, else release. Each
-# profile always builds the same target selection, so that Cargo never rebuilds DataFusion for
-# a different feature set.
+# Builds the binaries the main job runs (`quiver` and the serving client example) and sets
+# QUIVER to the first: the dev profile when $1 is 1 (the test command's profile, whose build it
+# shares), else release.
 quiver_build_binary() {
     if [ "${1:-0}" = 1 ]; then
-        cargo build --locked -q --workspace --all-targets
+        quiver_cargo build --locked --bin quiver --example serving_client
         QUIVER="$CARGO_TARGET_DIR/debug/quiver"
     else
-        cargo build --release --locked -q --bin quiver --example hotdog_etl
+        quiver_cargo build --release --locked --bin quiver --example hotdog_etl --example serving_client
         QUIVER="$CARGO_TARGET_DIR/release/quiver"
     fi
 }

@@ -8,12 +8,15 @@
 # batch job (ETL, feature statistics, retraining) once.
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
-quiver_install_build_tools
-quiver_install_clients
-quiver_sample_data quiver-data/samples
-# The dev profile optimises dependencies (see Cargo.toml) and shares its build with the tests.
-quiver_log "building quiver"
+started=$SECONDS
+quiver_install_packages
+# The reference environment (for the sample data) downloads while cargo compiles.
+quiver_start_refenv
+# The dev profile optimises what runs hot (see Cargo.toml) and shares its build with the tests.
+quiver_log "building quiver and the serving client (dev profile; about 20 minutes on 2 cores the first time)"
 quiver_build_binary 1
+quiver_log "assembling the sample images in quiver-data/samples"
+quiver_sample_data quiver-data/samples
 rm -rf quiver-data/tfrecords
 quiver_log "running examples/hotdog_etl.sql"
 "$QUIVER" sql -f examples/hotdog_etl.sql
@@ -29,4 +32,5 @@ quiver_log "running the batch job examples/jobs/fashion_nightly.toml once (quive
 rm -rf quiver-data/jobs-output
 "$QUIVER" job run examples/jobs/fashion_nightly.toml
 "$QUIVER" job runs fashion_nightly
+quiver_log "main job done in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s"
 quiver_log "done: TFRecord shards in quiver-data/tfrecords/, models in quiver-data/models/, experiments in quiver-data/experiments/, prediction logs in quiver-data/serving/"

@@ -1,35 +1,35 @@
 #!/usr/bin/env bash
 # All of Quiver's tests: formatting and lints, the Rust suites (unit, integration, .slt), then the
-# reference tests in Python (TensorFlow reads what we write, SeaweedFS serves S3).
+# reference tests in Python (TensorFlow reads what we write, SeaweedFS serves S3). Every process a
+# test starts is killed with its process group when the test ends; the run fails if one is left.
+#   bash scripts/test.sh [PYTEST ARGS...]
 source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
-quiver_install_build_tools
-quiver_install_clients
-quiver_install_datasets
-quiver_install_refenv
+started=$SECONDS
+quiver_install_packages
+# The reference environment downloads while cargo compiles.
+quiver_start_refenv
 quiver_log "cargo fmt --check"
 cargo fmt --all -- --check
 quiver_log "cargo clippy"
-cargo clippy --locked --all-targets -q -- -D warnings
+quiver_cargo clippy --locked --all-targets -- -D warnings
 # The CUDA build (no GPU or toolkit needed to compile: cudarc loads the driver at run time).
 quiver_log "cargo clippy --features cuda"
-CUDARC_CUDA_VERSION=13000 cargo clippy --locked --all-targets -q --features quiver-operators/cuda -- -D warnings
-quiver_log "cargo build + test"
-cargo build --locked -q --workspace --all-targets
-cargo test --locked -q --workspace
-# The reference tests use the dev-profile binaries built above (dependencies are optimised,
-# see Cargo.toml). Every script builds the same target selection, so that Cargo unifies
-# features the same way and never rebuilds DataFusion for a different subset.
+CUDARC_CUDA_VERSION=13000 quiver_cargo clippy --locked --all-targets --features quiver-operators/cuda -- -D warnings
+quiver_log "cargo build + test (dev profile, shared with the main job)"
+quiver_cargo build --locked --workspace --all-targets
+quiver_cargo test --locked --workspace
 quiver_sample_data "$QUIVER_CACHE/samples"
-quiver_log "reference tests (pytest)"
 # The .slt runner, for the cluster-mode run of the suite (tests/python/test_cluster.py).
 QUIVER_SLT_BIN=$(cargo test --locked -q --workspace --no-run --message-format=json |
     "$REFENV/bin/python" -c 'import json, sys
 print(next(m["executable"] for m in map(json.loads, sys.stdin)
            if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sqllogictests"))')
 export QUIVER_SLT_BIN
+quiver_log "reference tests (pytest)"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
 QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \
 QUIVER_SAMPLES="$QUIVER_CACHE/samples" \
 WEED_BIN="$REFENV/bin/weed" \
-    "$REFENV/bin/python" -m pytest -q -p no:cacheprovider tests/python "$@"
+    "$REFENV/bin/python" -m pytest -v -p no:cacheprovider --durations=10 tests/python "$@"
+quiver_log "all tests passed in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s"

@@ -7,7 +7,7 @@ cd "$QUIVER_ROOT"
 copies=3
 [ "${1:-}" = "--copies" ] && copies=$2
 cores=$(nproc)
-quiver_install_build_tools
+quiver_install_packages
 quiver_sample_data "$QUIVER_CACHE/samples"
 quiver_build_binary 0
 work=$(mktemp -d)

@@ -9,8 +9,7 @@ epochs=3; dev=0
 while [ $# -gt 0 ]; do
   case $1 in --epochs) epochs=$2; shift 2;; --dev) dev=1; shift;; *) echo "unknown $1" >&2; exit 2;; esac
 done
-quiver_install_build_tools
-quiver_install_datasets
+quiver_install_packages
 quiver_install_refenv
 quiver_sample_data quiver-data/samples
 train="$QUIVER_ROOT/quiver-data/samples/fashion/train"

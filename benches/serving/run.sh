@@ -5,23 +5,23 @@
 # reference server (grpcio + http.server around the same Keras model, tf.function forward),
 # over gRPC and REST, on the same cores. Without batching, with 1 and 2 model replicas.
 #   bash benches/serving/run.sh [--requests N] [--concurrency C]
-# (dev build: dependencies and quiver-operators/-driver/-examples optimised, opt-level 2)
+# (release build)
 source "$(dirname "$0")/../../scripts/env.sh"
 cd "$QUIVER_ROOT"
 requests=3000; concurrency=8
 while [ $# -gt 0 ]; do
   case $1 in --requests) requests=$2; shift 2;; --concurrency) concurrency=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
 done
-quiver_install_build_tools
-quiver_install_datasets
+quiver_install_packages
 quiver_install_refenv
 data="$QUIVER_CACHE/bench-serving"
 "$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 2 --fashion-per-class 100 >/dev/null
-quiver_build_binary 1
-client="$CARGO_TARGET_DIR/debug/examples/serving_client"
+quiver_build_binary 0
+client="$CARGO_TARGET_DIR/release/examples/serving_client"
 work=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+# The clean-up runs whatever happened: a server already gone must not stop it (set -e).
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 train() { # name, options
   "$QUIVER" --store "$work/store" sql "CREATE MODEL $1 OPTIONS ($2, epochs = 1) AS SELECT
     image_decode(content) AS image, label FROM read_images('$data/fashion/train/')" >/dev/null 2>"$work/train.log" ||
@@ -36,6 +36,10 @@ wait_ready() { # log file
   cat "$1" >&2; exit 1
 }
 port() { "$REFENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The ports `quiver serve` bound (it was given port 0): "gRPC on 127.0.0.1:P, REST on http://127.0.0.1:Q".
+bound() { # log file → "P Q"
+  sed -n 's/.*gRPC on [^ ]*:\([0-9]*\), REST on [a-z]*:\/\/[^ ]*:\([0-9]*\) .*/\1 \2/p' "$1" | head -1
+}
 measure() { # name, model, grpc port, rest port
   for proto in grpc rest; do
     args=(--grpc "http://127.0.0.1:$3")
@@ -48,17 +52,17 @@ measure() { # name, model, grpc port, rest port
 results="$work/results"
 for model in dnn cnn; do
   for mode in replicas-1 replicas-2 batch-0us batch-1000us; do
-    g=$(port); r=$(port)
     extra=()
     case $mode in
       replicas-*) extra=(--replicas "${mode#replicas-}");;
       batch-0us) extra=(--batching --max-batch-size 32 --batch-timeout-micros 0);;
       batch-1000us) extra=(--batching --max-batch-size 32 --batch-timeout-micros 1000);;
     esac
-    "$QUIVER" --store "$work/store" serve --model "$work/store/models/$model" --grpc-port "$g" --rest-port "$r" \
+    "$QUIVER" --store "$work/store" serve --model "$work/store/models/$model" --grpc-port 0 --rest-port 0 \
       --no-prediction-log "${extra[@]}" >"$work/serve.log" 2>&1 &
     pids+=($!)
     wait_ready "$work/serve.log"
+    read -r g r < <(bound "$work/serve.log")
     measure "quiver-$mode" "$model" "$g" "$r" >>"$results"
     kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
   done

@@ -7,10 +7,9 @@
 #   bash benches/stats/run.sh
 source "$(dirname "$0")/../../scripts/env.sh"
 cd "$QUIVER_ROOT"
-quiver_install_build_tools
-quiver_install_datasets
+quiver_install_packages
 quiver_install_refenv
-quiver_build_binary 1
+quiver_build_binary 0
 data="$QUIVER_CACHE/bench-stats/fashion_train.csv"
 mkdir -p "$(dirname "$data")"
 [ -f "$data" ] || "$REFENV/bin/python" benches/stats/reference.py make "$data"

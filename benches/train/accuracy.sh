@@ -12,8 +12,7 @@ target=0.85; epochs=3; dev=0
 while [ $# -gt 0 ]; do
   case $1 in --target) target=$2; shift 2;; --epochs) epochs=$2; shift 2;; --dev) dev=1; shift;; *) echo "unknown $1" >&2; exit 2;; esac
 done
-quiver_install_build_tools
-quiver_install_datasets
+quiver_install_packages
 quiver_install_refenv
 data="$QUIVER_CACHE/bench-train-full"
 "$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 1 --fashion-per-class 6000

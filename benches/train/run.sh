@@ -11,8 +11,7 @@ while [ $# -gt 0 ]; do
   case $1 in --per-class) per_class=$2; shift 2;; --epochs) epochs=$2; shift 2;; --dev) dev=1; shift;; *) echo "unknown $1" >&2; exit 2;; esac
 done
 cores=$(nproc)
-quiver_install_build_tools
-quiver_install_datasets
+quiver_install_packages
 quiver_install_refenv
 data="$QUIVER_CACHE/bench-train-$per_class"
 "$REFENV/bin/python" scripts/sample_data.py "$data" --photos-per-label 2 --fashion-per-class "$per_class"
