@@ -179,11 +179,18 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| cluster_error(listen, "cannot listen", e))?;
+    let bound = listener.local_addr()?;
+    // The first line on stdout says where the driver listens (`--listen host:0` picks a port):
+    // scripts and tests read it instead of guessing a free port.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "quiver driver listening on {bound}").and_then(|()| out.flush())?;
+    }
     log::info!(
-        "quiver driver listening on {} (executors and clients connect to {}:{}{})",
-        listener.local_addr()?,
+        "quiver driver listening on {bound} (executors and clients connect to {}:{}{})",
         options.advertise_host,
-        listen.port(),
+        bound.port(),
         match &options.tls {
             Some(tls) if tls.mutual() => " over mutual TLS",
             Some(_) => " over TLS",

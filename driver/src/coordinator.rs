@@ -9,13 +9,17 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use quiver_engine::Session;
 use quiver_engine::SessionOptions;
-use quiver_executor::trainer::{ClusterTrainers, TrainerDirectory};
+use quiver_executor::trainer::{ClusterTrainers, TrainerDirectory, connect_trainer};
 use quiver_operators::experiment::TrialTask;
 use quiver_operators::experiment::executor::TRIAL_WEIGHTS;
 use quiver_operators::ml::store::get_bytes;
 use quiver_operators::ml::{MlError, ModelBuilder, ModelCard, TrainHooks};
+use quiver_operators::tfrecord::staging;
 use quiver_sql::cluster::proto::coordinator_server::Coordinator;
-use quiver_sql::cluster::proto::{StatementEvent, StatementRequest, statement_event};
+use quiver_sql::cluster::proto::{
+    AbortWritesReply, AbortWritesRequest, HelloReply, HelloRequest, StatementEvent,
+    StatementRequest, statement_event,
+};
 use quiver_sql::statements::CreateModel;
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
@@ -128,6 +132,65 @@ async fn train_model(
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     type RunExperimentStream = EventStream;
+
+    async fn hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> std::result::Result<Response<HelloReply>, Status> {
+        log::info!("{} reached the driver", request.into_inner().who);
+        Ok(Response::new(HelloReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn abort_writes(
+        &self,
+        request: Request<AbortWritesRequest>,
+    ) -> std::result::Result<Response<AbortWritesReply>, Status> {
+        let destination = request.into_inner().destination;
+        let up_to = staging::now_nanos();
+        log::info!("aborting the TFRecord writes to {destination}");
+        // Every live executor stops its writers of the destination and waits for them ...
+        let executors = (self.directory)().await;
+        let stops = executors.iter().map(|executor| {
+            let destination = destination.clone();
+            async move {
+                let stopped = async {
+                    let mut client = connect_trainer(&executor.address, self.tls.as_ref()).await?;
+                    let reply = client
+                        .abort_writes(AbortWritesRequest {
+                            destination,
+                            up_to_nanos: up_to as u64,
+                        })
+                        .await
+                        .map_err(|e| MlError::Training(e.message().to_string()))?;
+                    Ok::<_, MlError>(reply.into_inner().writers_stopped)
+                }
+                .await;
+                stopped.unwrap_or_else(|e| {
+                    // A lost executor writes nothing any more.
+                    log::warn!("executor {} did not stop its writers: {e}", executor.id);
+                    0
+                })
+            }
+        });
+        let writers_stopped = futures::future::join_all(stops).await.into_iter().sum();
+        // ... then the staging folders of the writes planned so far are removed.
+        let session = quiver_sql::session(self.session.clone())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let removed =
+            quiver_sql::write::remove_write(&session.context().state(), &destination, up_to)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        log::info!(
+            "aborted the TFRecord writes to {destination}: {writers_stopped} writers stopped, \
+             {removed} staged files removed"
+        );
+        Ok(Response::new(AbortWritesReply {
+            writers_stopped,
+            files_removed: removed as u64,
+        }))
+    }
 
     async fn run_experiment(
         &self,

@@ -99,6 +99,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = quiver_engine::fault::check_environment() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let file = match cluster_cli::ClusterFile::load(cli.config.as_deref()) {
         Ok(file) => file,
         Err(e) => {

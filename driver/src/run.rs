@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use quiver_engine::progress::ProgressSnapshot;
 use quiver_engine::{LogSink, Progress, QuiverError, Result, Session};
@@ -80,8 +82,30 @@ pub(crate) async fn sql_command(
     }
 }
 
-/// Runs every statement of `sql` in order, stopping at the first error.
+/// Makes the future that cancels a statement, when the statement starts.
+pub(crate) type CancelFn<'a> = dyn FnMut() -> BoxFuture<'static, ()> + Send + 'a;
+
+/// Runs every statement of `sql` in order, stopping at the first error; Ctrl-C or SIGTERM
+/// cancels the running statement.
 pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Result<()> {
+    let mut on_signal = || -> BoxFuture<'static, ()> {
+        match Interrupt::new() {
+            Ok(mut interrupt) => Box::pin(async move { interrupt.wait().await }),
+            Err(_) => Box::pin(std::future::pending()),
+        }
+    };
+    run_all_until(session, sql, output, &mut on_signal).await
+}
+
+/// Runs every statement of `sql` in order, stopping at the first error; a statement fails as
+/// cancelled when the future `cancel` made for it resolves (a write it was making is aborted
+/// first).
+pub(crate) async fn run_all_until(
+    session: &Session,
+    sql: &str,
+    output: Output,
+    cancel: &mut CancelFn<'_>,
+) -> Result<()> {
     let statements = quiver_sql::parse(sql)?;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
@@ -99,27 +123,35 @@ pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Res
                 session.log_sink().cloned(),
             )
         });
+        let mut cancelled = cancel().shared();
         let result = async {
-            let frame = quiver_sql::execute(session, statement)
-                .await
-                .map_err(datafusion::error::DataFusionError::from)?;
+            let frame = tokio::select! {
+                frame = quiver_sql::execute(session, statement) => frame?,
+                () = &mut cancelled => {
+                    return Err(QuiverError::Cancelled("the statement was cancelled".into()));
+                }
+            };
             let has_columns = !frame.schema().fields().is_empty();
-            Ok((has_columns, frame.collect().await?))
+            Ok((
+                has_columns,
+                quiver_sql::collect_until(frame, cancelled).await?,
+            ))
         }
         .await;
         let work = match ticker {
             Some(ticker) => ticker.stop(),
             None => session.progress().snapshot().since(&before),
         };
-        let (has_columns, batches) = result.map_err(|e: datafusion::error::DataFusionError| {
+        let (has_columns, batches) = result.map_err(|e: QuiverError| {
             if count > 1 {
-                QuiverError::Config(format!(
-                    "statement {} of {count} failed: {e}\n  {}",
-                    i + 1,
-                    short(&text)
-                ))
+                QuiverError::Statement {
+                    index: i + 1,
+                    count,
+                    text: short(&text),
+                    source: Box::new(e),
+                }
             } else {
-                QuiverError::DataFusion(e)
+                e
             }
         })?;
         // DDL (CREATE, DROP, SET) has no result columns: only the summary line is shown.
@@ -140,8 +172,53 @@ pub(crate) async fn run_all(session: &Session, sql: &str, output: Output) -> Res
             summary(&work),
             started.elapsed().as_secs_f64()
         ));
+        report_skipped(session, &before, work.images_skipped);
     }
     Ok(())
+}
+
+/// Lists the undecodable images a statement skipped, with their files and reasons, so that
+/// they can be fixed or removed.
+fn report_skipped(session: &Session, before: &ProgressSnapshot, count: u64) {
+    let skipped = session.progress().skipped_since(before);
+    for image in &skipped {
+        let file = image
+            .file
+            .as_deref()
+            .unwrap_or("(bytes not read by read_images)");
+        session.log(&format!("  skipped {file}: {}", image.reason));
+    }
+    if count > skipped.len() as u64 {
+        session.log(&format!(
+            "  ... and {} more (the first {} are listed)",
+            count - skipped.len() as u64,
+            quiver_engine::progress::SKIPPED_KEPT
+        ));
+    }
+}
+
+/// Ctrl-C and SIGTERM from the time it is made.
+struct Interrupt {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves at the next Ctrl-C or SIGTERM.
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// Prints the part of a growing log that was not printed yet.

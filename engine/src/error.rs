@@ -37,6 +37,25 @@ pub enum QuiverError {
     /// A local I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A statement of a script failed; `source` says why.
+    #[error("statement {index} of {count} failed: {source}\n  {text}")]
+    Statement {
+        /// 1-based position of the statement.
+        index: usize,
+        /// Statements in the script.
+        count: usize,
+        /// The statement, shortened to a line.
+        text: String,
+        /// Its error.
+        #[source]
+        source: Box<QuiverError>,
+    },
+    /// The work was cancelled (Ctrl-C, a job's cancel, a dropped client).
+    #[error("{0}")]
+    Cancelled(String),
+    /// A failure injected at a fault point (see [`crate::fault`]).
+    #[error("{0}")]
+    Fault(String),
 }
 
 impl QuiverError {

@@ -3,13 +3,14 @@
 //! errors. Everything above this crate (operators, SQL, driver, executor) builds on it.
 
 pub mod error;
+pub mod fault;
 pub mod image;
 pub mod progress;
 pub mod session;
 pub mod store;
 
 pub use error::{QuiverError, Result};
-pub use progress::Progress;
+pub use progress::{Progress, SkippedImage};
 pub use session::{LogSink, Session, SessionOptions};
 pub use store::{S3Options, StoreRegistry, resolve_location, store_base, store_url};
 /// Re-exported for URL handling.

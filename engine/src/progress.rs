@@ -1,11 +1,26 @@
 //! Progress counters shared between the operators that do the work and whoever shows it
 //! (the CLI's progress bar). Operators find them in the session's config extensions.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The skipped images a [`Progress`] remembers (it counts them all).
+pub const SKIPPED_KEPT: usize = 10_000;
+
+/// An undecodable image that `image_decode(bytes, 'null')` turned into NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedImage {
+    /// The file it came from, when the query read it with `read_images`.
+    pub file: Option<String>,
+    /// Why it could not be decoded.
+    pub reason: String,
+}
 
 /// Monotonic counters of work done by the statements of one session.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// The first [`SKIPPED_KEPT`] skipped images, in the order they were counted.
+    skipped: Mutex<Vec<SkippedImage>>,
     files_listed: AtomicU64,
     files_read: AtomicU64,
     bytes_read: AtomicU64,
@@ -53,9 +68,24 @@ impl Progress {
     pub fn add_file_written(&self) {
         self.files_written.fetch_add(1, Ordering::Relaxed);
     }
-    /// Counts one undecodable image that was skipped.
-    pub fn add_image_skipped(&self) {
+    /// Counts one undecodable image that was skipped, from `file` for `reason`.
+    pub fn add_image_skipped(&self, file: Option<&str>, reason: &str) {
+        let mut skipped = self.skipped.lock().expect("skipped images");
+        // Counted under the lock, so that the list's order is the count's.
         self.images_skipped.fetch_add(1, Ordering::Relaxed);
+        if skipped.len() < SKIPPED_KEPT {
+            skipped.push(SkippedImage {
+                file: file.map(str::to_string),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// The skipped images counted since `earlier` (as far as they are kept).
+    pub fn skipped_since(&self, earlier: &ProgressSnapshot) -> Vec<SkippedImage> {
+        let skipped = self.skipped.lock().expect("skipped images");
+        let from = (earlier.images_skipped as usize).min(skipped.len());
+        skipped[from..].to_vec()
     }
     /// Reads all counters.
     pub fn snapshot(&self) -> ProgressSnapshot {

@@ -22,6 +22,7 @@ use quiver_operators::experiment::LocalExecutor;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::TcpIncoming;
 use trainer::TrainerService;
 
 pub mod logging;
@@ -94,10 +95,6 @@ pub struct ExecutorOptions {
     pub tls: Option<Tls>,
 }
 
-fn free_port(host: &str) -> Result<u16> {
-    Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
-}
-
 fn split_host_port(address: &str) -> Result<(String, u16)> {
     let url = quiver_sql::cluster::driver_url(address)?;
     let url = quiver_engine::url::Url::parse(&url)
@@ -110,31 +107,50 @@ fn split_host_port(address: &str) -> Result<(String, u16)> {
     }
 }
 
-/// Ballista's Flight data service (shuffle and result partitions) behind TLS.
-fn tls_flight_service(tls: ServerTlsConfig) -> Result<Arc<ArrowFlightServerProvider>> {
+/// Ballista's Flight data service (shuffle and result partitions) on `listener`, which is bound
+/// before the executor registers, so that the port it advertises is the one it serves (a port
+/// picked, released and bound again could be taken in between); behind TLS when `tls` is set.
+fn flight_service(
+    listener: std::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+) -> Arc<ArrowFlightServerProvider> {
     let defaults = ExecutorProcessConfig::default();
     let (encoding, decoding) = (
         defaults.grpc_max_encoding_message_size as usize,
         defaults.grpc_max_decoding_message_size as usize,
     );
-    Ok(Arc::new(
+    let listener = std::sync::Mutex::new(Some(listener));
+    Arc::new(
         move |work_dir, address, mut shutdown: Shutdown, grpc: GrpcServerConfig| {
+            let listener = listener.lock().map(|mut l| l.take()).ok().flatten();
             let tls = tls.clone();
             tokio::spawn(async move {
-                log::info!("executor data service on {address} over TLS");
-                create_grpc_server(&grpc)
-                    .tls_config(tls)?
+                let listener = listener.ok_or_else(|| {
+                    BallistaError::Internal("the executor's data service started twice".into())
+                })?;
+                listener.set_nonblocking(true)?;
+                let incoming = TcpIncoming::from(tokio::net::TcpListener::from_std(listener)?)
+                    .with_nodelay(Some(true));
+                log::info!(
+                    "executor data service on {address}{}",
+                    if tls.is_some() { " over TLS" } else { "" }
+                );
+                let mut server = create_grpc_server(&grpc);
+                if let Some(tls) = tls {
+                    server = server.tls_config(tls)?;
+                }
+                server
                     .add_service(
                         FlightServiceServer::new(BallistaFlightService::new(work_dir))
                             .max_decoding_message_size(decoding)
                             .max_encoding_message_size(encoding),
                     )
-                    .serve_with_shutdown(address, shutdown.recv())
+                    .serve_with_incoming_shutdown(incoming, shutdown.recv())
                     .await
                     .map_err(BallistaError::TonicError)
             })
         },
-    ))
+    )
 }
 
 /// Starts the trainer service, training in `session`, on the executor's bind host; returns its
@@ -165,16 +181,120 @@ async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) ->
     Ok(port)
 }
 
+/// The error of `e` with its causes, `outer: inner: ...`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What is likely wrong when the driver cannot be reached with `error`.
+fn explain_unreachable(error: &str, tls: bool) -> String {
+    let lower = error.to_lowercase();
+    let certificate = [
+        "certificate",
+        "unknownissuer",
+        "unknown ca",
+        "badcertificate",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    if lower.contains("connection refused") {
+        format!("{error} (nothing listens there: is the driver running?)")
+    } else if tls && certificate {
+        format!(
+            "the TLS handshake failed ({error}): --tls-ca must be the CA that signed the \
+             driver's certificate, and under mutual TLS --tls-cert must be signed by the \
+             cluster's CA"
+        )
+    } else if tls {
+        format!("{error} (this executor uses TLS: does the driver?)")
+    } else {
+        format!(
+            "{error} (if the driver uses TLS, start the executor with --tls-ca, and with \
+             --tls-cert and --tls-key under mutual TLS)"
+        )
+    }
+}
+
+/// Waits until the driver answers (through the executor's TLS), so that a wrong address or
+/// TLS setting is reported once, with its likely cause, and retried with a growing delay.
+async fn reach_driver(options: &ExecutorOptions, who: &str) -> Result<()> {
+    use quiver_sql::cluster::proto::{HelloRequest, coordinator_client::CoordinatorClient};
+    let mut url = quiver_sql::cluster::driver_url(&options.driver)?;
+    if let (Some(_), Some(rest)) = (&options.tls, url.strip_prefix("http://")) {
+        url = format!("https://{rest}");
+    }
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| QuiverError::Config(format!("bad driver address '{url}': {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(tls) = &options.tls {
+        endpoint = tls.endpoint(endpoint)?;
+    }
+    let mut delay = std::time::Duration::from_millis(250);
+    let mut said: Option<String> = None;
+    let mut attempts = 0u64;
+    loop {
+        attempts += 1;
+        let answer = async {
+            let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+            CoordinatorClient::new(channel)
+                .hello(HelloRequest {
+                    who: who.to_string(),
+                })
+                .await
+                .map_err(|e| error_chain(&e))
+        }
+        .await;
+        let why = match answer {
+            Ok(_) => return Ok(()),
+            Err(e) => explain_unreachable(&e, options.tls.is_some()),
+        };
+        if said.as_deref() != Some(why.as_str()) {
+            log::warn!(
+                "cannot reach the driver at {url}: {why}; retrying in {:.1}s, then less and \
+                 less often",
+                delay.as_secs_f64()
+            );
+            said = Some(why);
+        } else if attempts.is_power_of_two() {
+            log::warn!(
+                "still cannot reach the driver at {url} after {attempts} attempts; retrying in \
+                 {:.0}s",
+                delay.as_secs_f64()
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = tokio::signal::ctrl_c() => {
+                return Err(QuiverError::Cancelled("stopped before it reached the driver".into()));
+            }
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 /// Runs an executor until Ctrl-C or SIGTERM, or until the driver tells it to stop.
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     if options.slots == 0 {
         return Err(QuiverError::Config("--slots must be at least 1".into()));
     }
     let (scheduler_host, scheduler_port) = split_host_port(&options.driver)?;
-    let port = match options.port {
-        0 => free_port(&options.bind_host)?,
-        port => port,
-    };
+    let data_listener =
+        TcpListener::bind((options.bind_host.as_str(), options.port)).map_err(|e| {
+            QuiverError::Cluster(format!(
+                "executor data service cannot listen on {}:{}: {e}",
+                options.bind_host, options.port
+            ))
+        })?;
+    let port = data_listener.local_addr()?.port();
     let work_dir = match &options.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -194,12 +314,16 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             .with_temp_file_path(temp)
             .build()?,
     );
-    let flight_service = options
-        .tls
-        .as_ref()
-        .map(|tls| tls_flight_service(tls.tonic_server()?))
-        .transpose()?;
-    let executor_id = format!("{}:{port}/{}", options.advertise_host, options.device);
+    let flight_tls = options.tls.as_ref().map(Tls::tonic_server).transpose()?;
+    let flight_service = flight_service(data_listener, flight_tls);
+    // Unique per process start: an executor restarted on the same port is a new executor.
+    let executor_id = format!(
+        "{}:{port}-{}/{}",
+        options.advertise_host,
+        &uuid::Uuid::new_v4().simple().to_string()[..8],
+        options.device
+    );
+    reach_driver(&options, &format!("executor {executor_id}")).await?;
     let trainer_port = start_trainer(&options, &executor_id, session).await?;
     let tls = options.tls.clone();
     let config = ExecutorProcessConfig {
@@ -230,7 +354,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             }
         })),
         override_create_grpc_client_endpoint: options.tls.as_ref().map(Tls::endpoint_override),
-        override_arrow_flight_service: flight_service,
+        override_arrow_flight_service: Some(flight_service),
         override_logical_codec: Some(Arc::new(QuiverLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(QuiverPhysicalCodec::default())),
         ..Default::default()
@@ -250,4 +374,44 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| QuiverError::Cluster(format!("executor {}: {e}", options.advertise_host)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_drivers_are_explained_by_their_likely_cause() {
+        let plain = explain_unreachable("transport error: connection reset by peer", false);
+        assert!(
+            plain.contains("--tls-ca") && plain.contains("TLS"),
+            "{plain}"
+        );
+        let foreign = explain_unreachable(
+            "transport error: invalid peer certificate: UnknownIssuer",
+            true,
+        );
+        assert!(foreign.contains("--tls-ca must be the CA"), "{foreign}");
+        let down =
+            explain_unreachable("tcp connect error: Connection refused (os error 111)", true);
+        assert!(down.contains("is the driver running?"), "{down}");
+    }
+
+    #[test]
+    fn error_chains_keep_every_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(error_chain(&e), "transport error: connection refused");
+    }
 }

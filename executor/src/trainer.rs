@@ -20,7 +20,8 @@ use quiver_operators::ml::{EpochMetrics, MlError, TrainHooks};
 use quiver_sql::cluster::proto::trainer_client::TrainerClient;
 use quiver_sql::cluster::proto::trainer_server::Trainer;
 use quiver_sql::cluster::proto::{
-    Gang, RingDone, RingFrame, TrialControl, TrialEvent, TrialStart, trial_control, trial_event,
+    AbortWritesReply, AbortWritesRequest, Gang, RingDone, RingFrame, TrialControl, TrialEvent,
+    TrialStart, trial_control, trial_event,
 };
 
 use crate::ring::{RING_FRAME, RING_WINDOW, RingInboxes, TrainerLink};
@@ -87,6 +88,21 @@ fn event(kind: trial_event::Kind) -> TrialEvent {
 #[tonic::async_trait]
 impl Trainer for TrainerService {
     type RunTrialStream = EventStream;
+
+    async fn abort_writes(
+        &self,
+        request: Request<AbortWritesRequest>,
+    ) -> std::result::Result<Response<AbortWritesReply>, Status> {
+        let request = request.into_inner();
+        let stopped =
+            quiver_sql::write::stop_writers(&request.destination, request.up_to_nanos.into())
+                .await
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(AbortWritesReply {
+            writers_stopped: stopped as u32,
+            files_removed: 0,
+        }))
+    }
 
     async fn ring(
         &self,
@@ -240,6 +256,28 @@ pub struct TrainerEndpoint {
     pub slots: usize,
     /// `cpu` or `cuda:K`.
     pub device: String,
+}
+
+/// A client of the trainer at `address` (`host:port`), over `tls` when set.
+pub async fn connect_trainer(
+    address: &str,
+    tls: Option<&Tls>,
+) -> std::result::Result<TrainerClient<tonic::transport::Channel>, MlError> {
+    let url = format!("http://{address}");
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| MlError::Training(format!("trainer at {address}: {e}")))?;
+    if let Some(tls) = tls {
+        endpoint = tls
+            .endpoint(endpoint)
+            .map_err(|e| MlError::Training(e.to_string()))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| MlError::Training(format!("cannot reach the trainer at {address}: {e}")))?;
+    Ok(TrainerClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20))
 }
 
 /// Lists the trainers of the executors alive now.
@@ -455,20 +493,7 @@ impl ClusterTrainers {
         &self,
         address: &str,
     ) -> std::result::Result<TrainerClient<tonic::transport::Channel>, MlError> {
-        let url = format!("http://{address}");
-        let mut endpoint = Endpoint::from_shared(url)
-            .map_err(|e| MlError::Training(format!("trainer at {address}: {e}")))?;
-        if let Some(tls) = &self.tls {
-            endpoint = tls
-                .endpoint(endpoint)
-                .map_err(|e| MlError::Training(e.to_string()))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| {
-            MlError::Training(format!("cannot reach the trainer at {address}: {e}"))
-        })?;
-        Ok(TrainerClient::new(channel)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20))
+        connect_trainer(address, self.tls.as_ref()).await
     }
 
     async fn train_on(
@@ -515,6 +540,8 @@ impl ClusterTrainers {
                     let metrics: EpochMetrics = serde_json::from_str(&json).map_err(|e| {
                         MlError::Training(format!("bad epoch from {}: {e}", executor.id))
                     })?;
+                    let key = format!("{}/epoch-{}", task.run_url, metrics.epoch);
+                    quiver_engine::fault::point_async("coordinator_epoch", &key).await?;
                     let go_on = match &hooks.on_epoch {
                         Some(hook) => hook(metrics).await,
                         None => true,

@@ -77,10 +77,13 @@ impl Arg {
 /// The image operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImageOp {
-    /// `image_decode(bytes [, on_error])`; `on_error` is `'error'` (default) or `'null'`.
+    /// `image_decode(bytes [, on_error [, source]])`; `on_error` is `'error'` (default) or
+    /// `'null'`; `source` names where the bytes came from in messages (the planner fills it in
+    /// with `read_images`' path, see [`crate::image_paths`]).
     Decode,
-    /// `image_decode_resize(bytes, on_error, width, height, crop_width, crop_height)`: decode,
-    /// centre-crop (`0, 0`: no crop; `-1, -1`: largest square) and resize in one step.
+    /// `image_decode_resize(bytes, on_error, width, height, crop_width, crop_height [,
+    /// source])`: decode, centre-crop (`0, 0`: no crop; `-1, -1`: largest square) and resize in
+    /// one step.
     DecodeResize,
     /// `image_resize(image, width, height)`.
     Resize,
@@ -141,9 +144,9 @@ impl ImageOp {
 
     fn usage(self) -> &'static str {
         match self {
-            ImageOp::Decode => "image_decode(bytes [, 'error' | 'null'])",
+            ImageOp::Decode => "image_decode(bytes [, 'error' | 'null' [, source]])",
             ImageOp::DecodeResize => {
-                "image_decode_resize(bytes, 'error' | 'null', width, height, crop_width, crop_height)"
+                "image_decode_resize(bytes, 'error' | 'null', width, height, crop_width, crop_height [, source])"
             }
             ImageOp::Resize => "image_resize(image, width, height)",
             ImageOp::CenterCrop => "image_center_crop(image [, width, height])",
@@ -162,8 +165,11 @@ impl ImageOp {
     fn arities(self) -> &'static [&'static [Arg]] {
         use Arg::*;
         match self {
-            ImageOp::Decode => &[&[Bytes], &[Bytes, Str]],
-            ImageOp::DecodeResize => &[&[Bytes, Str, Int, Int, Int, Int]],
+            ImageOp::Decode => &[&[Bytes], &[Bytes, Str], &[Bytes, Str, Str]],
+            ImageOp::DecodeResize => &[
+                &[Bytes, Str, Int, Int, Int, Int],
+                &[Bytes, Str, Int, Int, Int, Int, Str],
+            ],
             ImageOp::Resize => &[&[Image, Int, Int]],
             ImageOp::CenterCrop => &[&[Image], &[Image, Int, Int]],
             ImageOp::Crop => &[&[Image, Int, Int, Int, Int]],
@@ -173,6 +179,14 @@ impl ImageOp {
             ImageOp::Encode => &[&[Image, Str], &[Image, Str, Int]],
             ImageOp::Width | ImageOp::Height => &[&[ImageOrBytes]],
             ImageOp::Channels => &[&[Image]],
+        }
+    }
+
+    /// The position of the `source` argument in a call with `n` arguments, if it has one.
+    fn source_arg(self, n: usize) -> Option<usize> {
+        match (self, n) {
+            (ImageOp::Decode, 3) | (ImageOp::DecodeResize, 7) => Some(n - 1),
+            _ => None,
         }
     }
 
@@ -329,14 +343,16 @@ impl ScalarUDFImpl for ImageFunc {
         let on_error = decode.args.get(1).cloned().unwrap_or_else(|| lit("error"));
         let fused =
             ScalarUDF::new_from_impl(Self::new(ImageOp::DecodeResize, self.progress.clone()));
-        Ok(ExprSimplifyResult::Simplified(fused.call(vec![
+        let mut fused_args = vec![
             decode.args[0].clone(),
             on_error,
             args[1].clone(),
             args[2].clone(),
             crop_w,
             crop_h,
-        ])))
+        ];
+        fused_args.extend(decode.args.get(2).cloned());
+        Ok(ExprSimplifyResult::Simplified(fused.call(fused_args)))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -383,12 +399,14 @@ impl ScalarUDFImpl for ImageFunc {
             }
             _ => Output::Image(Box::new(ImageArrayBuilder::with_capacity(rows))),
         };
+        let source = self.op.source_arg(types.len());
         for row in 0..rows {
             let result = self.eval_row(&args, images.as_ref(), row).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "{} failed on row {row} of a batch: {e}",
-                    self.op.name()
-                ))
+                let name = self.op.name();
+                DataFusionError::Execution(match source.and_then(|i| args.str(i, row)) {
+                    Some(file) => format!("{name} failed on '{file}': {e}"),
+                    None => format!("{name} failed on row {row} of a batch: {e}"),
+                })
             })?;
             match (&mut out, result) {
                 (Output::Image(b), Some(Value::Image(img))) => b.append(img.as_ref()),
@@ -434,8 +452,9 @@ impl ImageFunc {
             None => None,
         };
         let n = args.arrays.len();
-        // Any NULL argument gives NULL.
-        if (0..n).any(|i| args.arrays[i].is_null(row)) {
+        let source = op.source_arg(n);
+        // Any NULL argument gives NULL (an unknown source is only left out of messages).
+        if (0..n).any(|i| Some(i) != source && args.arrays[i].is_null(row)) {
             return Ok(None);
         }
         let int = |i: usize| args.int(i, row).expect("checked for NULL");
@@ -464,9 +483,10 @@ impl ImageFunc {
                 };
                 match decoded {
                     Ok(img) => Value::Image(img),
-                    Err(ImageError::Decode { .. }) if skip_errors => {
+                    Err(e @ ImageError::Decode { .. }) if skip_errors => {
                         if let Some(p) = &self.progress {
-                            p.add_image_skipped();
+                            let file = source.and_then(|i| args.str(i, row));
+                            p.add_image_skipped(file, &e.to_string());
                         }
                         return Ok(None);
                     }

@@ -40,6 +40,7 @@ macro_rules! projected_file_source {
 pub mod computed;
 pub mod experiment;
 pub mod image_ops;
+pub mod image_paths;
 pub mod image_udfs;
 pub mod jobs;
 pub mod ml;

@@ -135,7 +135,9 @@ impl ReadImagesTable {
             .filter(|m| is_image_path(m.location.as_ref()))
             .filter(|m| {
                 let relative = m.location.as_ref().get(prefix_len..).unwrap_or_default();
-                in_sample(relative, self.sample_ratio, self.seed)
+                // Files a write is staging (or a crashed write left) are not data.
+                !crate::tfrecord::staging::is_staged(relative)
+                    && in_sample(relative, self.sample_ratio, self.seed)
             })
             .collect();
         if files.is_empty() && self.sample_ratio >= 1.0 {
@@ -354,6 +356,7 @@ impl FileOpener for ImageFileOpener {
                 .collect();
             let labels: Vec<String> = files.iter().map(|m| parent_name(&m.location)).collect();
             let contents = if projection.contains(&2) {
+                quiver_engine::fault::point_async("read_images", &urls[0]).await?;
                 let contents = reader.read(&base, files).await?;
                 if let Some(p) = &progress {
                     for bytes in &contents {

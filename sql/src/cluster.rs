@@ -139,23 +139,46 @@ impl ClusterClient {
             .map_err(|e| QuiverError::Cluster(format!("bad model.json: {e}")))
     }
 
-    /// Sends `create` to the coordinator (`what` is `experiment` or `model`) and relays its
-    /// log; returns the final JSON.
-    async fn call(&self, session: &Session, create: &CreateModel, what: &str) -> Result<String> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            QuiverError::Cluster(format!("cannot talk to the driver at {}: {e}", self.driver))
-        };
+    /// Has the driver abort the TFRecord writes to `destination` (every executor stops its
+    /// writers, then the staged files are removed); returns the staged objects removed.
+    pub async fn abort_writes(&self, destination: &str) -> Result<u64> {
+        let mut client = self.coordinator().await?;
+        let reply = client
+            .abort_writes(proto::AbortWritesRequest {
+                destination: destination.to_string(),
+                up_to_nanos: 0,
+            })
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Ok(reply.into_inner().files_removed)
+    }
+
+    fn unreachable(&self, e: &dyn std::fmt::Display) -> QuiverError {
+        QuiverError::Cluster(format!("cannot talk to the driver at {}: {e}", self.driver))
+    }
+
+    /// A client of the driver's coordinator.
+    async fn coordinator(
+        &self,
+    ) -> Result<proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>> {
         let mut endpoint =
-            Endpoint::from_shared(self.driver.clone()).map_err(|e| unreachable(&e))?;
+            Endpoint::from_shared(self.driver.clone()).map_err(|e| self.unreachable(&e))?;
         if let Some(tls) = &self.tls {
             endpoint = tls.endpoint(endpoint)?;
         }
-        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        let channel = endpoint.connect().await.map_err(|e| self.unreachable(&e))?;
+        Ok(proto::coordinator_client::CoordinatorClient::new(channel))
+    }
+
+    /// Sends `create` to the coordinator (`what` is `experiment` or `model`) and relays its
+    /// log; returns the final JSON.
+    async fn call(&self, session: &Session, create: &CreateModel, what: &str) -> Result<String> {
+        let unreachable = |e: &dyn std::fmt::Display| self.unreachable(e);
         let request = proto::StatementRequest {
             create_json: serde_json::to_string(create)
                 .map_err(|e| QuiverError::Cluster(e.to_string()))?,
         };
-        let mut client = proto::coordinator_client::CoordinatorClient::new(channel);
+        let mut client = self.coordinator().await?;
         let response = match what {
             "experiment" => client.run_experiment(request).await,
             _ => client.train_model(request).await,

@@ -105,6 +105,10 @@ struct FileScanProto {
     format: String,
     #[prost(message, optional, tag = "2")]
     conf: Option<protobuf::FileScanExecConf>,
+    /// Whether each partition reads its own files in order (DataFusion's protobuf drops the
+    /// flag; without it an executor's streams steal files from each other).
+    #[prost(bool, tag = "3")]
+    preserve_order: bool,
 }
 
 /// A TFRecord writer or commit.
@@ -355,12 +359,13 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
                         )));
                     }
                 };
-                let config = parse_protobuf_file_scan_config(
+                let mut config = parse_protobuf_file_scan_config(
                     &conf,
                     &PhysicalPlanDecodeContext::new(ctx, self),
                     proto_converter,
                     source,
                 )?;
+                config.preserve_order |= proto.preserve_order;
                 DataSourceExec::from_data_source(config)
             }
             Ok(node @ (Node::TfRecordSink(_) | Node::TfRecordWriter(_))) => {
@@ -392,6 +397,7 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
             Node::FileScan(Box::new(FileScanProto {
                 format: conf.file_source().file_type().to_string(),
                 conf: Some(serialize_file_scan_config(conf, self, proto_converter)?),
+                preserve_order: conf.preserve_order,
             }))
         } else if let Some(exec) = node.downcast_ref::<TfRecordSinkExec>() {
             Node::TfRecordSink(TfRecordSinkProto::new(exec.write())?)

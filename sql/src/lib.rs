@@ -17,6 +17,7 @@ pub mod codec;
 pub mod display;
 pub mod statements;
 pub mod tls;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ use quiver_operators::{
 };
 
 pub use statements::{Statement, execute, parse};
+pub use write::{collect, collect_until};
 
 /// Names of the table functions Quiver registers.
 pub const TABLE_FUNCTIONS: [&str; 7] = [
@@ -96,6 +98,7 @@ pub fn register_all(session: &Session) -> Result<()> {
     let jobs = JobStore::new(session).map_err(datafusion::error::DataFusionError::from)?;
     ctx.register_udtf(TABLE_FUNCTIONS[6], Arc::new(JobRunsFunc::new(jobs)));
     ctx.add_optimizer_rule(Arc::new(cluster::CopyOptionsInFormat));
+    ctx.add_analyzer_rule(Arc::new(quiver_operators::image_paths::ImageSourcePaths));
     let state = ctx.state_ref();
     let mut state = state.write();
     state.register_file_format(Arc::new(TfRecordFormatFactory::new()), true)?;
@@ -118,7 +121,7 @@ pub async fn tfrecord_table(
         Some(schema) => schema,
         None => {
             let url = ListingTableUrl::parse(resolve_location(location)?.as_str())?;
-            let listing = TfRecordTable::listing_options(&options);
+            let listing = TfRecordTable::listing_options(&options, &url);
             listing.infer_schema(state, &url).await?
         }
     };
@@ -143,8 +146,8 @@ impl TfRecordTable {
     ) -> datafusion::error::Result<Self> {
         let location = resolve_location(location)?.to_string();
         let url = ListingTableUrl::parse(&location)?;
-        let config = ListingTableConfig::new(url)
-            .with_listing_options(Self::listing_options(&options))
+        let config = ListingTableConfig::new(url.clone())
+            .with_listing_options(Self::listing_options(&options, &url))
             .with_schema(schema);
         Ok(Self {
             location,
@@ -153,8 +156,9 @@ impl TfRecordTable {
         })
     }
 
-    fn listing_options(options: &TfRecordOptions) -> ListingOptions {
-        ListingOptions::new(Arc::new(TfRecordFormat::new(options.clone()))).with_file_extension("")
+    fn listing_options(options: &TfRecordOptions, url: &ListingTableUrl) -> ListingOptions {
+        let format = TfRecordFormat::new(options.clone()).in_store(url.object_store().as_str());
+        ListingOptions::new(Arc::new(format)).with_file_extension("")
     }
 
     /// The location, as a URL.
@@ -296,7 +300,7 @@ impl DataFrameExt for DataFrame {
         let file_type = format_as_file_type(Arc::new(TfRecordFormatFactory::new()));
         let plan =
             LogicalPlanBuilder::copy_to(plan, url.to_string(), file_type, map, vec![])?.build()?;
-        let batches = DataFrame::new(state, plan).collect().await?;
+        let batches = write::collect(DataFrame::new(state, plan)).await?;
         let count = batches
             .first()
             .and_then(|b| {
@@ -328,18 +332,24 @@ mod tests {
         let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
-        // The projection runs inside the file scan, where `content` is column 2.
+        // The projection runs inside the file scan, where `content` is column 2, and every
+        // decode gets the file's path (column 0) to name in messages.
         assert!(
-            plan.contains("image_decode_resize(content@2, error, 50, 50, -1, -1)"),
+            plan.contains("image_decode_resize(content@2, error, 50, 50, -1, -1, path@0)"),
             "{plan}"
         );
         assert!(
-            plan.contains("image_decode_resize(content@2, null, 8, 8, 0, 0)"),
+            plan.contains("image_decode_resize(content@2, null, 8, 8, 0, 0, path@0)"),
             "{plan}"
         );
         // Anything between decode and resize other than a centre crop stays unfused.
         assert!(
-            plan.contains("image_resize(image_flip(image_decode(content@2)"),
+            plan.contains("image_resize(image_flip(image_decode(content@2, error, path@0)"),
+            "{plan}"
+        );
+        // The output names are the user's.
+        assert!(
+            plan.contains("as image_resize(image_center_crop(image_decode(read_images().content))"),
             "{plan}"
         );
     }

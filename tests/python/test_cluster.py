@@ -5,6 +5,9 @@ TLS refuses clients and executors without a certificate from its CA."""
 import glob
 import json
 import os
+import re
+import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -15,44 +18,30 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import QUIVER, free_port
+from conftest import (QUIVER, fault_env, first_line, kill_group, listing, run, spawn, stop_group,
+                      wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-def readyz(port, certs=None):
+def readyz(address, certs=None):
     """The driver's /readyz text (over mutual TLS with the client certificate in `certs`)."""
     if certs is None:
-        url, context = f"http://127.0.0.1:{port}/readyz", None
+        url, context = f"http://{address}/readyz", None
     else:
-        url = f"https://127.0.0.1:{port}/readyz"
+        url = f"https://{address}/readyz"
         context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
         context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
     try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as r:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
             return r.read().decode()
-    except Exception as e:  # not up yet, or 503 while executors join
+    except Exception as e:  # 503 while executors join
         return str(e)
 
 
-def wait_ready(port, executors, proc, log, certs=None, timeout=90):
-    """Waits until the driver at `port` has `executors` registered."""
-    deadline = time.time() + timeout
-    last = ""
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("driver exited: " + open(log).read()[-3000:])
-        last = readyz(port, certs)
-        if f"ready: {executors} executors" in last:
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"cluster not ready ({last}): " + open(log).read()[-3000:])
-
-
 def make_certs(folder):
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), str(folder)], check=True,
-                   capture_output=True)
+    run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), str(folder)], check=True)
     return folder
 
 
@@ -69,37 +58,69 @@ def client_tls(certs, ca=None):
 
 
 class Cluster:
-    def __init__(self, root, executors=2, slots=2, certs=None, flags=()):
+    """A driver on a port it chose itself (it prints the address first on stdout) and
+    `executors` executors; `faults[i]` arms fault points in executor i (see conftest.fault_env)."""
+
+    def __init__(self, root, executors=2, slots=2, certs=None, flags=(), faults=None, owner="test"):
         self.root = root
         self.flags = list(flags)
         self.store = str(root / "store")
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
         self.certs = certs
         self.tls = node_tls(certs) if certs else []
+        self.owner = owner
         self.procs = []
         self.logs = []
-        driver_log = self.spawn("driver", ["driver", "--listen", self.address, *self.tls])
+        self.start_driver("127.0.0.1:0")
+        faults = faults or {}
         for i in range(executors):
             self.spawn(f"executor{i}", ["executor", "--driver", self.address, "--slots", str(slots),
-                                        "--work-dir", str(root / f"work{i}"), *self.tls])
-        wait_ready(self.port, executors, self.procs[0], driver_log, certs)
+                                        "--work-dir", str(root / f"work{i}"), *self.tls],
+                       env=fault_env(*faults[i]) if i in faults else None)
+        self.wait_ready(executors)
 
-    def spawn(self, name, args):
+    def start_driver(self, listen, env=None, name="driver"):
+        """Starts the driver (again, on the same address after a kill) as process 0."""
         log = self.root / f"{name}.log"
-        proc = subprocess.Popen([QUIVER, "--store", self.store, *self.flags, *args],
-                                stdout=open(log, "w"),
-                                stderr=subprocess.STDOUT, env={**os.environ, "QUIVER_LOG": "info"})
+        proc = spawn([QUIVER, "--store", self.store, *self.flags, "driver", "--listen", listen,
+                      *self.tls], owner=self.owner, stdout=subprocess.PIPE,
+                     stderr=open(log, "w"), env={**(env or os.environ), "QUIVER_LOG": "info"})
+        line = first_line(proc)
+        assert line.startswith("quiver driver listening on "), line + open(log).read()
+        self.address = line.rsplit(" ", 1)[1]
+        if self.procs:
+            self.procs[0], self.logs[0] = proc, log
+        else:
+            self.procs.append(proc)
+            self.logs.append(log)
+
+    def wait_ready(self, executors, timeout=120):
+        """Waits until the driver has `executors` live executors registered."""
+        wait_for(lambda: f"ready: {executors} executors" in readyz(self.address, self.certs),
+                 f"{executors} executors at the driver", timeout=timeout, proc=self.procs[0],
+                 context=self.tail)
+
+    def spawn(self, name, args, env=None):
+        log = self.root / f"{name}.log"
+        proc = spawn([QUIVER, "--store", self.store, *self.flags, *args], owner=self.owner,
+                     stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                     env={**(env or os.environ), "QUIVER_LOG": "info"})
         self.procs.append(proc)
         self.logs.append(log)
         return log
 
+    def client(self, sql, tls=None, env=None):
+        """Starts `quiver sql --cluster` with `sql` in the background."""
+        if tls is None:
+            tls = client_tls(self.certs) if self.certs else []
+        return spawn([QUIVER, "--store", self.store, "sql", "--cluster", self.address,
+                      "--format", "json", *tls, sql],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
     def sql(self, sql, check=True, tls=None):
         if tls is None:
             tls = client_tls(self.certs) if self.certs else []
-        proc = subprocess.run([QUIVER, "--store", self.store, "sql", "--cluster", self.address,
-                               "--format", "json", *tls, sql],
-                              capture_output=True, text=True, timeout=600)
+        proc = run([QUIVER, "--store", self.store, "sql", "--cluster", self.address,
+                    "--format", "json", *tls, sql])
         if check:
             assert proc.returncode == 0, proc.stderr + self.tail()
         return proc
@@ -109,17 +130,17 @@ class Cluster:
 
     def stop(self):
         for p in self.procs:
-            p.terminate()
+            kill_group(p, signal.SIGTERM)
         for p in self.procs:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                p.kill()
+                kill_group(p)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c = Cluster(tmp_path_factory.mktemp("cluster"), owner="fixture")
     yield c
     c.stop()
 
@@ -128,13 +149,17 @@ def rows(proc):
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+def image_files(folder):
+    return sorted(p for p in glob.glob(os.path.join(folder, "*", "*"))
+                  if p.lower().endswith((".jpg", ".png")))
+
+
 def test_slt_suite_runs_on_the_cluster_with_the_same_results(cluster):
     slt = os.environ.get("QUIVER_SLT_BIN")
     if not slt:
         pytest.fail("QUIVER_SLT_BIN must name the sqllogictests binary (scripts/test.sh sets it)")
-    proc = subprocess.run([slt], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "QUIVER_SLT_CLUSTER": cluster.address},
-                          cwd=os.path.join(os.path.dirname(__file__), "..", "..", "sql"))
+    proc = run([slt], timeout=900, env={**os.environ, "QUIVER_SLT_CLUSTER": cluster.address},
+               cwd=os.path.join(os.path.dirname(__file__), "..", "..", "sql"))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:] + cluster.tail()
     assert f"running on the cluster at {cluster.address}" in proc.stdout
     assert " 0 failed" in proc.stdout
@@ -146,19 +171,20 @@ def test_distributed_etl_writes_tfrecords_that_tensorflow_reads(cluster, samples
     query = (f"SELECT label, path, image_resize(image_center_crop(image_decode(content)), 64, 64) AS image "
              f"FROM read_images('{src}/')")
     proc = cluster.sql(f"COPY ({query}) TO '{out}/' STORED AS TFRECORD OPTIONS (image_format 'raw')")
-    files = sorted(p for p in glob.glob(os.path.join(src, "*", "*")) if p.lower().endswith((".jpg", ".png")))
+    files = image_files(src)
     assert rows(proc) == [{"count": len(files)}]
     shards = sorted(glob.glob(str(out / "part-*")))
     assert shards
+    # Nothing but the shards: the staging folder is gone.
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(s) for s in shards), os.listdir(out)
     examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shards)]
     assert len(examples) == len(files)
     by_path = {e.features.feature["path"].bytes_list.value[0].decode(): e for e in examples}
     assert set(by_path) == {"file://" + p for p in files}
     # The same query on the embedded engine gives the same pixels.
     local = tmp_path / "local"
-    subprocess.run([QUIVER, "--store", str(tmp_path / "lstore"), "sql",
-                    f"COPY ({query}) TO '{local}/' STORED AS TFRECORD OPTIONS (image_format 'raw')"],
-                   check=True, capture_output=True, timeout=600)
+    run([QUIVER, "--store", str(tmp_path / "lstore"), "sql",
+         f"COPY ({query}) TO '{local}/' STORED AS TFRECORD OPTIONS (image_format 'raw')"], check=True)
     for r in tf.data.TFRecordDataset(sorted(glob.glob(str(local / "part-*")))):
         e = tf.train.Example.FromString(r.numpy())
         ours = by_path[e.features.feature["path"].bytes_list.value[0].decode()]
@@ -168,35 +194,78 @@ def test_distributed_etl_writes_tfrecords_that_tensorflow_reads(cluster, samples
         assert a.shape == (64 * 64 * 3,) and np.array_equal(a, b)
 
 
+def test_a_failed_distributed_copy_names_the_file_and_leaves_nothing(cluster, samples, fixtures,
+                                                                     tmp_path):
+    """A bad image among good ones: the writers on both executors stop, the staged shards are
+    removed (the client has the driver abort the write on every executor), and the error names
+    the file, as on the embedded engine."""
+    src = tmp_path / "images"
+    shutil.copytree(os.path.join(samples, "photos", "train"), src)
+    bad = src / sorted(os.listdir(src))[3] / "m_truncated.jpg"
+    shutil.copy(os.path.join(fixtures, "bad", "broken", "truncated.jpg"), bad)
+    out = tmp_path / "out"
+    for _ in range(3):
+        proc = cluster.sql(f"COPY (SELECT label, image_resize(image_decode(content), 200, 200) AS image "
+                           f"FROM read_images('{src}/')) TO '{out}/' STORED AS TFRECORD", check=False)
+        assert proc.returncode != 0, proc.stdout
+        assert f"'file://{bad}'" in proc.stderr, proc.stderr + cluster.tail()
+        assert listing(out) == [], listing(out)
+
+
 def test_queries_spread_over_both_executors(cluster, samples):
     src = os.path.join(samples, "photos", "train")
     proc = cluster.sql(f"SELECT label, count(*) AS n, sum(image_width(content)) AS w "
                        f"FROM read_images('{src}/') GROUP BY label ORDER BY label")
     got = rows(proc)
-    files = [p for p in glob.glob(os.path.join(src, "*", "*")) if p.lower().endswith((".jpg", ".png"))]
-    assert len(got) == 8 and sum(r["n"] for r in got) == len(files)
+    assert len(got) == 8 and sum(r["n"] for r in got) == len(image_files(src))
     ran = [open(log).read().count("Received task") for log in cluster.logs[1:]]
     assert all(n > 0 for n in ran), (ran, cluster.tail())
 
 
+def test_cluster_scans_read_images_in_chunks_and_keep_their_order(tmp_path, samples):
+    """An executor's scan keeps the planned file order (preserve_order survives the plan's
+    encoding): rows come back in the embedded engine's order, and each partition's files are
+    read in chunks (the executors trace every chunk read at the read_images fault point)."""
+    trace = tmp_path / "reads.txt"
+    cluster = Cluster(tmp_path, flags=["--partitions", "2"],
+                      faults={i: [f"read_images=trace:{trace}"] for i in range(2)})
+    try:
+        src = os.path.join(samples, "fashion", "test")
+        files = image_files(src)
+        got = [r["path"] for r in rows(cluster.sql(f"SELECT path FROM read_images('{src}/')"))]
+        assert sorted(got) == ["file://" + f for f in files]
+        # Each of the 2 partitions (contiguous runs of the sorted files) comes back in order,
+        # whichever comes first: at most one place where the order goes back.
+        descents = sum(1 for a, b in zip(got, got[1:]) if b < a)
+        assert descents <= 1, descents
+        # Only `path` is read: no chunk reads at all. With the images' bytes, a few per partition.
+        assert not trace.exists()
+        total = rows(cluster.sql(f"SELECT sum(image_width(content)) AS n FROM read_images('{src}/')"))
+        assert total[0]["n"] == 28 * len(files)
+        reads = open(trace).read().splitlines()
+        assert 0 < len(reads) < len(files) / 2, (len(reads), len(files))
+    finally:
+        cluster.stop()
+
+
 def test_unreachable_driver_is_named(tmp_path):
-    port = free_port()
-    proc = subprocess.run([QUIVER, "--store", str(tmp_path), "sql", "--cluster", f"127.0.0.1:{port}",
-                           "SELECT 1"], capture_output=True, text=True, timeout=120)
+    # A port below the kernel's ephemeral range that nothing listens on.
+    from conftest import fixed_ports
+    [port] = fixed_ports(1)
+    proc = run([QUIVER, "--store", str(tmp_path), "sql", "--cluster", f"127.0.0.1:{port}",
+                "SELECT 1"], timeout=120)
     assert proc.returncode != 0
     assert f"127.0.0.1:{port}" in proc.stderr, proc.stderr
 
 
 def test_bad_cluster_options_are_named(tmp_path):
-    proc = subprocess.run([QUIVER, "executor", "--driver", "127.0.0.1:1", "--device", "tpu"],
-                          capture_output=True, text=True, timeout=60)
+    proc = run([QUIVER, "executor", "--driver", "127.0.0.1:1", "--device", "tpu"], timeout=60)
     assert proc.returncode != 0 and "--device 'tpu'" in proc.stderr, proc.stderr
     conf = tmp_path / "cluster.toml"
     conf.write_text('[executor]\nslotz = 3\n')
-    proc = subprocess.run([QUIVER, "--config", str(conf), "executor"], capture_output=True, text=True,
-                          timeout=60)
+    proc = run([QUIVER, "--config", str(conf), "executor"], timeout=60)
     assert proc.returncode != 0 and "slotz" in proc.stderr and "cluster.toml" in proc.stderr, proc.stderr
-    proc = subprocess.run([QUIVER, "driver"], capture_output=True, text=True, timeout=60)
+    proc = run([QUIVER, "driver"], timeout=60)
     assert proc.returncode != 0 and "--listen" in proc.stderr, proc.stderr
 
 
@@ -209,9 +278,7 @@ def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_pat
         src = os.path.join(samples, "photos", "train")
         got = rows(cluster.sql(f"SELECT label, count(*) AS n FROM read_images('{src}/') "
                                f"GROUP BY label ORDER BY label"))
-        files = [p for p in glob.glob(os.path.join(src, "*", "*"))
-                 if p.lower().endswith((".jpg", ".png"))]
-        assert len(got) == 8 and sum(r["n"] for r in got) == len(files)
+        assert len(got) == 8 and sum(r["n"] for r in got) == len(image_files(src))
         ran = [open(log).read().count("Received task") for log in cluster.logs[1:]]
         assert all(n > 0 for n in ran), (ran, cluster.tail())
         refused = {
@@ -224,46 +291,42 @@ def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_pat
             assert proc.returncode != 0, why
             assert "cannot talk to the driver at http" in proc.stderr and cluster.address in proc.stderr, \
                 (why, proc.stderr)
-        # Executors without a certificate from the cluster's CA never join.
+        # Executors without a certificate from the cluster's CA never join: each says once
+        # that the handshake failed and what to check, and backs off instead of retrying fast.
         for name, flags in [("plain", []), ("other", node_tls(other))]:
             cluster.spawn(f"intruder-{name}", ["executor", "--driver", cluster.address,
                                                "--work-dir", str(tmp_path / name), *flags])
-        time.sleep(4)
-        for log in cluster.logs[-2:]:
-            assert "failed" in open(log).read().lower(), open(log).read()[-2000:]
-        status = readyz(cluster.port, certs)
+        intruders = cluster.logs[-2:]
+        for log in intruders:
+            wait_for(lambda: "retrying in" in open(log).read(), f"{log.name} to give up once",
+                     timeout=120, context=lambda: open(log).read()[-2000:])
+        plain, foreign = (open(log).read() for log in intruders)
+        assert "TLS" in plain and "--tls" in plain, plain[-2000:]
+        assert "certificate" in foreign and "http://" not in foreign, foreign[-2000:]
+        status = readyz(cluster.address, certs)
         assert status.startswith("ready: 2 executors") and status.count("/cpu") == 2, status
         # /readyz refuses a client without a certificate too.
-        assert "ready" not in readyz(cluster.port, None)
+        assert "ready" not in readyz(cluster.address, None)
     finally:
         cluster.stop()
 
 
 def test_a_killed_executor_s_tasks_run_again_elsewhere(tmp_path, samples):
-    cluster = Cluster(tmp_path)
+    """Executor 1 SIGKILLs itself (a fault point) when it starts reading its first images:
+    Ballista resets its tasks after the heartbeat timeout and the result is complete."""
+    marker = tmp_path / "killed"
+    cluster = Cluster(tmp_path, faults={1: [f"read_images=kill-once:{marker}"]})
     try:
         src = os.path.join(samples, "photos", "train")
         one = (f"SELECT label, image_resize(image_decode(content), 400, 400) AS im "
                f"FROM read_images('{src}/')")
-        copies = 12  # about 8 s of work on the two executors
+        copies = 12
         query = (f"SELECT label, count(*) AS n, sum(image_width(im)) AS w "
                  f"FROM ({' UNION ALL '.join([one] * copies)}) GROUP BY label ORDER BY label")
-        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
-                                   cluster.address, "--format", "json", query],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        log = cluster.logs[2]
-        deadline = time.time() + 60
-        while "Received task" not in open(log).read() and time.time() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)
-        victim = cluster.procs[2]
-        victim.kill()  # SIGKILL mid-query
-        out, err = client.communicate(timeout=300)
-        assert client.returncode == 0, err + cluster.tail()
-        got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        files = [p for p in glob.glob(os.path.join(src, "*", "*"))
-                 if p.lower().endswith((".jpg", ".png"))]
-        assert sum(r["n"] for r in got) == copies * len(files), got
+        proc = cluster.sql(query)
+        assert marker.exists() and cluster.procs[2].poll() is not None, cluster.tail()
+        got = rows(proc)
+        assert sum(r["n"] for r in got) == copies * len(image_files(src)), got
         assert all(r["w"] == 400 * r["n"] for r in got), got
         driver = open(cluster.logs[0]).read()
         assert "on lost Executor" in driver and "heartbeat timed out" in driver, cluster.tail()
@@ -271,11 +334,36 @@ def test_a_killed_executor_s_tasks_run_again_elsewhere(tmp_path, samples):
         cluster.stop()
 
 
+def test_a_restarted_executor_on_the_same_port_joins_as_a_new_executor(tmp_path):
+    """Executor ids are unique per process start: an executor started again on the port of
+    one that was killed registers as a new executor (it is not refused as 'already
+    registered')."""
+    cluster = Cluster(tmp_path, executors=1)
+    try:
+        [old] = [line.split()[0] for line in readyz(cluster.address).splitlines()[1:]]
+        port = old.split(":")[1].split("-")[0]
+        kill_group(cluster.procs[1])
+        cluster.spawn("executor-again", ["executor", "--driver", cluster.address, "--port", port,
+                                         "--work-dir", str(tmp_path / "again")])
+
+        def new_id():
+            ids = [line.split()[0] for line in readyz(cluster.address).splitlines()[1:]]
+            return [i for i in ids if i != old and f":{port}-" in i]
+        [new] = wait_for(new_id, "the restarted executor in /readyz", timeout=120,
+                         proc=cluster.procs[-1], context=cluster.tail)
+        assert new.endswith("/cpu") and new != old
+        assert "already registered" not in cluster.tail()
+    finally:
+        cluster.stop()
+
+
 def test_experiment_trials_run_on_executors_and_move_when_one_is_killed(tmp_path, samples):
     """A 4-trial experiment across 2 executors (one slot each): the driver's coordinator places
-    the trials, the client sees the live log, and the trial whose executor is SIGKILLed resumes
-    from its last checkpoint on the other executor."""
-    cluster = Cluster(tmp_path, slots=1)
+    the trials, the client sees the live log, and executor 1 SIGKILLs itself (a fault point)
+    right after its first trial's first checkpoint; that trial resumes from the checkpoint on
+    the other executor."""
+    marker = tmp_path / "killed"
+    cluster = Cluster(tmp_path, slots=1, faults={1: [f"checkpoint@*=kill-once:{marker}"]})
     train = os.path.join(samples, "fashion", "train")
     test = os.path.join(samples, "fashion", "test")
     sql = f"""CREATE EXPERIMENT lr OPTIONS (model_type = 'dnn_classifier',
@@ -284,34 +372,21 @@ def test_experiment_trials_run_on_executors_and_move_when_one_is_killed(tmp_path
                 validation_query = 'SELECT image_decode(content) AS image, label
                                     FROM read_images(''{test}/'')')
               AS SELECT image_decode(content) AS image, label FROM read_images('{train}/')"""
+    trials = tmp_path / "store" / "experiments" / "lr" / "trials"
     try:
-        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
-                                   cluster.address, "--format", "json", sql],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        trials = tmp_path / "store" / "experiments" / "lr" / "trials"
-        victim_log = cluster.logs[2]
-        deadline = time.time() + 600
-        victim_trial = None
-        # Kill executor 1 once its trial has a checkpoint but no result.
-        while victim_trial is None:
-            assert client.poll() is None, client.stderr.read() + cluster.tail()
-            assert time.time() < deadline, cluster.tail()
-            for line in open(victim_log).read().splitlines():
-                if ": trial-" in line and " starts on " in line:
-                    t = "trial-" + line.split("trial-")[1].split()[0]
-                    if (list((trials / t).glob("checkpoints/*/state.json"))
-                            and not (trials / t / "result.json").exists()):
-                        victim_trial = t
-            time.sleep(0.05)
-        cluster.procs[2].kill()
-        out, err = client.communicate(timeout=900)
-        assert client.returncode == 0, err + cluster.tail()
-        got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        proc = cluster.sql(sql)
+        assert marker.exists() and cluster.procs[2].poll() is not None, cluster.tail()
+        got = rows(proc)
+        err = proc.stderr
         assert len(got) == 4 and all(r["status"] == "completed" for r in got), (got, err)
+        started = [line for line in open(cluster.logs[2]).read().splitlines()
+                   if ": trial-" in line and " starts on " in line]
+        assert len(started) == 1, started
+        victim_trial = "trial-" + started[0].split("trial-")[1].split()[0]
         # The live log reached the client, naming the lost executor.
         assert "lost while training " + victim_trial in err, err
         log = open(trials / victim_trial / "log.txt").read()
-        assert "resuming" in log and "after epoch" in log, log
+        assert "resuming" in log and "after epoch 1" in log, log
         executors = [line for line in log.splitlines() if "trains on executor" in line]
         assert len({line.split("trains on executor ")[1].split()[0] for line in executors}) == 2, log
         acc = EventAccumulator(str(trials / victim_trial))
@@ -324,9 +399,10 @@ def test_experiment_trials_run_on_executors_and_move_when_one_is_killed(tmp_path
 
 
 def test_a_restarted_driver_resumes_the_experiment_from_the_store(tmp_path, samples):
-    """SIGKILL the driver in the middle of an experiment: the executors join the restarted
-    driver on their own, and running the statement again keeps the finished trials and resumes
-    the others from their checkpoints, with each epoch in TensorBoard once."""
+    """The driver SIGKILLs itself (a fault point) when it hears of the first finished epoch:
+    the executors join the restarted driver on their own, and running the statement again keeps
+    the finished trials and resumes the others from their checkpoints, with each epoch in
+    TensorBoard once."""
     cluster = Cluster(tmp_path, slots=1)
     train = os.path.join(samples, "fashion", "train")
     sql = f"""CREATE EXPERIMENT lr OPTIONS (model_type = 'dnn_classifier',
@@ -335,22 +411,18 @@ def test_a_restarted_driver_resumes_the_experiment_from_the_store(tmp_path, samp
               AS SELECT image_decode(content) AS image, label FROM read_images('{train}/')"""
     trials = tmp_path / "store" / "experiments" / "lr" / "trials"
     try:
-        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
-                                   cluster.address, sql],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 600
-        while not list(trials.glob("*/checkpoints/*/state.json")):
-            assert client.poll() is None and time.time() < deadline, cluster.tail()
-            time.sleep(0.05)
-        cluster.procs[0].kill()
-        client.wait(timeout=60)
-        assert client.returncode != 0 and cluster.address in client.stderr.read()
-        log = cluster.root / "driver-again.log"
-        cluster.procs[0] = subprocess.Popen(
-            [QUIVER, "--store", cluster.store, "driver", "--listen", cluster.address],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "QUIVER_LOG": "info"})
-        cluster.logs[0] = log
-        wait_ready(cluster.port, 2, cluster.procs[0], log)
+        # The first driver ran without the fault: start one that has it on the same port.
+        address = cluster.address
+        stop_group(cluster.procs[0])
+        cluster.start_driver(address, env=fault_env("coordinator_epoch@*/epoch-1=kill"),
+                             name="driver-faulty")
+        cluster.wait_ready(2)
+        proc = cluster.sql(sql, check=False)
+        assert proc.returncode != 0 and cluster.address in proc.stderr, proc.stderr
+        assert cluster.procs[0].wait(timeout=60) == -9, cluster.tail()
+        assert list(trials.glob("*/checkpoints/*/state.json")), cluster.tail()
+        cluster.start_driver(address, name="driver-again")
+        cluster.wait_ready(2)
         proc = cluster.sql(sql)
         got = rows(proc)
         assert len(got) == 4 and all(r["status"] == "completed" for r in got), (got, proc.stderr)
@@ -389,8 +461,7 @@ def test_two_data_parallel_workers_train_the_model_one_worker_does(tmp_path, sam
     evaluate = "SELECT accuracy FROM ml_evaluate('{}', '{}')".format(
         "{}", fashion_query(samples, "test").replace("'", "''"))
     try:
-        subprocess.run([*embedded, f"CREATE MODEL one OPTIONS ({options}) AS {train}"],
-                       check=True, capture_output=True, timeout=600)
+        run([*embedded, f"CREATE MODEL one OPTIONS ({options}) AS {train}"], check=True)
         proc = cluster.sql(f"CREATE MODEL two OPTIONS ({options}, workers = 2) AS {train}")
         two = rows(proc)
         assert two[0]["model"] == "two" and two[0]["version"] == 1 and two[0]["epochs"] == 3, two
@@ -405,45 +476,38 @@ def test_two_data_parallel_workers_train_the_model_one_worker_does(tmp_path, sam
         assert [m["examples"] for m in m1] == [m["examples"] for m in m2] == [2000] * 3
         for a, b in zip(m1, m2):
             assert abs(a["loss"] - b["loss"]) < 1e-3 * a["loss"], (m1, m2)
-        one = subprocess.run([*embedded, evaluate.format("one")], capture_output=True,
-                             text=True, timeout=600)
+        one = run([*embedded, evaluate.format("one")])
         accuracy = [rows(one)[0]["accuracy"], rows(cluster.sql(evaluate.format("two")))[0]["accuracy"]]
         assert accuracy[0] > 0.6 and abs(accuracy[0] - accuracy[1]) <= 0.01, accuracy
         # A global batch that does not split evenly is named; so is workers = 2 without a cluster.
         proc = cluster.sql(f"CREATE MODEL three OPTIONS ({options}, workers = 2, batch_size = 65) "
                            f"AS {train}", check=False)
         assert proc.returncode != 0 and "multiple of workers = 2" in proc.stderr, proc.stderr
-        proc = subprocess.run([*embedded, f"CREATE MODEL three OPTIONS ({options}, workers = 2) "
-                               f"AS {train}"], capture_output=True, text=True, timeout=120)
+        proc = run([*embedded, f"CREATE MODEL three OPTIONS ({options}, workers = 2) AS {train}"],
+                   timeout=120)
         assert proc.returncode != 0 and "run the statement on a cluster" in proc.stderr, proc.stderr
     finally:
         cluster.stop()
 
 
 def test_a_gang_restarts_from_its_checkpoint_when_a_worker_is_killed(tmp_path, samples):
-    """SIGKILL the executor of data-parallel worker 0 (the one that writes checkpoints) in the
-    middle of epoch 2: every worker stops, the gang starts again on the executors left and
-    resumes from epoch 1's checkpoint; each epoch is once in metrics and TensorBoard."""
-    cluster = Cluster(tmp_path, executors=3, slots=1)
+    """The executor of data-parallel worker 0 (the one that writes checkpoints) SIGKILLs itself
+    (a fault point) as epoch 2 starts: every worker stops, the gang starts again on the
+    executors left and resumes from epoch 1's checkpoint; each epoch is once in metrics and
+    TensorBoard."""
+    marker = tmp_path / "killed"
+    fault = [f"epoch_start@*/rank-0/epoch-2=kill-once:{marker}"]
+    cluster = Cluster(tmp_path, executors=3, slots=1, faults={i: fault for i in range(3)})
     sql = (f"CREATE MODEL dp OPTIONS (model_type = 'dnn_classifier', hidden_units = [256, 128], "
            f"epochs = 4, batch_size = 32, workers = 2) AS {fashion_query(samples, 'train')}")
-    run = tmp_path / "store" / "training" / "dp" / "v1"
+    run_dir = tmp_path / "store" / "training" / "dp" / "v1"
     try:
-        client = subprocess.Popen([QUIVER, "--store", cluster.store, "sql", "--cluster",
-                                   cluster.address, "--format", "json", sql],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 600
-        while not (run / "checkpoints" / "epoch-0001" / "state.json").exists():
-            assert client.poll() is None, client.stderr.read() + cluster.tail()
-            assert time.time() < deadline, cluster.tail()
-            time.sleep(0.02)
-        victim = next(i for i, log in enumerate(cluster.logs)
-                      if i > 0 and ": worker 0 starts on" in open(log).read())
-        assert not (run / "checkpoints" / "epoch-0002").exists()
-        cluster.procs[victim].kill()
-        out, err = client.communicate(timeout=900)
-        assert client.returncode == 0, err + cluster.tail()
-        got = rows(subprocess.CompletedProcess([], 0, out, err))
+        proc = cluster.sql(sql)
+        err = proc.stderr
+        assert marker.exists(), cluster.tail()
+        [victim] = [i for i, p in enumerate(cluster.procs) if i > 0 and p.poll() is not None]
+        assert ": worker 0 starts on" in open(cluster.logs[victim]).read()
+        got = rows(proc)
         assert got[0]["epochs"] == 4, got
         assert "the gang restarts from the last checkpoint" in err, err
         # The cause names the loss: the coordinator's (the executor was lost) or, when the ring
@@ -454,7 +518,7 @@ def test_a_gang_restarts_from_its_checkpoint_when_a_worker_is_killed(tmp_path, s
         survivors = [log for i, log in enumerate(cluster.logs) if i not in (0, victim)]
         assert all(open(log).read().count(" starts on ") >= 1 for log in survivors)
         assert [m["epoch"] for m in metrics(cluster.store, "dp")] == [1, 2, 3, 4]
-        acc = EventAccumulator(str(run))
+        acc = EventAccumulator(str(run_dir))
         acc.Reload()
         assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4]
         evaluated = rows(cluster.sql(f"SELECT accuracy FROM ml_evaluate('dp', "

@@ -6,9 +6,7 @@ import glob
 import itertools
 import json
 import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import QUIVER
+from conftest import QUIVER, fault_env, run, spawn, wait_for
 from test_models import run_sql
 
 
@@ -58,23 +56,23 @@ def test_fashion_grid_with_two_slots(samples, tmp_path):
     sql = fashion_sql(samples, "grid", """learning_rate = [0.001, 0.005],
         dropout = [0.45, 0.5, 0.55], hidden_units = [64], epochs = 2, batch_size = 64,
         max_parallel_trials = 2""")
-    proc = subprocess.Popen([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", sql],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The last trial pauses (a fault point) as it starts: the experiment is running then.
+    paused = tmp_path / "paused"
+    proc = spawn([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", sql],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 env=fault_env(f"epoch_start@*/trials/trial-0005/rank-0/epoch-1=pause:{paused}"))
+    wait_for(paused.exists, "trial-0005 to start", proc=proc)
     # While it runs, every trial of the grid is in the trials table; follow the first one's log.
-    last = tmp_path / "experiments" / "grid" / "trials" / "trial-0005" / "params.json"
-    deadline = time.time() + 300
-    while not last.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
     live, _ = run_sql(tmp_path, "SELECT trial, status FROM experiment_trials('grid') ORDER BY trial")
     assert [r["trial"] for r in live] == [f"trial-000{i}" for i in range(6)], live
     assert {r["status"] for r in live} <= {"pending", "running", "completed"}, live
-    follow = subprocess.run([QUIVER, "--store", str(tmp_path), "experiment", "logs", "grid",
-                             "trial-0000", "--follow"], capture_output=True, text=True, timeout=600)
+    assert live[5]["status"] == "running", live
+    follow = run([QUIVER, "--store", str(tmp_path), "experiment", "logs", "grid",
+                  "trial-0000", "--follow"], timeout=600)
     assert follow.returncode == 0, follow.stderr
     assert "attempt 1 on slot" in follow.stdout, follow.stdout
     assert "completed: val_accuracy" in follow.stdout, follow.stdout
+    paused.unlink()
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -180,22 +178,16 @@ def test_killed_experiment_resumes_to_the_same_results(samples, tmp_path):
 
     killed = tmp_path / "killed"
     sql = fashion_sql(samples, "lr", options)
-    proc = subprocess.Popen([QUIVER, "--store", str(killed), "sql", sql],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The process SIGKILLs itself (a fault point) after trial-0002's first checkpoint: with two
+    # slots, trial-0002 starts only when an earlier trial has finished.
+    proc = run([QUIVER, "--store", str(killed), "sql", sql],
+               env=fault_env("checkpoint@*/trials/trial-0002/epoch-1=kill"))
+    assert proc.returncode == -9, proc.stderr
     trials = killed / "experiments" / "lr" / "trials"
-    deadline = time.time() + 600
-    # Kill once a trial has finished and another has a checkpoint but no result.
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline, "no finished and running trial together"
-        done = sorted(p.parent.name for p in trials.glob("*/result.json"))
-        running = [p.parents[2].name for p in trials.glob("*/checkpoints/*/state.json")
-                   if not (p.parents[2] / "result.json").exists()]
-        if done and running:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    done = sorted(p.parent.name for p in trials.glob("*/result.json"))
+    running = [p.parents[2].name for p in trials.glob("*/checkpoints/*/state.json")
+               if not (p.parents[2] / "result.json").exists()]
+    assert done and "trial-0002" in running, (done, running)
     finished = {t: open(trials / t / "result.json").read() for t in done}
 
     rows, resumed = run_sql(killed, sql)
@@ -230,8 +222,7 @@ def test_experiment_in_a_shared_s3_store(samples, s3):
     env = {**os.environ, **s3["env"]}
     sql = fashion_sql(samples, "on_s3", "learning_rate = [0.001, 0.005], hidden_units = [32], "
                                          "epochs = 1, max_parallel_trials = 2")
-    proc = subprocess.run([QUIVER, "--store", store, "sql", "--format", "json", sql],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = run([QUIVER, "--store", store, "sql", "--format", "json", sql], env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     keys = {o["Key"] for o in s3["client"].list_objects_v2(
         Bucket=s3["bucket"], Prefix="shared/")["Contents"]}
@@ -241,11 +232,11 @@ def test_experiment_in_a_shared_s3_store(samples, s3):
             assert f"shared/experiments/on_s3/trials/{trial}/{f}" in keys, (trial, f, sorted(keys))
     assert "shared/experiments/on_s3/experiment.json" in keys
     assert "shared/models/on_s3/1/model.json" in keys
-    listed = subprocess.run([QUIVER, "--store", store, "experiment", "trials", "on_s3",
-                             "--format", "json"], capture_output=True, text=True, env=env, timeout=120)
+    listed = run([QUIVER, "--store", store, "experiment", "trials", "on_s3", "--format", "json"],
+                 env=env, timeout=120)
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
     assert [r["status"] for r in rows] == ["completed", "completed"], rows
-    logs = subprocess.run([QUIVER, "--store", store, "experiment", "logs", "on_s3", "trial-0001"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    logs = run([QUIVER, "--store", store, "experiment", "logs", "on_s3", "trial-0001"], env=env,
+               timeout=120)
     assert "completed: val_accuracy" in logs.stdout, logs.stdout + logs.stderr

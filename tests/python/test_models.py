@@ -4,19 +4,16 @@ killed after an epoch resumes from its checkpoint and ends with the same model a
 uninterrupted run."""
 import json
 import os
-import signal
 import struct
-import subprocess
-import time
 
 import numpy as np
 
-from conftest import QUIVER
+from conftest import QUIVER, fault_env, run
 
 
-def run_sql(store, sql, check=True):
-    proc = subprocess.run([QUIVER, "--store", str(store), "sql", "--format", "json", sql],
-                          capture_output=True, text=True, timeout=900)
+def run_sql(store, sql, check=True, env=None):
+    proc = run([QUIVER, "--store", str(store), "sql", "--format", "json", sql], timeout=900,
+               env=env)
     if check:
         assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -124,20 +121,16 @@ def test_killed_training_resumes_to_the_same_model(samples, tmp_path):
     run_sql(straight, sql)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([QUIVER, "--store", str(killed), "sql", sql],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    marker = killed / "training" / "fashion" / "v1" / "checkpoints" / "epoch-0002" / "state.json"
-    deadline = time.time() + 600
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline, "no checkpoint after epoch 2"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # The process SIGKILLs itself (a fault point) right after epoch 2's checkpoint.
+    _, proc = run_sql(killed, sql, check=False,
+                      env=fault_env("checkpoint@*/training/fashion/v1/epoch-2=kill"))
+    assert proc.returncode == -9, proc.stderr
+    assert (killed / "training" / "fashion" / "v1" / "checkpoints" / "epoch-0002" / "state.json").exists()
+    assert not (killed / "training" / "fashion" / "v1" / "checkpoints" / "epoch-0003").exists()
     assert not (killed / "models" / "fashion").exists(), "killed before registering"
 
     _, resumed = run_sql(killed, sql)
-    assert "resuming" in resumed.stderr and "after epoch" in resumed.stderr, resumed.stderr
+    assert "resuming" in resumed.stderr and "after epoch 2" in resumed.stderr, resumed.stderr
     a = safetensors(straight / "models" / "fashion" / "1" / "model.safetensors")
     b = safetensors(killed / "models" / "fashion" / "1" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import QUIVER, free_port
+from conftest import QUIVER, fault_env, parse_address, run, spawn, stop_group, wait_for
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
@@ -35,8 +35,7 @@ def client_bin():
 
 
 def run_sql(store, sql):
-    proc = subprocess.run([QUIVER, "--store", str(store), "sql", "--format", "json", sql],
-                          capture_output=True, text=True, timeout=900)
+    proc = run([QUIVER, "--store", str(store), "sql", "--format", "json", sql], timeout=900)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -49,20 +48,23 @@ def train(store, fashion, replace=False, epochs=2):
 
 
 class Server:
-    def __init__(self, store, *extra, tls=None):
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.log = open(os.path.join(store, f"serve-{self.grpc_port}.log"), "w+")
-        self.proc = subprocess.Popen(
+    """`quiver serve` on ports it chose itself (port 0), read from its first log line."""
+    count = 0
+
+    def __init__(self, store, *extra, tls=None, env=None, owner="test"):
+        Server.count += 1
+        self.log = open(os.path.join(store, f"serve-{Server.count}.log"), "w+")
+        self.proc = spawn(
             [QUIVER, "--store", str(store), "serve", "--model", f"{store}/models/fashion",
-             "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
+             "--grpc-port", "0", "--rest-port", "0",
              "--poll-seconds", "0.3", "--log-flush-seconds", "0.5", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            owner=owner, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.tls = tls
-        deadline = time.time() + 60
-        while "quiver serve: ready" not in self.output():
-            assert self.proc.poll() is None, self.output()
-            assert time.time() < deadline, self.output()
-            time.sleep(0.1)
+        wait_for(lambda: "quiver serve: ready" in self.output(), "the server to be ready",
+                 timeout=120, proc=self.proc, context=self.output)
+        out = self.output()
+        self.grpc_port = int(parse_address(out, r"gRPC on ([0-9.]+:\d+)").rsplit(":", 1)[1])
+        self.rest_port = int(parse_address(out, r"REST on https?://([0-9.]+:\d+)").rsplit(":", 1)[1])
 
     def output(self):
         self.log.flush()
@@ -84,19 +86,19 @@ class Server:
         return prediction_service_pb2_grpc.PredictionServiceStub(self.channel(cert))
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
+        code = stop_group(self.proc, timeout=60)
         assert code == 0, self.output()
 
 
-def curl(server, method, path, body=None, extra=()):
+def curl(server, method, path, body=None, extra=(), raw=None):
+    """The status and JSON reply of a request with JSON `body` (or the text `raw`)."""
     scheme = "https" if server.tls else "http"
     cmd = ["curl", "-sS", "-X", method, "-w", "\n%{http_code}", *extra,
            f"{scheme}://localhost:{server.rest_port}{path}"]
-    if body is not None:
+    data = raw if raw is not None else json.dumps(body) if body is not None else None
+    if data is not None:
         cmd[4:4] = ["-H", "Content-Type: application/json", "--data-binary", "@-"]
-    proc = subprocess.run(cmd, input=json.dumps(body) if body is not None else None,
-                          capture_output=True, text=True, timeout=60)
+    proc = run(cmd, input=data, timeout=60)
     if proc.returncode != 0:
         return None, proc
     text, code = proc.stdout.rsplit("\n", 1)
@@ -139,7 +141,7 @@ def served(samples, tmp_path_factory):
                               FROM read_images('{test}/') ORDER BY path""")
     sql = {r["path"].removeprefix("file://"): r["p"] for r in rows}
     sql = [sql[f] for f in files]
-    server = Server(store)
+    server = Server(store, owner="fixture")
     yield {"store": store, "fashion": fashion, "files": files, "images": images, "truth": truth,
            "sql": sql, "server": server}
     if server.proc.poll() is None:
@@ -160,9 +162,9 @@ def test_grpc_predict_and_metadata_match_sql(served):
     print(f"gRPC accuracy on {len(labels)} Fashion-MNIST test images: {accuracy:.3f}")
     assert accuracy > 0.6
     # The Rust client (examples/serving_client.rs) measures the same accuracy.
-    proc = subprocess.run([client_bin(), "accuracy", "--grpc", f"http://127.0.0.1:{served['server'].grpc_port}",
-                           "--model", "fashion", "--images", os.path.join(served["fashion"], "test"),
-                           "--batch", "64"], capture_output=True, text=True, timeout=120)
+    proc = run([client_bin(), "accuracy", "--grpc", f"http://127.0.0.1:{served['server'].grpc_port}",
+                "--model", "fashion", "--images", os.path.join(served["fashion"], "test"),
+                "--batch", "64"], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"accuracy {accuracy:.4f} on {len(labels)} images"), proc.stdout
 
@@ -270,6 +272,9 @@ def test_bad_requests_get_clear_errors(served):
     ]:
         code, reply = curl(server, "POST", path, body)
         assert code == status and text in reply["error"], (path, code, reply)
+    # A body that is not JSON is refused before it is parsed (and logged, see below).
+    code, reply = curl(server, "POST", "/v1/models/fashion:predict", raw='{"instances": [')
+    assert code == 400 and "not valid JSON" in reply["error"], reply
 
 
 def test_oversize_requests_are_refused(served):
@@ -292,8 +297,39 @@ def test_oversize_requests_are_refused(served):
         server.stop()
 
 
-def test_new_version_is_swapped_in_under_load_and_logged(served):
-    server = Server(served["store"], "--batching", "--max-batch-size", "16")
+def peak_rss_mb(pid):
+    """The most memory the process `pid` has held (VmHWM), in MB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_rest_request_runs_in_bounded_memory(served):
+    """A 50 MB REST request of small images is decoded and run in passes of 256 examples, and
+    its answer is written without a JSON tree: the server's memory stays a small multiple of
+    the request (it was 3.9 GB for this request when the whole request ran in one pass)."""
+    server = Server(served["store"], "--no-prediction-log")
+    try:
+        one = '{"b64": "' + base64.b64encode(served["images"][0]).decode() + '"}'
+        n = (50 << 20) // (len(one) + 1)
+        body = '{"instances": [' + ",".join([one] * n) + "]}"
+        before = peak_rss_mb(server.proc.pid)
+        code, reply = curl(server, "POST", "/v1/models/fashion:predict", raw=body)
+        assert code == 200, reply
+        labels = {p["label"] for p in reply["predictions"]}
+        assert len(reply["predictions"]) == n and labels == {served["sql"][0]["label"]}
+        peak = peak_rss_mb(server.proc.pid)
+        print(f"{n} images in {len(body) >> 20} MB: peak RSS {before:.0f} MB before, {peak:.0f} MB after")
+        assert peak - before < 8 * len(body) / 2**20, (before, peak)
+    finally:
+        server.stop()
+
+
+def test_new_version_is_swapped_in_under_load_and_logged(served, tmp_path):
+    polls = tmp_path / "polls.txt"
+    server = Server(served["store"], "--batching", "--max-batch-size", "16",
+                    env=fault_env(f"serve_poll=trace:{polls}"))
     stub = server.stub()
     req = predict_request(string_tensor(served["images"][:2]))
     seen, failures, stop = [], [], threading.Event()
@@ -309,12 +345,12 @@ def test_new_version_is_swapped_in_under_load_and_logged(served):
     for t in threads:
         t.start()
     try:
-        time.sleep(1)
+        wait_for(lambda: len(seen) >= 20, "20 answers of version 1", timeout=120)
         train(served["store"], served["fashion"], replace=True, epochs=1)
-        deadline = time.time() + 60
-        while (not seen or seen[-1] != 2) and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)
+        wait_for(lambda: seen and seen[-1] == 2, "answers of version 2", timeout=120,
+                 context=server.output)
+        swapped = len(seen)
+        wait_for(lambda: len(seen) >= swapped + 20, "20 more answers", timeout=120)
     finally:
         stop.set()
         for t in threads:
@@ -325,12 +361,16 @@ def test_new_version_is_swapped_in_under_load_and_logged(served):
     # The old version stays reachable when asked for.
     assert stub.Predict(predict_request(string_tensor([served["images"][0]]), version=1),
                         timeout=30).model_spec.version.value == 1
-    # A version that cannot be loaded is reported once and the newest good one keeps serving.
+    # A version that cannot be loaded is reported once and the newest good one keeps serving,
+    # through several polls (the server traces each one at a fault point).
     broken = os.path.join(served["store"], "models", "fashion", "3")
     os.makedirs(broken)
     with open(os.path.join(broken, "model.json"), "w") as f:
         f.write("{not json")
-    time.sleep(1.5)  # several polls
+    wait_for(lambda: "version 3 failed to load" in server.output(), "the failed load reported",
+             context=server.output)
+    after = len(open(polls).read().splitlines())
+    wait_for(lambda: len(open(polls).read().splitlines()) >= after + 3, "3 more polls")
     assert server.output().count("version 3 failed to load") == 1, server.output()
     assert stub.Predict(req, timeout=30).model_spec.version.value == 2
     server.stop()
@@ -348,7 +388,17 @@ def test_new_version_is_swapped_in_under_load_and_logged(served):
     assert ok_v1 + ok_v2 >= len(seen) + 1 and ok_v2 > 0
     assert by[("grpc", "predict", "INVALID_ARGUMENT", 1)]["requests"] >= 4
     assert by[("grpc", "predict", "NOT_FOUND", None)]["requests"] >= 1  # version 9
-    assert not os.path.exists(os.path.join(served["store"], "serving", "nope")), "unknown models are not logged"
+    # Requests refused before their body was parsed are logged with their status.
+    assert by[("rest", "predict", "INVALID_ARGUMENT", None)]["requests"] >= 1
+    # Requests for models not served go to one folder of their own, whatever the name asked.
+    assert not os.path.exists(os.path.join(served["store"], "serving", "nope"))
+    unknown = run_sql(served["store"], f"""
+        CREATE EXTERNAL TABLE unknown STORED AS JSON
+        LOCATION '{served["store"]}/serving/_unknown/logs/';
+        SELECT model, protocol, status, count(*) AS requests FROM unknown
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""")
+    assert [(r["model"], r["protocol"], r["status"]) for r in unknown] == [
+        ("nope", "grpc", "NOT_FOUND"), ("nope", "rest", "NOT_FOUND")], unknown
     assert by[("rest", "classify", "OK", 1)]["examples"] == 1
     stats = run_sql(served["store"], f"""
         CREATE EXTERNAL TABLE plog STORED AS JSON LOCATION '{logs}/';
@@ -361,8 +411,7 @@ def test_new_version_is_swapped_in_under_load_and_logged(served):
 def test_mutual_tls(served, tmp_path):
     certs, other = tmp_path / "certs", tmp_path / "other"
     for d in (certs, other):
-        subprocess.run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), str(d)], check=True,
-                       capture_output=True)
+        run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), str(d)], check=True)
     server = Server(served["store"], "--tls-cert", str(certs / "server.pem"), "--tls-key",
                     str(certs / "server.key"), "--client-ca", str(certs / "ca.pem"),
                     "--no-prediction-log", tls=str(certs))
@@ -374,10 +423,10 @@ def test_mutual_tls(served, tmp_path):
             with pytest.raises(grpc.RpcError) as e:
                 server.stub(cert=cert).Predict(req, timeout=10)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        proc = subprocess.run([client_bin(), "accuracy", "--grpc", f"https://127.0.0.1:{server.grpc_port}",
-                               "--model", "fashion", "--images", os.path.join(served["fashion"], "test"),
-                               "--ca", str(certs / "ca.pem"), "--cert", str(certs / "client.pem"),
-                               "--key", str(certs / "client.key")], capture_output=True, text=True, timeout=120)
+        proc = run([client_bin(), "accuracy", "--grpc", f"https://127.0.0.1:{server.grpc_port}",
+                    "--model", "fashion", "--images", os.path.join(served["fashion"], "test"),
+                    "--ca", str(certs / "ca.pem"), "--cert", str(certs / "client.pem"),
+                    "--key", str(certs / "client.key")], timeout=120)
         assert proc.returncode == 0 and proc.stdout.startswith("accuracy "), proc.stderr
         tls = ["--cacert", str(certs / "ca.pem")]
         code, body = curl(server, "GET", "/v1/models/fashion", extra=[
@@ -390,21 +439,25 @@ def test_mutual_tls(served, tmp_path):
         server.stop()
 
 
-def test_shutdown_finishes_requests_in_flight(served):
-    # A 1.5 s batching window keeps the request in flight while SIGTERM arrives.
-    server = Server(served["store"], "--batching", "--batch-timeout-micros", "1500000",
-                    "--no-prediction-log")
+def test_shutdown_finishes_requests_in_flight(served, tmp_path):
+    # The request pauses (a fault point) in the server as its forward pass starts: SIGTERM
+    # arrives while it is in flight, then it is let go.
+    paused = tmp_path / "paused"
+    server = Server(served["store"], "--no-prediction-log",
+                    env=fault_env(f"serve_infer=pause:{paused}"))
     result = {}
 
     def call():
         result["resp"] = server.stub().Predict(predict_request(string_tensor(served["images"][:3])),
-                                               timeout=30)
+                                               timeout=60)
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.5)
+    wait_for(paused.exists, "the request to be in flight", proc=server.proc)
     server.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "finishing in-flight requests" in server.output(), "the shutdown to start",
+             proc=server.proc, context=server.output)
+    paused.unlink()
     t.join()
-    assert server.proc.wait(timeout=30) == 0
+    assert server.proc.wait(timeout=60) == 0
     assert len(result["resp"].outputs["label"].string_val) == 3
-    assert "finishing in-flight requests" in server.output()

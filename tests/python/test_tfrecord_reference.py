@@ -149,14 +149,15 @@ def test_flipped_byte_is_rejected_naming_file_and_offset(tmp_path):
                   check=False)
     err_text = proc.stderr
     assert proc.returncode != 0
-    assert "data.tfrecords" in err_text and f"byte offset {third}" in err_text and "CRC" in err_text, err_text
+    assert f"TFRecord file '{path}'" in err_text and f"byte offset {third}" in err_text, err_text
+    assert "CRC" in err_text and "configuration error" not in err_text, err_text
 
 
 def test_rust_example_program_output_is_read_by_tensorflow(samples, tmp_path):
-    import subprocess
+    from conftest import run
     out = tmp_path / "etl"
-    subprocess.run([os.environ["QUIVER_EXAMPLE_BIN"], os.path.join(samples, "photos"), str(out)],
-                   check=True, capture_output=True, timeout=600)
+    run([os.environ["QUIVER_EXAMPLE_BIN"], os.path.join(samples, "photos"), str(out)], check=True,
+        timeout=600)
     for split in ("train", "test"):
         _, examples = tf_examples(out / split)
         assert len(examples) == len(source_files(os.path.join(samples, "photos", split)))

@@ -3,6 +3,7 @@
 //! through a marker in the store.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use quiver_operators::ml::store::unix_now;
 use tokio::sync::watch;
 
 use super::file::{BUILTINS, JobFile, run_values, step_text, substitute};
-use crate::run::{Format, Output, run_all};
+use crate::run::{Format, Output, run_all_until};
 
 /// How often a running run rewrites its record (its heartbeat).
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -150,6 +151,8 @@ struct Shared {
     jobs: JobStore,
     record: tokio::sync::Mutex<RunRecord>,
     log: Arc<Mutex<Vec<u8>>>,
+    /// How much of the log is in the store.
+    written: AtomicUsize,
 }
 
 impl Shared {
@@ -162,17 +165,20 @@ impl Shared {
         Ok(())
     }
 
-    async fn flush_log(&self, written: &mut usize) -> Result<()> {
+    /// Writes the log if it grew since it was last written.
+    async fn flush_log(&self) -> Result<()> {
+        // The record's lock makes the writes of the log one at a time, in order.
+        let record = self.record.lock().await;
         let log = {
             let log = self.log.lock().expect("log lock");
-            if log.len() == *written {
+            if log.len() == self.written.load(Ordering::Acquire) {
                 return Ok(());
             }
             log.clone()
         };
-        let record = self.record.lock().await;
-        *written = log.len();
+        let len = log.len();
         self.jobs.put_log(&record.job, &record.run_id, log).await?;
+        self.written.store(len, Ordering::Release);
         Ok(())
     }
 }
@@ -184,11 +190,10 @@ async fn keep(shared: Arc<Shared>, stop: watch::Sender<Stop>) {
         let r = shared.record.lock().await;
         (r.job.clone(), r.run_id.clone())
     };
-    let mut written = 0;
     let mut beat = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Err(e) = shared.flush_log(&mut written).await {
+        if let Err(e) = shared.flush_log().await {
             eprintln!("job {job} run {run}: cannot write the log: {e}");
         }
         if beat.elapsed() >= HEARTBEAT {
@@ -259,6 +264,7 @@ pub(crate) async fn execute(
         jobs: quiver_operators::jobs::JobStore::new(&session)?,
         record: tokio::sync::Mutex::new(record),
         log: Arc::clone(&log),
+        written: AtomicUsize::new(0),
     });
     let mut rx = stop.subscribe();
     let keeper = tokio::spawn(keep(Arc::clone(&shared), stop));
@@ -280,6 +286,10 @@ pub(crate) async fn execute(
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
+            // What was logged so far is in the store before each attempt (a crash loses none).
+            shared.flush_log().await?;
+            let key = format!("{}/{}/attempt-{attempt}", job.name, step.name);
+            quiver_engine::fault::point_async("job_step", &key).await?;
             shared
                 .update(|r| {
                     let s = &mut r.steps[i];
@@ -294,28 +304,43 @@ pub(crate) async fn execute(
                 i + 1,
                 step.retries + 1
             ));
-            let work = async {
+            // A stop (cancel, the driver stopping) or the step's timeout cancels the running
+            // statement, which aborts a write it was making before it returns.
+            let deadline = step
+                .timeout
+                .map(|limit| tokio::time::Instant::now() + limit);
+            let stop_rx = rx.clone();
+            let mut cancel = move || -> futures::future::BoxFuture<'static, ()> {
+                let mut stop_rx = stop_rx.clone();
+                Box::pin(async move {
+                    tokio::select! {
+                        _ = stopped(&mut stop_rx) => {}
+                        () = async {
+                            match deadline {
+                                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                                None => std::future::pending().await,
+                            }
+                        } => {}
+                    }
+                })
+            };
+            let ran = async {
                 let text = step_text(&session, step).await?;
                 let sql = substitute(&text, &values).map_err(QuiverError::Config)?;
-                run_all(&session, &sql, output).await
-            };
-            let timed = async {
-                match step.timeout {
-                    Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-                        Err(QuiverError::Config(format!(
-                            "timed out after {}s (timeout_seconds)",
-                            limit.as_secs_f64()
-                        )))
-                    }),
-                    None => work.await,
+                run_all_until(&session, &sql, output, &mut cancel).await
+            }
+            .await;
+            let stop = rx.borrow().clone();
+            let result = match (ran, stop) {
+                (_, Some((status, why))) => Attempt::Stopped(status, why),
+                (Ok(()), None) => Attempt::Done,
+                (Err(_), None) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                    Attempt::Failed(format!(
+                        "timed out after {}s (timeout_seconds)",
+                        step.timeout.unwrap_or_default().as_secs_f64()
+                    ))
                 }
-            };
-            let result = tokio::select! {
-                r = timed => match r {
-                    Ok(()) => Attempt::Done,
-                    Err(e) => Attempt::Failed(e.to_string()),
-                },
-                (status, why) = stopped(&mut rx) => Attempt::Stopped(status, why),
+                (Err(e), None) => Attempt::Failed(e.to_string()),
             };
             match result {
                 Attempt::Failed(e) if attempt <= step.retries => {
@@ -404,8 +429,7 @@ pub(crate) async fn execute(
             }
         })
         .await?;
-    let mut written = usize::MAX;
-    shared.flush_log(&mut written).await?;
+    shared.flush_log().await?;
     let record = shared.record.lock().await.clone();
     Ok(record)
 }

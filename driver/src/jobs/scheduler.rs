@@ -124,23 +124,33 @@ impl Scheduled {
                 break;
             }
             self.last = next;
-            match self.job.catchup {
-                // A time that cannot start at once is dropped; `latest` keeps the newest one.
-                Catchup::None | Catchup::Latest => {
-                    if let Some(old) = self.pending.pop_back() {
-                        eprintln!(
-                            "job {}: skipping the run for {} (max_active_runs = {} reached)",
-                            self.job.name,
-                            old.to_rfc3339(),
-                            self.job.max_active_runs
-                        );
-                    }
-                    self.pending.push_back(next);
-                }
-                Catchup::All if self.pending.len() < MAX_PENDING => self.pending.push_back(next),
-                Catchup::All => {}
+            // Every time that came while the driver ran is queued, also when a busy machine
+            // makes a tick late; [`Self::drop_waiting`] drops those max_active_runs blocks.
+            if self.pending.len() < MAX_PENDING {
+                self.pending.push_back(next);
             }
         }
+    }
+
+    /// With `catchup` none or latest, a time that cannot start because max_active_runs is
+    /// reached is dropped when a newer one comes: only the newest waits. Returns whether any
+    /// was dropped.
+    fn drop_waiting(&mut self) -> bool {
+        if self.job.catchup == Catchup::All {
+            return false;
+        }
+        let mut dropped = false;
+        while self.pending.len() > 1 {
+            let old = self.pending.pop_front().expect("more than one");
+            eprintln!(
+                "job {}: skipping the run for {} (max_active_runs = {} reached)",
+                self.job.name,
+                old.to_rfc3339(),
+                self.job.max_active_runs
+            );
+            dropped = true;
+        }
+        dropped
     }
 
     async fn record(&self, jobs: &JobStore) -> Result<()> {
@@ -410,6 +420,7 @@ pub(crate) async fn drive(
                     (name, line)
                 });
             }
+            changed |= s.drop_waiting();
             if changed && let Err(e) = s.record(&jobs).await {
                 eprintln!("job {}: {e}", s.job.name);
             }
@@ -429,4 +440,67 @@ pub(crate) async fn drive(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn every_second(catchup: &str) -> Scheduled {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tick.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"tick\"\nschedule = \"* * * * * *\"\ncatchup = \"{catchup}\"\n\
+                 [[steps]]\nsql = \"SELECT 1\"\n"
+            ),
+        )
+        .unwrap();
+        let session = quiver_sql::session(Default::default()).unwrap();
+        let job = load(&session, path.to_str().unwrap()).await.unwrap();
+        Scheduled {
+            job,
+            last: "2026-12-01T10:00:00Z".parse().unwrap(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// A tick that comes late (a busy machine) queues every second that passed: none is
+    /// skipped while the driver runs.
+    #[tokio::test]
+    async fn a_late_tick_queues_every_time_that_came() {
+        let mut s = every_second("none").await;
+        s.tick(at("2026-12-01T10:00:03.500Z"));
+        let queued: Vec<String> = s.pending.iter().map(|t| t.to_rfc3339()).collect();
+        assert_eq!(
+            queued,
+            [
+                "2026-12-01T10:00:01+00:00",
+                "2026-12-01T10:00:02+00:00",
+                "2026-12-01T10:00:03+00:00"
+            ]
+        );
+    }
+
+    /// Times that max_active_runs keeps waiting are dropped for newer ones (none, latest), or
+    /// kept in order (all).
+    #[tokio::test]
+    async fn blocked_times_wait_by_the_catchup_policy() {
+        for (catchup, kept) in [("none", 1), ("latest", 1), ("all", 3)] {
+            let mut s = every_second(catchup).await;
+            s.tick(at("2026-12-01T10:00:03.500Z"));
+            assert_eq!(s.drop_waiting(), kept == 1, "{catchup}");
+            assert_eq!(s.pending.len(), kept, "{catchup}");
+            assert_eq!(
+                s.pending.back().copied(),
+                Some(at("2026-12-01T10:00:03Z")),
+                "{catchup}"
+            );
+        }
+    }
 }

@@ -73,12 +73,65 @@ pub fn expected_shape(spec: &InputSpec) -> Vec<i64> {
         .collect()
 }
 
-/// Checks `input` (named `name`) against the model's input and makes it model-ready.
-pub fn prepare(spec: &InputSpec, name: &str, input: InputTensor) -> Result<Prepared, ServeError> {
+impl InputTensor {
+    /// The number of examples.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Encoded(images) => images.len(),
+            Self::Numbers { shape, .. } => shape.first().copied().unwrap_or(0),
+        }
+    }
+
+    /// The shape the client sent.
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Self::Encoded(images) => vec![images.len()],
+            Self::Numbers { shape, .. } => shape.clone(),
+        }
+    }
+}
+
+impl InputSummary {
+    /// The summary of a whole request of `shape` from the summaries of its passes.
+    pub fn merge(parts: &[InputSummary], shape: Vec<usize>) -> Option<InputSummary> {
+        let first = parts.first()?;
+        let rows = |s: &InputSummary| s.shape.first().copied().unwrap_or(0) as f64;
+        let n: f64 = parts.iter().map(rows).sum::<f64>().max(1.0);
+        let mean = parts.iter().map(|s| rows(s) * s.mean as f64).sum::<f64>() / n;
+        let square = parts
+            .iter()
+            .map(|s| rows(s) * ((s.std as f64).powi(2) + (s.mean as f64).powi(2)))
+            .sum::<f64>()
+            / n;
+        Some(InputSummary {
+            dtype: first.dtype.clone(),
+            shape,
+            encoded_bytes: parts.iter().map(|s| s.encoded_bytes).sum(),
+            mean: mean as f32,
+            std: (square - mean * mean).max(0.0).sqrt() as f32,
+            min: parts.iter().map(|s| s.min).fold(f32::INFINITY, f32::min),
+            max: parts
+                .iter()
+                .map(|s| s.max)
+                .fold(f32::NEG_INFINITY, f32::max),
+        })
+    }
+}
+
+/// Checks the examples `range` of `input` (named `name`) against the model's input and makes
+/// them model-ready; a large request is prepared and run one range at a time.
+pub fn prepare(
+    spec: &InputSpec,
+    name: &str,
+    input: &InputTensor,
+    range: std::ops::Range<usize>,
+) -> Result<Prepared, ServeError> {
     let bad = |why: String| ServeError::InvalidArgument(format!("input '{name}': {why}"));
     let want = spec.len();
     let (values, rows, dtype, shape, encoded_bytes) = match input {
         InputTensor::Encoded(images) => {
+            let first = range.start;
+            let images = &images[range];
             if spec.kind != InputKind::Image {
                 return Err(bad(format!(
                     "the model takes a float tensor of shape {} and cannot decode images",
@@ -88,6 +141,7 @@ pub fn prepare(spec: &InputSpec, name: &str, input: InputTensor) -> Result<Prepa
             let mut values = Vec::with_capacity(images.len() * want);
             let mut bytes = 0;
             for (i, encoded) in images.iter().enumerate() {
+                let i = first + i;
                 bytes += encoded.len();
                 let image = image_ops::decode(encoded)
                     .map_err(|e| bad(format!("example {i}: undecodable image: {e}")))?;
@@ -114,6 +168,7 @@ pub fn prepare(spec: &InputSpec, name: &str, input: InputTensor) -> Result<Prepa
             dtype,
         } => {
             let rows = shape.first().copied().unwrap_or(0);
+            let shape = shape.clone();
             let per_row: usize = shape.iter().skip(1).product();
             let fits = shape.len() >= 2
                 && per_row == want
@@ -143,11 +198,14 @@ pub fn prepare(spec: &InputSpec, name: &str, input: InputTensor) -> Result<Prepa
                     raw.len()
                 )));
             }
-            let mut values = Vec::with_capacity(raw.len());
-            for example in raw.chunks(want) {
+            let part = &raw[range.start * want..range.end * want];
+            let mut values = Vec::with_capacity(part.len());
+            for example in part.chunks(want) {
                 push_model_values(&mut values, example, spec);
             }
-            (values, rows, dtype.to_string(), shape, 0)
+            let mut shape = shape;
+            shape[0] = range.len();
+            (values, range.len(), dtype.to_string(), shape, 0)
         }
     };
     if rows == 0 {
@@ -379,6 +437,46 @@ pub fn ranked(probs: &[f32]) -> Vec<(usize, f32)> {
 mod tests {
     use super::*;
 
+    fn whole(spec: &InputSpec, input: InputTensor) -> Result<Prepared, ServeError> {
+        prepare(spec, "image", &input, 0..input.rows())
+    }
+
+    #[test]
+    fn large_requests_are_prepared_in_ranges_with_one_summary() {
+        let flat = spec(InputKind::Tensor, vec![2]);
+        let input = InputTensor::Numbers {
+            values: (0..10).map(|v| v as f32).collect(),
+            shape: vec![5, 2],
+            dtype: "float32",
+        };
+        let all = whole(
+            &flat,
+            InputTensor::Numbers {
+                values: (0..10).map(|v| v as f32).collect(),
+                shape: vec![5, 2],
+                dtype: "float32",
+            },
+        )
+        .unwrap();
+        let parts: Vec<Prepared> = [0..2, 2..4, 4..5]
+            .into_iter()
+            .map(|r| prepare(&flat, "x", &input, r).unwrap())
+            .collect();
+        let values: Vec<f32> = parts.iter().flat_map(|p| p.values.clone()).collect();
+        assert_eq!(values, all.values);
+        let summaries: Vec<InputSummary> = parts.iter().map(|p| p.summary.clone()).collect();
+        let merged = InputSummary::merge(&summaries, input.shape()).unwrap();
+        assert_eq!(merged.shape, vec![5, 2]);
+        for (a, b) in [
+            (merged.mean, all.summary.mean),
+            (merged.std, all.summary.std),
+            (merged.min, all.summary.min),
+            (merged.max, all.summary.max),
+        ] {
+            assert!((a - b).abs() < 1e-4, "{merged:?} vs {:?}", all.summary);
+        }
+    }
+
     fn spec(kind: InputKind, shape: Vec<usize>) -> InputSpec {
         InputSpec {
             column: "image".into(),
@@ -396,7 +494,7 @@ mod tests {
             shape: vec![2, 1, 2, 3],
             dtype: "float32",
         };
-        let p = prepare(&rgb, "image", input).unwrap();
+        let p = whole(&rgb, input).unwrap();
         assert_eq!(p.rows, 2);
         // HWC [[0,1,2],[3,4,5]] becomes CHW [0,3,1,4,2,5], scaled by 1/255.
         let want = [0.0, 3.0, 1.0, 4.0, 2.0, 5.0];
@@ -410,14 +508,14 @@ mod tests {
             shape: vec![2, 4],
             dtype: "float32",
         };
-        let e = prepare(&rgb, "image", wrong).unwrap_err().to_string();
+        let e = whole(&rgb, wrong).unwrap_err().to_string();
         assert!(e.contains("input 'image': shape [2, 4]"), "{e}");
         let short = InputTensor::Numbers {
             values: vec![0.0; 5],
             shape: vec![1, 6],
             dtype: "float32",
         };
-        let e = prepare(&rgb, "image", short).unwrap_err().to_string();
+        let e = whole(&rgb, short).unwrap_err().to_string();
         assert!(e.contains("needs 6 values but the tensor has 5"), "{e}");
     }
 
@@ -434,11 +532,11 @@ mod tests {
             image_ops::EncodeFormat::Png,
         )
         .unwrap();
-        let e = prepare(&gray, "image", InputTensor::Encoded(vec![png]))
+        let e = whole(&gray, InputTensor::Encoded(vec![png]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("example 0: the image is 2x3x1"), "{e}");
-        let e = prepare(&gray, "image", InputTensor::Encoded(vec![b"nope".to_vec()]))
+        let e = whole(&gray, InputTensor::Encoded(vec![b"nope".to_vec()]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("example 0: undecodable image"), "{e}");

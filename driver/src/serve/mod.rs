@@ -233,10 +233,65 @@ pub struct Prediction {
     pub probabilities: Vec<Vec<f32>>,
 }
 
+/// The most examples of one request that are prepared and run in one forward pass.
+pub const MAX_ROWS_PER_PASS: usize = 256;
+
+/// The prediction-log folder of requests for models that are not served (a client must not
+/// be able to create log folders for arbitrary names).
+pub const UNKNOWN_MODELS: &str = "_unknown";
+
 /// The signature every served model has.
 pub const SIGNATURE: &str = "serving_default";
 
 impl ServerState {
+    /// Logs a request refused before its body could be read (too large, not JSON).
+    pub fn refused(&self, call: Call<'_>, started: std::time::Instant, error: &ServeError) {
+        let timestamp = quiver_operators::ml::store::unix_now() - started.elapsed().as_secs_f64();
+        self.log_request(call, started, timestamp, None, None, &Err(error.clone()));
+    }
+
+    /// Logs one request with its outcome.
+    fn log_request(
+        &self,
+        call: Call<'_>,
+        started: std::time::Instant,
+        timestamp: f64,
+        version: Option<u64>,
+        summary: Option<convert::InputSummary>,
+        result: &Result<Prediction, ServeError>,
+    ) {
+        let (labels, scores) = match result {
+            Ok(p) => convert::best(&p.probabilities)
+                .into_iter()
+                .map(|(i, s)| (p.servable.model.card.labels.labels[i].clone(), s))
+                .unzip(),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        let served = self.models.names().iter().any(|n| n == call.model);
+        let model: String = call.model.chars().take(256).collect();
+        self.log.record(plog::PredictionRecord {
+            timestamp,
+            folder: if served {
+                model.clone()
+            } else {
+                UNKNOWN_MODELS.to_string()
+            },
+            model,
+            version,
+            protocol: call.protocol,
+            method: call.method,
+            rows: summary
+                .as_ref()
+                .map_or(0, |s| s.shape.first().copied().unwrap_or(0)),
+            input: summary,
+            labels,
+            scores,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            status: result.as_ref().map_or_else(ServeError::code, |_| "OK"),
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+    }
+
     /// Checks the request's inputs, runs the model and logs the request.
     pub async fn predict(
         &self,
@@ -277,45 +332,30 @@ impl ServerState {
                     )));
                 }
             };
-            let prepared = convert::prepare(spec, &spec.column, input)?;
-            summary = Some(prepared.summary);
-            let probabilities = servable.infer(prepared.values, prepared.rows).await?;
+            // A large request is decoded and run in passes, so that its memory beyond the
+            // request itself is one pass's.
+            let rows = input.rows();
+            let mut probabilities = Vec::with_capacity(rows);
+            let mut summaries = Vec::new();
+            let mut start = 0;
+            loop {
+                let end = rows.min(start + MAX_ROWS_PER_PASS);
+                let prepared = convert::prepare(spec, &spec.column, &input, start..end)?;
+                summaries.push(prepared.summary);
+                probabilities.extend(servable.infer(prepared.values, prepared.rows).await?);
+                start = end;
+                if start >= rows {
+                    break;
+                }
+            }
+            summary = convert::InputSummary::merge(&summaries, input.shape());
             Ok(Prediction {
                 servable,
                 probabilities,
             })
         }
         .await;
-        let (labels, scores) = match &result {
-            Ok(p) => convert::best(&p.probabilities)
-                .into_iter()
-                .map(|(i, s)| (p.servable.model.card.labels.labels[i].clone(), s))
-                .unzip(),
-            Err(_) => (Vec::new(), Vec::new()),
-        };
-        // Requests for models not served here are not logged: a client must not be able to
-        // create log folders for arbitrary names.
-        if matches!(&result, Err(ServeError::NotFound(_)))
-            && !self.models.names().iter().any(|n| n == call.model)
-        {
-            return result;
-        }
-        self.log.record(plog::PredictionRecord {
-            timestamp,
-            model: call.model.to_string(),
-            version,
-            protocol: call.protocol,
-            method: call.method,
-            rows: summary
-                .as_ref()
-                .map_or(0, |s| s.shape.first().copied().unwrap_or(0)),
-            input: summary,
-            labels,
-            scores,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            status: result.as_ref().map_or_else(ServeError::code, |_| "OK"),
-            error: result.as_ref().err().map(ToString::to_string),
-        });
+        self.log_request(call, started, timestamp, version, summary, &result);
         result
     }
 }

@@ -12,7 +12,7 @@ use quiver_operators::ml::{MlError, Registry};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a request or the server failed; each maps to a gRPC code and an HTTP status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServeError {
     /// The model or version is not served.
     #[error("{0}")]
@@ -104,6 +104,9 @@ impl Servable {
     /// Class probabilities `[rows][classes]` for model-ready values, through the batcher when
     /// there is one.
     pub async fn infer(&self, values: Vec<f32>, rows: usize) -> Result<Vec<Vec<f32>>, ServeError> {
+        quiver_engine::fault::point_async("serve_infer", &self.model.card.name)
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))?;
         let result = match &self.batcher {
             Some(batcher) => {
                 let (reply, answer) = oneshot::channel();
@@ -419,6 +422,10 @@ impl Models {
         let mut changes = Vec::new();
         for (name, served) in &self.models {
             if served.pinned.is_some() {
+                continue;
+            }
+            if let Err(e) = quiver_engine::fault::point_async("serve_poll", name).await {
+                changes.push(format!("model '{name}': {e}"));
                 continue;
             }
             let newest_loaded = served.loaded().last().copied();

@@ -28,6 +28,10 @@ pub struct PredictionRecord {
     pub timestamp: f64,
     /// The model name requested.
     pub model: String,
+    /// The folder of `serving/` the record goes to: the model's, or
+    /// [`super::UNKNOWN_MODELS`]'s for a model that is not served.
+    #[serde(skip)]
+    pub folder: String,
     /// The version that answered (NULL when none did).
     pub version: Option<u64>,
     /// `grpc` or `rest`.
@@ -120,7 +124,7 @@ impl Writer {
             tokio::select! {
                 record = rx.recv() => match record {
                     Some(record) => {
-                        let line = buffered.entry(record.model.clone()).or_default();
+                        let line = buffered.entry(record.folder.clone()).or_default();
                         serde_json::to_writer(&mut *line, &record).expect("records serialise");
                         line.push(b'\n');
                         count += 1;

@@ -247,25 +247,57 @@ fn predict_inputs(
     }
 }
 
-fn predictions_json(p: &Prediction, rows: bool) -> Value {
+/// One example's answer in row format.
+#[derive(serde::Serialize)]
+struct RowPrediction<'a> {
+    label: &'a str,
+    probability: f32,
+    class_id: usize,
+    probabilities: &'a [f32],
+}
+
+/// The answers in columnar format.
+#[derive(serde::Serialize)]
+struct Outputs<'a> {
+    label: Vec<&'a str>,
+    probability: Vec<f32>,
+    class_id: Vec<usize>,
+    probabilities: &'a [Vec<f32>],
+}
+
+/// The reply to :predict, serialised straight from the predictions (no JSON tree of a large
+/// reply is built in memory).
+fn predictions_reply(p: &Prediction, rows: bool) -> Response {
     let labels = &p.servable.model.card.labels.labels;
     let best = convert::best(&p.probabilities);
     if rows {
-        let predictions: Vec<Value> = best
+        let predictions: Vec<RowPrediction> = best
             .iter()
             .zip(&p.probabilities)
-            .map(|(&(i, score), probs)| {
-                json!({"label": labels[i], "probability": score, "class_id": i, "probabilities": probs})
+            .map(|(&(i, score), probs)| RowPrediction {
+                label: &labels[i],
+                probability: score,
+                class_id: i,
+                probabilities: probs,
             })
             .collect();
-        json!({ "predictions": predictions })
+        #[derive(serde::Serialize)]
+        struct Rows<'a> {
+            predictions: Vec<RowPrediction<'a>>,
+        }
+        axum::Json(Rows { predictions }).into_response()
     } else {
-        json!({ "outputs": {
-            "label": best.iter().map(|&(i, _)| labels[i].clone()).collect::<Vec<_>>(),
-            "probability": best.iter().map(|&(_, s)| s).collect::<Vec<_>>(),
-            "class_id": best.iter().map(|&(i, _)| i).collect::<Vec<_>>(),
-            "probabilities": p.probabilities,
-        }})
+        let outputs = Outputs {
+            label: best.iter().map(|&(i, _)| labels[i].as_str()).collect(),
+            probability: best.iter().map(|&(_, s)| s).collect(),
+            class_id: best.iter().map(|&(i, _)| i).collect(),
+            probabilities: &p.probabilities,
+        };
+        #[derive(serde::Serialize)]
+        struct Columns<'a> {
+            outputs: Outputs<'a>,
+        }
+        axum::Json(Columns { outputs }).into_response()
     }
 }
 
@@ -346,10 +378,30 @@ async fn post(
             "POST /v1/models/{path}: the method must be :predict or :classify"
         )));
     }
-    let body = read_body(&state, request).await?;
+    let started = std::time::Instant::now();
+    let body = match read_body(&state, request).await {
+        Ok(body) => body,
+        Err(e) => {
+            let call = Call {
+                protocol: "rest",
+                method: if verb == "predict" {
+                    "predict"
+                } else {
+                    "classify"
+                },
+                model: &target.name,
+                version: target.version,
+                signature: "",
+            };
+            state.refused(call, started, &e);
+            return Err(e);
+        }
+    };
     let signature = signature_of(&body)?;
     if verb == "predict" {
         let parsed = predict_inputs(&body);
+        // The JSON tree is as large as the request: it goes before the passes run.
+        drop(body);
         let rows = parsed.as_ref().map_or(true, |(_, rows)| *rows);
         let call = Call {
             protocol: "rest",
@@ -361,7 +413,7 @@ async fn post(
         let prediction = state
             .predict(call, parsed.map(|(inputs, _)| inputs))
             .await?;
-        return Ok(axum::Json(predictions_json(&prediction, rows)).into_response());
+        return Ok(predictions_reply(&prediction, rows));
     }
     // :classify takes {"examples": [{"<input>": value}, ...]}.
     let inputs = match body.get("examples") {
@@ -370,6 +422,7 @@ async fn post(
             "the body needs 'examples': a list of objects of features".into(),
         )),
     };
+    drop(body);
     let call = Call {
         protocol: "rest",
         method: "classify",

@@ -34,6 +34,7 @@ use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
 use super::store::{get_bytes, list_dirs, list_files, put_bytes, unix_now};
+use quiver_engine::fault;
 
 /// Everything one training run needs, apart from the data.
 #[derive(Debug, Clone)]
@@ -439,6 +440,11 @@ async fn epochs<
         (state.epoch < options.epochs).then(|| read_ahead(train, job, state.epoch + 1, &whole));
     while state.epoch < options.epochs {
         let epoch = state.epoch + 1;
+        fault::point_async(
+            "epoch_start",
+            &format!("{}/rank-{rank}/epoch-{epoch}", job.run_dir),
+        )
+        .await?;
         let mut dropout_rng =
             StdRng::seed_from_u64(epoch_seed(options, epoch).wrapping_add(rank as u64));
         // The epoch's time includes any wait for its input.
@@ -606,6 +612,7 @@ async fn epochs<
             )
             .await?;
             put_bytes(&job.store, &events_path, events.bytes().to_vec()).await?;
+            fault::point_async("checkpoint", &format!("{}/epoch-{epoch}", job.run_dir)).await?;
         }
         if options.early_stopping_patience > 0
             && state.epochs_without_improvement >= options.early_stopping_patience

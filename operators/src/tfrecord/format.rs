@@ -161,12 +161,23 @@ impl FileFormatFactory for TfRecordFormatFactory {
 #[derive(Debug, Default, Clone)]
 pub struct TfRecordFormat {
     options: TfRecordOptions,
+    /// The URL of the store its files are in (`file:///`, `s3://bucket/`), for messages.
+    store_url: Option<String>,
 }
 
 impl TfRecordFormat {
     /// A format with `options`.
     pub fn new(options: TfRecordOptions) -> Self {
-        Self { options }
+        Self {
+            options,
+            store_url: None,
+        }
+    }
+
+    /// The same format, naming files in messages as URLs of the store at `store_url`.
+    pub fn in_store(mut self, store_url: &str) -> Self {
+        self.store_url = Some(store_url.to_string());
+        self
     }
 
     /// The options.
@@ -176,19 +187,33 @@ impl TfRecordFormat {
 }
 
 /// Reads a whole TFRecord file from `store`, gunzipping it when it is gzip.
-pub(super) async fn read_file(store: &Arc<dyn ObjectStore>, meta: &ObjectMeta) -> Result<Vec<u8>> {
-    let location = &meta.location;
+/// How messages name the file at `path` of the store at `store_url`: local files by their
+/// absolute path, others by URL.
+pub(super) fn file_name(store_url: Option<&str>, path: &object_store::path::Path) -> String {
+    match store_url {
+        Some(url) if !url.starts_with("file://") => format!("{url}{path}"),
+        _ => format!("/{path}"),
+    }
+}
+
+/// Reads (and gunzips) the file `meta`, named `name` in errors.
+pub(super) async fn read_file(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let failed = |e: &dyn std::fmt::Display| {
+        DataFusionError::Execution(format!("TFRecord file '{name}': {e}"))
+    };
     let bytes = store
-        .get(location)
+        .get(&meta.location)
         .await
-        .map_err(|e| DataFusionError::Execution(format!("TFRecord file '{location}': {e}")))?
+        .map_err(|e| failed(&e))?
         .bytes()
         .await
-        .map_err(|e| DataFusionError::Execution(format!("TFRecord file '{location}': {e}")))?;
+        .map_err(|e| failed(&e))?;
     if is_gzip(&bytes) {
-        gunzip(&bytes).map_err(|e| {
-            DataFusionError::Execution(format!("TFRecord file '{location}': bad gzip stream: {e}"))
-        })
+        gunzip(&bytes).map_err(|e| failed(&format!("bad gzip stream: {e}")))
     } else {
         Ok(bytes.to_vec())
     }
@@ -241,8 +266,9 @@ impl FileFormat for TfRecordFormat {
             if budget == 0 {
                 break;
             }
-            let data = read_file(store, object).await?;
-            examples.extend(parse_examples(&data, object.location.as_ref(), budget)?);
+            let name = file_name(self.store_url.as_deref(), &object.location);
+            let data = read_file(store, object, &name).await?;
+            examples.extend(parse_examples(&data, &name, budget)?);
         }
         if examples.is_empty() && !objects.is_empty() {
             return plan_err!(

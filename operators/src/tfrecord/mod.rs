@@ -25,6 +25,7 @@ mod format;
 mod record;
 mod sink;
 mod source;
+pub mod staging;
 
 pub use convert::{ImageEncoding, batch_to_examples, examples_to_batch, infer_schema};
 pub use example::{BytesList, Example, Feature, Features, FloatList, Int64List, feature};

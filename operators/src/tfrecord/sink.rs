@@ -7,7 +7,6 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
@@ -24,7 +23,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -34,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 use super::convert::batch_to_examples;
 use super::format::TfRecordOptions;
 use super::record::write_record;
+use super::staging::{self, STAGING_DIR, Stop, destination_key, planned_at, staging_id};
 
 /// Bytes buffered before they are handed to the store.
 const FLUSH_BYTES: usize = 8 << 20;
@@ -62,7 +62,7 @@ pub async fn plan_write(
     let write = TfRecordWrite {
         config,
         options,
-        staging: dir.join("_temporary").join(staging_id()),
+        staging: dir.join(STAGING_DIR).join(staging_id()),
     };
     let writer = Arc::new(TfRecordWriterExec::new(input, write.clone()));
     Ok(Arc::new(TfRecordSinkExec::new(writer, write)))
@@ -78,6 +78,27 @@ pub struct TfRecordWrite {
     pub options: TfRecordOptions,
     /// The folder the writers stage their shards in.
     pub staging: Path,
+}
+
+impl TfRecordWrite {
+    /// The destination folder: where the shards go, and `_temporary/` in it.
+    pub fn dir(&self) -> Path {
+        let mut parts: Vec<_> = self.staging.parts().collect();
+        parts.truncate(parts.len().saturating_sub(2));
+        parts.into_iter().collect()
+    }
+
+    /// When the write was planned (its staging folder's name says).
+    pub fn planned(&self) -> Result<u128> {
+        self.staging.filename().and_then(planned_at).ok_or_else(|| {
+            DataFusionError::Internal(format!("bad TFRecord staging folder {}", self.staging))
+        })
+    }
+
+    /// The destination's key among live writers.
+    fn key(&self) -> String {
+        destination_key(&self.config.object_store_url, &self.dir())
+    }
 }
 
 /// Fails when `dir` already holds committed shards.
@@ -207,20 +228,6 @@ impl DisplayAs for TfRecordSinkExec {
     }
 }
 
-/// A unique name for a staging folder or file.
-fn staging_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{nanos:x}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// Streams records into one object, gzipped or not.
 struct ShardWriter {
     upload: BufWriter,
@@ -285,15 +292,25 @@ impl ShardWriter {
     }
 }
 
-/// Writes the batches of `stream` into `writer`; returns the rows written.
+/// Writes the batches of `stream` into `writer` until it ends or `stop` is asked for; returns
+/// the rows written.
 async fn write_stream(
     mut stream: SendableRecordBatchStream,
     writer: &mut ShardWriter,
     options: &TfRecordOptions,
     progress: Option<&Progress>,
+    stop: &Stop,
 ) -> Result<u64> {
     let mut rows = 0;
-    while let Some(batch) = stream.try_next().await? {
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = stop.wait() => return Err(stopped()),
+            batch = stream.try_next() => batch?,
+        };
+        let Some(batch) = batch else {
+            return Ok(rows);
+        };
         let image_format = options.image_format;
         let records = tokio::task::spawn_blocking(move || batch_to_examples(&batch, image_format))
             .await
@@ -308,30 +325,12 @@ async fn write_stream(
             p.add_written(records.len() as u64, after.saturating_sub(before));
         }
     }
-    Ok(rows)
 }
 
-/// Removes the staging objects (and, on a local disk, the folders they leave).
-async fn remove_staging(
-    store: &Arc<dyn ObjectStore>,
-    staging: &Path,
-    local_root: Option<&std::path::Path>,
-) {
-    let staged: Vec<_> = store
-        .list(Some(staging))
-        .map_ok(|m| m.location)
-        .collect()
-        .await;
-    for path in staged.into_iter().flatten() {
-        let _ = store.delete(&path).await;
-    }
-    if let Some(root) = local_root {
-        let dir = root.join(staging.as_ref());
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Some(parent) = dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
+fn stopped() -> DataFusionError {
+    DataFusionError::Execution(
+        "the TFRecord write was stopped (the query failed or was cancelled)".into(),
+    )
 }
 
 /// The children, properties and expressions every sink node has alike.
@@ -402,30 +401,64 @@ impl ExecutionPlan for TfRecordWriterExec {
             staging_id(),
             extension(&self.write.options)
         ));
+        let registration = staging::register(&self.write.key(), self.write.planned()?)?;
         let stream = self.input.execute(partition, Arc::clone(&context))?;
         let options = self.write.options.clone();
         let progress = context.session_config().get_extension::<Progress>();
-        let work = async move {
+        let fault_key = format!(
+            "{}/{partition:05}",
+            self.write.config.original_url.trim_end_matches('/')
+        );
+        // The writing runs in a task of its own, which a dropped consumer does not cancel in
+        // the middle of an upload (an upload cut short could land after the clean-up): it
+        // stops at its next batch, removes what it staged, and only then leaves the registry.
+        let stop = Arc::clone(&registration.stop);
+        let work = tokio::spawn(async move {
+            let stop = &registration.stop;
             let mut writer = ShardWriter::new(store, path.clone(), options.gzip);
-            let rows = match write_stream(stream, &mut writer, &options, progress.as_deref()).await
-            {
-                Ok(rows) => writer.finish().await.map(|_| rows)?,
+            let written =
+                write_stream(stream, &mut writer, &options, progress.as_deref(), stop).await;
+            let rows = match written {
+                Ok(rows) => rows,
                 Err(e) => {
                     writer.abort().await;
                     return Err(e);
                 }
             };
+            writer.finish().await?;
+            // The shard is staged; a test may stop or crash the write here.
+            tokio::select! {
+                biased;
+                () = stop.wait() => return Err(stopped()),
+                reached = quiver_engine::fault::point_async("tfrecord_write", &fault_key) => reached?,
+            }
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from(vec![path.to_string()])),
                 Arc::new(UInt64Array::from(vec![rows])),
                 Arc::new(UInt64Array::from(vec![partition as u64])),
             ];
             Ok(RecordBatch::try_new(staged_schema(), columns)?)
+        });
+        let stop_on_drop = StopOnDrop(stop);
+        let result = async move {
+            let _stop_on_drop = stop_on_drop;
+            work.await.map_err(|e| {
+                DataFusionError::Execution(format!("TFRecord writer task failed: {e}"))
+            })?
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             staged_schema(),
-            futures::stream::once(work),
+            futures::stream::once(result),
         )))
+    }
+}
+
+/// Asks a writer to stop when its consumer goes away before it ends.
+struct StopOnDrop(Arc<Stop>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.request();
     }
 }
 
@@ -445,6 +478,80 @@ fn staged_rows(batch: &RecordBatch) -> Result<Vec<(u64, String, u64)>> {
     Ok((0..batch.num_rows())
         .map(|i| (parts.value(i), paths.value(i).to_string(), rows.value(i)))
         .collect())
+}
+
+/// The commit of a write's staged shards.
+struct Commit {
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    single_file: bool,
+    write: TfRecordWrite,
+    progress: Option<Arc<Progress>>,
+}
+
+impl Commit {
+    fn local_root(&self) -> Option<&'static std::path::Path> {
+        self.write
+            .config
+            .object_store_url
+            .as_str()
+            .starts_with("file://")
+            .then(|| std::path::Path::new("/"))
+    }
+
+    /// Runs the writers (`input`), then moves their shards into place; returns the rows
+    /// written. Shards moved before a failure are removed again.
+    async fn run(&self, input: Arc<dyn ExecutionPlan>, context: Arc<TaskContext>) -> Result<u64> {
+        let mut staged = Vec::new();
+        for p in 0..input.output_partitioning().partition_count() {
+            let batches: Vec<RecordBatch> = input
+                .execute(p, Arc::clone(&context))?
+                .try_collect()
+                .await?;
+            for batch in &batches {
+                staged.extend(staged_rows(batch)?);
+            }
+        }
+        staged.sort();
+        let shards = staged.len();
+        let extension = extension(&self.write.options);
+        let finals: Vec<Path> = if self.single_file {
+            vec![self.base.clone()]
+        } else {
+            check_no_shards(&self.store, &self.base, &self.write.config.original_url).await?;
+            (0..shards)
+                .map(|i| {
+                    self.base
+                        .clone()
+                        .join(format!("part-{i:05}-of-{shards:05}.{extension}"))
+                })
+                .collect()
+        };
+        if finals.len() != shards {
+            return internal_err!(
+                "TfRecordSinkExec: {shards} staged shards for {} files",
+                finals.len()
+            );
+        }
+        // Commit: every shard is complete, move them into place.
+        let mut rows = 0;
+        for (i, ((_, from, n), to)) in staged.iter().zip(&finals).enumerate() {
+            let from = Path::from(from.as_str());
+            if let Err(e) = self.store.rename(&from, to).await {
+                for moved in &finals[..i] {
+                    let _ = self.store.delete(moved).await;
+                }
+                return Err(DataFusionError::Execution(format!(
+                    "cannot commit TFRecord shard '{to}': {e}"
+                )));
+            }
+            rows += n;
+            if let Some(p) = &self.progress {
+                p.add_file_written();
+            }
+        }
+        Ok(rows)
+    }
 }
 
 impl ExecutionPlan for TfRecordSinkExec {
@@ -470,84 +577,42 @@ impl ExecutionPlan for TfRecordSinkExec {
         let Some(table_path) = self.write.config.table_paths.first() else {
             return plan_err!("COPY to TFRECORD needs a target location");
         };
-        let base = table_path.prefix().clone();
         let single_file = self
             .write
             .config
             .file_output_mode
             .single_file_output(table_path);
+        let commit = Commit {
+            store,
+            base: table_path.prefix().clone(),
+            single_file,
+            write: self.write.clone(),
+            progress: context.session_config().get_extension::<Progress>(),
+        };
         let input = Arc::clone(&self.input);
-        let extension = extension(&self.write.options);
-        let url = self.write.config.original_url.clone();
-        let staging = self.write.staging.clone();
-        let local_root = (table_path.scheme() == "file").then(|| std::path::PathBuf::from("/"));
-        let progress = context.session_config().get_extension::<Progress>();
-
         let work = async move {
-            let mut staged = Vec::new();
-            let mut failed = None;
-            for p in 0..input.output_partitioning().partition_count() {
-                let batches = match input.execute(p, Arc::clone(&context)) {
-                    Ok(stream) => stream.try_collect::<Vec<_>>().await,
-                    Err(e) => Err(e),
-                };
-                match batches {
-                    Ok(batches) => {
-                        for batch in &batches {
-                            staged.extend(staged_rows(batch)?);
-                        }
+            let written = commit.run(input, context).await;
+            let (store, write) = (&commit.store, &commit.write);
+            let planned = write.planned()?;
+            match written {
+                Ok(rows) => {
+                    // This write's staging folder, and any that older writes' crashed
+                    // processes left behind.
+                    staging::remove_staging(store, &write.dir(), planned, commit.local_root())
+                        .await?;
+                    let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
+                    Ok(RecordBatch::try_new(count_schema(), vec![count])?)
+                }
+                Err(e) => {
+                    let url = &write.config.object_store_url;
+                    if let Err(cleanup) = staging::abort(store, url, &write.dir(), planned).await {
+                        return Err(DataFusionError::Execution(format!(
+                            "{e} (and cleaning up its staged files failed: {cleanup})"
+                        )));
                     }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                    Err(e)
                 }
             }
-            if let Some(e) = failed {
-                remove_staging(&store, &staging, local_root.as_deref()).await;
-                return Err(e);
-            }
-            staged.sort();
-            let shards = staged.len();
-            let finals: Vec<Path> = if single_file {
-                vec![base.clone()]
-            } else {
-                if let Err(e) = check_no_shards(&store, &base, &url).await {
-                    remove_staging(&store, &staging, local_root.as_deref()).await;
-                    return Err(e);
-                }
-                (0..shards)
-                    .map(|i| {
-                        base.clone()
-                            .join(format!("part-{i:05}-of-{shards:05}.{extension}"))
-                    })
-                    .collect()
-            };
-            if finals.len() != shards {
-                remove_staging(&store, &staging, local_root.as_deref()).await;
-                return internal_err!(
-                    "TfRecordSinkExec: {shards} staged shards for {} files",
-                    finals.len()
-                );
-            }
-            // Commit: every shard is complete, move them into place.
-            let mut rows = 0;
-            for ((_, from, n), to) in staged.iter().zip(&finals) {
-                let from = Path::from(from.as_str());
-                if let Err(e) = store.rename(&from, to).await {
-                    remove_staging(&store, &staging, local_root.as_deref()).await;
-                    return Err(DataFusionError::Execution(format!(
-                        "cannot commit TFRecord shard '{to}': {e}"
-                    )));
-                }
-                rows += n;
-                if let Some(p) = &progress {
-                    p.add_file_written();
-                }
-            }
-            remove_staging(&store, &staging, local_root.as_deref()).await;
-            let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
-            Ok(RecordBatch::try_new(count_schema(), vec![count])?)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             count_schema(),

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use object_store::ObjectStore;
 
 use super::convert::examples_to_batch;
-use super::format::{parse_examples, read_file};
+use super::format::{file_name, parse_examples, read_file};
 
 /// Scans TFRecord files; every record's CRCs are checked.
 #[derive(Clone)]
@@ -46,6 +46,7 @@ struct TfRecordOpener {
     batch_size: usize,
     schema: SchemaRef,
     store: Arc<dyn ObjectStore>,
+    store_url: String,
 }
 
 impl FileOpener for TfRecordOpener {
@@ -53,10 +54,10 @@ impl FileOpener for TfRecordOpener {
         let store = Arc::clone(&self.store);
         let schema = Arc::clone(&self.schema);
         let batch_size = self.batch_size.max(1);
+        let name = file_name(Some(&self.store_url), &file.object_meta.location);
         Ok(Box::pin(async move {
             let meta = file.object_meta;
-            let data = read_file(&store, &meta).await?;
-            let name = meta.location.to_string();
+            let data = read_file(&store, &meta, &name).await?;
             let examples = parse_examples(&data, &name, usize::MAX)?;
             let batches: Vec<Result<_>> = examples
                 .chunks(batch_size)
@@ -81,7 +82,7 @@ impl FileSource for TfRecordSource {
     fn create_file_opener(
         &self,
         store: Arc<dyn ObjectStore>,
-        _base_config: &FileScanConfig,
+        base_config: &FileScanConfig,
         _partition: usize,
     ) -> Result<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
@@ -90,6 +91,7 @@ impl FileSource for TfRecordSource {
             batch_size: self.batch_size.unwrap_or(8192),
             schema,
             store,
+            store_url: base_config.object_store_url.as_str().to_string(),
         });
         ProjectionOpener::try_new(self.projection.clone(), opener, file_schema)
     }
