@@ -115,19 +115,12 @@ impl TrainerLink {
             MlError::Training(format!("worker {rank} of gang {} started twice", gang.id))
         })?;
         let address = &gang.trainers[next_rank as usize];
-        let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| MlError::Training(format!("{next} at {address}: {e}")))?
-            .initial_stream_window_size(RING_WINDOW)
-            .initial_connection_window_size(2 * RING_WINDOW);
-        if let Some(tls) = tls {
-            endpoint = tls
-                .endpoint(endpoint)
-                .map_err(|e| MlError::Training(e.to_string()))?;
-        }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| MlError::Training(format!("cannot reach {next} at {address}: {e}")))?;
+        let channel = trainer_channel(address, &next, tls, |endpoint| {
+            endpoint
+                .initial_stream_window_size(RING_WINDOW)
+                .initial_connection_window_size(2 * RING_WINDOW)
+        })
+        .await?;
         let (out, frames) = unbounded_channel();
         // An empty first frame tells the next trainer where this stream goes, so that it can
         // report a broken stream to the right worker even before any data moved.
@@ -231,4 +224,25 @@ impl RingLink for TrainerLink {
             }
         }
     }
+}
+
+/// A channel to the trainer at `address` (`host:port`), named `what` in errors, over `tls`
+/// when set; `configure` sets the endpoint's options (after TLS, which makes a new endpoint).
+pub(crate) async fn trainer_channel(
+    address: &str,
+    what: &str,
+    tls: Option<&Tls>,
+    configure: impl FnOnce(Endpoint) -> Endpoint,
+) -> std::result::Result<tonic::transport::Channel, MlError> {
+    let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| MlError::Training(format!("{what} at {address}: {e}")))?;
+    if let Some(tls) = tls {
+        endpoint = tls
+            .endpoint(endpoint)
+            .map_err(|e| MlError::Training(e.to_string()))?;
+    }
+    configure(endpoint)
+        .connect()
+        .await
+        .map_err(|e| MlError::Training(format!("cannot reach {what} at {address}: {e}")))
 }

@@ -24,12 +24,11 @@ use quiver_sql::cluster::proto::{
     TrialStart, trial_control, trial_event,
 };
 
-use crate::ring::{RING_FRAME, RING_WINDOW, RingInboxes, TrainerLink};
+use crate::ring::{RING_FRAME, RING_WINDOW, RingInboxes, TrainerLink, trainer_channel};
 use quiver_sql::cluster::proto::trainer_server::TrainerServer;
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic::{Request, Response, Status, Streaming};
@@ -263,18 +262,7 @@ pub async fn connect_trainer(
     address: &str,
     tls: Option<&Tls>,
 ) -> std::result::Result<TrainerClient<tonic::transport::Channel>, MlError> {
-    let url = format!("http://{address}");
-    let mut endpoint = Endpoint::from_shared(url)
-        .map_err(|e| MlError::Training(format!("trainer at {address}: {e}")))?;
-    if let Some(tls) = tls {
-        endpoint = tls
-            .endpoint(endpoint)
-            .map_err(|e| MlError::Training(e.to_string()))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| MlError::Training(format!("cannot reach the trainer at {address}: {e}")))?;
+    let channel = trainer_channel(address, "the trainer", tls, |e| e).await?;
     Ok(TrainerClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20))

@@ -79,7 +79,7 @@ impl Arg {
 pub enum ImageOp {
     /// `image_decode(bytes [, on_error [, source]])`; `on_error` is `'error'` (default) or
     /// `'null'`; `source` names where the bytes came from in messages (the planner fills it in
-    /// with `read_images`' path, see [`crate::image_paths`]).
+    /// with `read_images`' path: the `image_paths` module).
     Decode,
     /// `image_decode_resize(bytes, on_error, width, height, crop_width, crop_height [,
     /// source])`: decode, centre-crop (`0, 0`: no crop; `-1, -1`: largest square) and resize in
