@@ -15,7 +15,7 @@ use clap::Parser;
 use quiver_engine::SessionOptions;
 use quiver_executor::ring::TrainerLink;
 use quiver_executor::trainer::TrainerService;
-use quiver_operators::experiment::LocalExecutor;
+use quiver_operators::experiment::LocalTrialRunner;
 use quiver_operators::ml::collective::Ring;
 use quiver_sql::cluster::proto::Gang;
 use quiver_sql::tls::{Tls, TlsFiles};
@@ -86,7 +86,7 @@ async fn trainers(
         let session = quiver_sql::session(SessionOptions::default())?;
         let service = TrainerService::new(
             format!("bench{i}"),
-            LocalExecutor::new(session, 1, "cpu")?,
+            LocalTrialRunner::new(session, 1, "cpu")?,
             tls.cloned(),
         );
         let inboxes = service.inboxes();

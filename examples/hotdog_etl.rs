@@ -8,7 +8,7 @@
 use datafusion::prelude::col;
 use quiver_engine::SessionOptions;
 use quiver_operators::TfRecordOptions;
-use quiver_operators::image_udfs::expr_fn::{image_center_crop, image_decode, image_resize};
+use quiver_operators::image::expr_fn::{image_center_crop, image_decode, image_resize};
 use quiver_operators::tfrecord::ImageEncoding;
 use quiver_sql::{DataFrameExt, SessionExt};
 

@@ -11,6 +11,8 @@ quiver_install_packages
 quiver_start_refenv
 quiver_log "cargo fmt --check"
 cargo fmt --all -- --check
+quiver_log "no file imports a file that imports it back"
+python3 scripts/circles.py
 quiver_log "cargo clippy"
 quiver_cargo clippy --locked --all-targets -- -D warnings
 # The CUDA build (no GPU or toolkit needed to compile: cudarc loads the driver at run time).

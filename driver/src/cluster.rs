@@ -19,12 +19,11 @@ use datafusion::error::DataFusionError;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures::FutureExt;
 use quiver_engine::{QuiverError, Result, SessionOptions};
-use quiver_executor::trainer::{TrainerDirectory, TrainerEndpoint};
 use quiver_sql::cluster::proto::coordinator_server::CoordinatorServer;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 
-use crate::coordinator::CoordinatorService;
+use crate::coordinator::{CoordinatorService, TrainerDirectory, TrainerEndpoint};
 use tonic::service::RoutesBuilder;
 
 /// Seconds without a heartbeat after which an executor counts as lost and its tasks run

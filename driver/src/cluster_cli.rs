@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use quiver_driver::cluster::DriverOptions;
 use quiver_engine::{QuiverError, Result, SessionOptions};
-use quiver_executor::{Device, ExecutorOptions};
+use quiver_executor::ExecutorOptions;
 use quiver_sql::tls::{Tls, TlsFiles};
 use serde::Deserialize;
 
@@ -196,7 +196,7 @@ pub(crate) struct ExecutorArgs {
     /// Tasks run at once (default: the number of cores).
     #[arg(long, env = "QUIVER_SLOTS")]
     slots: Option<usize>,
-    /// The device offered to training: `cpu` or `cuda:K`.
+    /// The device offered to training: `cpu`, `cuda` (every GPU) or `cuda:K`.
     #[arg(long, env = "QUIVER_DEVICE")]
     device: Option<String>,
     /// The address the data service binds to.
@@ -235,12 +235,13 @@ impl ExecutorArgs {
             .slots
             .or(section.slots)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let device: Device = self
+        let device = self
             .device
             .clone()
             .or_else(|| section.device.clone())
-            .unwrap_or_else(|| "cpu".into())
-            .parse()?;
+            .unwrap_or_else(|| "cpu".into());
+        quiver_operators::ml::device::parse(&device)
+            .map_err(|e| QuiverError::Config(format!("--device '{device}': {e}")))?;
         let bind = self
             .bind
             .clone()

@@ -153,7 +153,7 @@ async fn main() -> ExitCode {
             tick_ms,
             reload_seconds,
         } => {
-            quiver_executor::logging::init();
+            quiver_engine::logging::init();
             let jobs = jobs.map(|jobs| {
                 let options = options.clone();
                 async move {
@@ -181,7 +181,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Executor(args) => {
-            quiver_executor::logging::init();
+            quiver_engine::logging::init();
             match args.options(&file, &options) {
                 Ok(executor) => quiver_executor::run_executor(executor).await,
                 Err(e) => Err(e),

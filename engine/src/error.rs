@@ -59,6 +59,12 @@ pub enum QuiverError {
 }
 
 impl QuiverError {
+    /// A query or statement that cannot be planned (a syntax error, a missing option); the
+    /// message names the statement and what is wrong.
+    pub fn plan(msg: impl Into<String>) -> Self {
+        Self::DataFusion(DataFusionError::Plan(msg.into()))
+    }
+
     /// Wraps an object-store error with the location it happened at.
     pub fn store(location: impl Into<String>, source: object_store::Error) -> Self {
         Self::Store {

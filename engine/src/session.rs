@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::error::{QuiverError, Result};
 use crate::progress::Progress;
-use crate::store::{S3Options, StoreRegistry, resolve_location, store_url};
+use crate::store::{S3Options, StoreRegistry, object_path, resolve_location, store_url};
 
 /// How to build a [`Session`].
 #[derive(Debug, Clone)]
@@ -151,6 +151,24 @@ impl Session {
     /// The object store for `url`.
     pub fn store_for(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
         Ok(self.ctx.runtime_env().object_store(store_url(url))?)
+    }
+
+    /// A folder (`models/`, `experiments/`) of the default store: its store, its path in that
+    /// store and its URL.
+    pub fn default_folder(
+        &self,
+        folder: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path, Url)> {
+        let url = self
+            .default_store
+            .join(folder)
+            .map_err(|e| QuiverError::Location {
+                location: format!("{}{folder}", self.default_store),
+                reason: e.to_string(),
+            })?;
+        let store = self.store_for(&url)?;
+        let path = object_path(&url)?;
+        Ok((store, path, url))
     }
 }
 

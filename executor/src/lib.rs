@@ -18,55 +18,19 @@ use ballista_executor::shutdown::Shutdown;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use quiver_engine::{QuiverError, Result, Session, SessionOptions, StoreRegistry};
-use quiver_operators::experiment::LocalExecutor;
+use quiver_operators::experiment::LocalTrialRunner;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use trainer::TrainerService;
 
-pub mod logging;
 pub mod ring;
 pub mod trainer;
 
 /// The session an executor runs tasks in: the same registrations as the driver's.
 pub fn executor_session(options: SessionOptions) -> Result<Session> {
     quiver_sql::session(options)
-}
-
-/// A device an executor offers to training work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU cores.
-    Cpu,
-    /// The CUDA device with this ordinal.
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = QuiverError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|k| k.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| {
-                    QuiverError::Config(format!("bad --device '{s}': expected cpu or cuda:K"))
-                }),
-        }
-    }
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(k) => write!(f, "cuda:{k}"),
-        }
-    }
 }
 
 /// How to run an executor.
@@ -82,8 +46,8 @@ pub struct ExecutorOptions {
     pub port: u16,
     /// Tasks run at once.
     pub slots: usize,
-    /// The device offered to training work.
-    pub device: Device,
+    /// The device offered to training work: `cpu`, `cuda` (every GPU) or `cuda:K`.
+    pub device: String,
     /// Where shuffle files go; a temporary folder when `None`.
     pub work_dir: Option<PathBuf>,
     /// The port of the trainer service (trials of experiments); a free one when 0.
@@ -156,7 +120,7 @@ fn flight_service(
 /// Starts the trainer service, training in `session`, on the executor's bind host; returns its
 /// port.
 async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) -> Result<u16> {
-    let slots = LocalExecutor::new(session, options.slots, &options.device.to_string())?;
+    let slots = LocalTrialRunner::new(session, options.slots, &options.device)?;
     let listener =
         tokio::net::TcpListener::bind((options.bind_host.as_str(), options.trainer_port))
             .await

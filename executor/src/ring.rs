@@ -228,7 +228,7 @@ impl RingLink for TrainerLink {
 
 /// A channel to the trainer at `address` (`host:port`), named `what` in errors, over `tls`
 /// when set; `configure` sets the endpoint's options (after TLS, which makes a new endpoint).
-pub(crate) async fn trainer_channel(
+pub async fn trainer_channel(
     address: &str,
     what: &str,
     tls: Option<&Tls>,

@@ -1,5 +1,11 @@
-//! Quiver's operators: image functions, `read_images`, the TFRecord file format, and machine
-//! learning (models, training, evaluation, the registry, `predict`), and feature statistics.
+//! Quiver's operators, one folder per capability:
+//!
+//! - [`image`]: `read_images`, the image kernels and the `image_*` SQL functions;
+//! - [`tfrecord`]: the TFRecord file format, read and written as a DataFusion file format;
+//! - [`ml`]: models, data loading, the training loop, evaluation, the registry, `predict`;
+//! - [`experiment`]: hyperparameter searches, one trial per slot, and their tables;
+//! - [`stats`]: `feature_stats`, per-feature statistics and drift between two tables;
+//! - [`jobs`]: batch job runs in the shared store and `job_runs`.
 
 /// The methods of a [`datafusion::datasource::physical_plan::FileSource`] that every Quiver file
 /// source shares, for a source with `table_schema`, `projection` (a `SplitProjection`) and
@@ -37,17 +43,14 @@ macro_rules! projected_file_source {
     };
 }
 
-pub mod computed;
 pub mod experiment;
-pub mod image_ops;
-pub mod image_paths;
-pub mod image_udfs;
+pub mod image;
 pub mod jobs;
 pub mod ml;
-pub mod read_images;
 pub mod stats;
 pub mod tfrecord;
 
-pub use image_udfs::{ImageFunc, ImageOp};
-pub use read_images::{ReadImagesFunc, ReadImagesSource, ReadImagesTable, read_images_schema};
+pub use image::{
+    ImageFunc, ImageOp, ReadImagesFunc, ReadImagesSource, ReadImagesTable, read_images_schema,
+};
 pub use tfrecord::{TfRecordFormat, TfRecordFormatFactory, TfRecordOptions};

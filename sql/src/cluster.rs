@@ -39,7 +39,7 @@ use crate::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 pub mod proto {
     tonic::include_proto!("quiver.cluster.v1");
 }
-use crate::statements::CreateModel;
+use crate::create_model::CreateModel;
 use crate::tls::Tls;
 use quiver_operators::experiment::ExperimentFile;
 use quiver_operators::ml::ModelCard;
@@ -288,7 +288,7 @@ fn reads_computed_tables(plan: &LogicalPlan) -> bool {
     plan.exists(|node| {
         Ok(match node {
             LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
-                .is_ok_and(|provider| quiver_operators::computed::is_computed(provider.as_ref())),
+                .is_ok_and(|provider| quiver_engine::computed::is_computed(provider.as_ref())),
             _ => false,
         })
     })

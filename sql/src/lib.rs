@@ -14,7 +14,9 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod create_model;
 pub mod display;
+pub mod reply;
 pub mod statements;
 pub mod tls;
 pub mod write;
@@ -98,7 +100,7 @@ pub fn register_all(session: &Session) -> Result<()> {
     let jobs = JobStore::new(session).map_err(datafusion::error::DataFusionError::from)?;
     ctx.register_udtf(TABLE_FUNCTIONS[6], Arc::new(JobRunsFunc::new(jobs)));
     ctx.add_optimizer_rule(Arc::new(cluster::CopyOptionsInFormat));
-    ctx.add_analyzer_rule(Arc::new(quiver_operators::image_paths::ImageSourcePaths));
+    ctx.add_analyzer_rule(Arc::new(quiver_operators::image::ImageSourcePaths));
     let state = ctx.state_ref();
     let mut state = state.write();
     state.register_file_format(Arc::new(TfRecordFormatFactory::new()), true)?;
@@ -357,9 +359,7 @@ mod tests {
     #[tokio::test]
     async fn dataframe_round_trip_through_tfrecord() {
         use datafusion::prelude::col;
-        use quiver_operators::image_udfs::expr_fn::{
-            image_center_crop, image_decode, image_resize,
-        };
+        use quiver_operators::image::expr_fn::{image_center_crop, image_decode, image_resize};
 
         let session = session(SessionOptions::default()).unwrap();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/photos/");

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use datafusion::arrow::array::{
-    ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use quiver_engine::time::{timestamp_micros, timestamp_type};
 use quiver_engine::{QuiverError, Result, SessionOptions};
 use quiver_operators::jobs::{JobStore, RunStatus};
 use tokio::sync::watch;
@@ -209,11 +210,7 @@ pub(crate) async fn job_command(
                     last.map(|r| r.status.as_str().to_string()),
                     job.as_ref().map(|j| j.file.clone()),
                 ]);
-                next_runs.push(
-                    job.as_ref()
-                        .and_then(|j| j.next_run)
-                        .map(|t| (t * 1000.0) as i64),
-                );
+                next_runs.push(job.as_ref().and_then(|j| j.next_run).map(timestamp_micros));
                 counts.push((runs.len() as u64, active));
             }
             let text = |i: usize| -> ArrayRef {
@@ -225,11 +222,7 @@ pub(crate) async fn job_command(
                 Field::new("job", DataType::Utf8, false),
                 Field::new("schedule", DataType::Utf8, true),
                 Field::new("timezone", DataType::Utf8, true),
-                Field::new(
-                    "next_run",
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    true,
-                ),
+                Field::new("next_run", timestamp_type(), true),
                 Field::new("runs", DataType::UInt64, false),
                 Field::new("active", DataType::UInt64, false),
                 Field::new("last_run", DataType::Utf8, true),
@@ -240,7 +233,7 @@ pub(crate) async fn job_command(
                 text(0),
                 text(1),
                 text(2),
-                Arc::new(TimestampMillisecondArray::from(next_runs).with_timezone("UTC")),
+                Arc::new(TimestampMicrosecondArray::from(next_runs).with_timezone("UTC")),
                 Arc::new(UInt64Array::from(
                     counts.iter().map(|c| c.0).collect::<Vec<_>>(),
                 )),

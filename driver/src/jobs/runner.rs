@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use quiver_engine::time::unix_now;
 use quiver_engine::{QuiverError, Result, SessionOptions};
 use quiver_operators::jobs::{JobStore, RunRecord, RunStatus, StepRecord};
-use quiver_operators::ml::store::unix_now;
 use tokio::sync::watch;
 
 use super::file::{BUILTINS, JobFile, run_values, step_text, substitute};

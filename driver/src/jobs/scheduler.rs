@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use quiver_engine::time::unix_now;
 use quiver_engine::{QuiverError, Result, Session, SessionOptions};
 use quiver_operators::jobs::{JobRecord, JobStore, RunStatus};
-use quiver_operators::ml::store::unix_now;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use url::Url;

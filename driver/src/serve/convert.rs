@@ -1,7 +1,7 @@
 //! Request tensors (gRPC `TensorProto`s, REST JSON, `tf.train.Example` features) to model-ready
 //! values, and predictions back to output tensors.
 
-use quiver_operators::image_ops;
+use quiver_operators::image::kernels;
 use quiver_operators::ml::data::push_model_values;
 use quiver_operators::ml::spec::{InputKind, InputSpec};
 use serde::Serialize;
@@ -143,7 +143,7 @@ pub fn prepare(
             for (i, encoded) in images.iter().enumerate() {
                 let i = first + i;
                 bytes += encoded.len();
-                let image = image_ops::decode(encoded)
+                let image = kernels::decode(encoded)
                     .map_err(|e| bad(format!("example {i}: undecodable image: {e}")))?;
                 let got = [
                     image.height as usize,
@@ -522,14 +522,14 @@ mod tests {
     #[test]
     fn undecodable_and_wrong_size_images_name_the_example() {
         let gray = spec(InputKind::Image, vec![2, 2, 1]);
-        let png = image_ops::encode(
+        let png = kernels::encode(
             quiver_engine::image::ImageRef {
                 width: 3,
                 height: 2,
                 channels: 1,
                 data: &[0, 1, 2, 3, 4, 5],
             },
-            image_ops::EncodeFormat::Png,
+            kernels::EncodeFormat::Png,
         )
         .unwrap();
         let e = whole(&gray, InputTensor::Encoded(vec![png]))

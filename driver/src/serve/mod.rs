@@ -246,7 +246,7 @@ pub const SIGNATURE: &str = "serving_default";
 impl ServerState {
     /// Logs a request refused before its body could be read (too large, not JSON).
     pub fn refused(&self, call: Call<'_>, started: std::time::Instant, error: &ServeError) {
-        let timestamp = quiver_operators::ml::store::unix_now() - started.elapsed().as_secs_f64();
+        let timestamp = quiver_engine::time::unix_now() - started.elapsed().as_secs_f64();
         self.log_request(call, started, timestamp, None, None, &Err(error.clone()));
     }
 
@@ -299,7 +299,7 @@ impl ServerState {
         inputs: Result<Vec<(String, convert::InputTensor)>, ServeError>,
     ) -> Result<Prediction, ServeError> {
         let started = std::time::Instant::now();
-        let timestamp = quiver_operators::ml::store::unix_now();
+        let timestamp = quiver_engine::time::unix_now();
         let mut summary = None;
         let mut version = None;
         let result = async {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use quiver_engine::Session;
-use quiver_operators::ml::store::{default_store_folder, put_bytes, unix_now};
+use quiver_engine::store::objects::put_bytes;
+use quiver_engine::time::unix_now;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -72,7 +73,8 @@ impl PredictionLog {
 
     /// Starts the writer: records are written every `flush` (and when many are buffered).
     pub fn start(session: &Session, flush: Duration) -> Result<Self, ServeError> {
-        let (store, root, url) = default_store_folder(session, "serving/")
+        let (store, root, url) = session
+            .default_folder("serving/")
             .map_err(|e| ServeError::Internal(format!("prediction log: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {

@@ -1,6 +1,6 @@
 //! Hyperparameter experiments: search spaces and the algorithms that propose trials (grid,
-//! random, differential evolution, with ASHA early stopping), executors that run one trial per
-//! slot, and the runner that keeps everything in the shared store and resumes after a crash.
+//! random, differential evolution, with ASHA early stopping), trial runners that run one trial
+//! per slot, and the runner that keeps everything in the shared store and resumes after a crash.
 //!
 //! ```no_run
 //! # async fn demo(session: &quiver_engine::Session) -> Result<(), quiver_operators::ml::MlError> {
@@ -16,14 +16,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod executor;
 pub mod hparams;
 pub mod runner;
 pub mod space;
 pub mod spec;
 pub mod tables;
+pub mod trials;
 
-pub use executor::{LocalExecutor, Slot, TrialExecutor, TrialOutput, TrialTask};
 pub use runner::{
     ExperimentDir, ExperimentFile, ExperimentReport, Experiments, TrialRecord, TrialStatus,
     run_experiment,
@@ -31,3 +30,4 @@ pub use runner::{
 pub use space::{DifferentialEvolution, Domain, Params, SearchSpace};
 pub use spec::{EXPERIMENT_OPTIONS, ExperimentBuilder, ExperimentSpec, Objective, Search};
 pub use tables::ExperimentTableFunc;
+pub use trials::{LocalTrialRunner, Slot, TrialOutput, TrialRunner, TrialTask};

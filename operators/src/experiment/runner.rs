@@ -1,4 +1,4 @@
-//! Running an experiment: proposes trials, runs them on executor slots (retrying failures from
+//! Running an experiment: proposes trials, runs them on a trial runner's slots (retrying failures from
 //! their last checkpoint), stops poor ones early with ASHA, writes everything to the shared
 //! store as it happens, shows a live table of trials, and registers the best trial's model.
 //!
@@ -21,12 +21,14 @@ use quiver_engine::{LogSink, Session};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::executor::{Slot, TRIAL_WEIGHTS, TrialExecutor, TrialOutput, TrialTask};
+use super::trials::{LocalTrialRunner, Slot, TRIAL_WEIGHTS, TrialOutput, TrialRunner, TrialTask};
+use quiver_engine::store::objects::{exists, get_bytes, list, put_bytes};
+use quiver_engine::time::{unix_now, utc_timestamp};
+
 use super::hparams::{HParamDomain, experiment_summary, session_start};
 use super::space::{DifferentialEvolution, Domain, Params};
-use super::spec::{AshaSettings, ExperimentSpec, Objective, Search};
+use super::spec::{AshaSettings, ExperimentBuilder, ExperimentSpec, Objective, Search};
 use crate::ml::events::EventFile;
-use crate::ml::store::{default_store_folder, exists, get_bytes, list_dirs, put_bytes, unix_now};
 use crate::ml::{EpochMetrics, MlError, ModelCard, OptionValue, TrainHooks, registry};
 
 /// How a trial ended.
@@ -90,7 +92,7 @@ pub struct TrialRecord {
     pub error: Option<String>,
     /// The folder of its last checkpoint.
     pub checkpoint: Option<String>,
-    /// The trained model (version 0), for executors that produce one.
+    /// The trained model (version 0), for trial runners that produce one.
     pub model: Option<ModelCard>,
 }
 
@@ -158,7 +160,7 @@ pub struct Experiments {
 impl Experiments {
     /// `experiments/` in the session's default store.
     pub fn new(session: &Session) -> Result<Self, MlError> {
-        let (store, root, url) = default_store_folder(session, "experiments/")?;
+        let (store, root, url) = session.default_folder("experiments/")?;
         Ok(Self { store, root, url })
     }
 
@@ -177,7 +179,7 @@ impl Experiments {
 
     /// Names of the experiments, sorted.
     pub async fn names(&self) -> Result<Vec<String>, MlError> {
-        let mut names = list_dirs(&self.store, &self.root).await?;
+        let mut names = list(&self.store, &self.root).await?.dirs;
         names.sort();
         Ok(names)
     }
@@ -212,7 +214,7 @@ impl ExperimentDir {
     }
 
     async fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), MlError> {
-        put_bytes(&self.store, path, serde_json::to_vec_pretty(value)?).await
+        Ok(put_bytes(&self.store, path, serde_json::to_vec_pretty(value)?).await?)
     }
 
     /// `experiment.json`, if the experiment exists.
@@ -222,7 +224,9 @@ impl ExperimentDir {
 
     /// The trial ids that have a folder, sorted.
     pub async fn trial_ids(&self) -> Result<Vec<String>, MlError> {
-        let mut ids = list_dirs(&self.store, &self.dir.clone().join("trials")).await?;
+        let mut ids = list(&self.store, &self.dir.clone().join("trials"))
+            .await?
+            .dirs;
         ids.sort();
         Ok(ids)
     }
@@ -254,20 +258,20 @@ impl ExperimentDir {
 
     /// A trial's log so far.
     pub async fn log(&self, trial: &str) -> Result<Option<Vec<u8>>, MlError> {
-        get_bytes(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await
+        Ok(get_bytes(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await?)
     }
 
     /// Whether a trial has started (its log exists), without reading the log.
     pub async fn started(&self, trial: &str) -> Result<bool, MlError> {
-        exists(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await
+        Ok(exists(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await?)
     }
 }
 
-/// Runs (or resumes) `spec` on `executor`'s slots and registers the best trial's model.
+/// Runs (or resumes) `spec` on `runner`'s slots and registers the best trial's model.
 pub async fn run_experiment(
     spec: &ExperimentSpec,
     session: &Session,
-    executor: Arc<dyn TrialExecutor>,
+    runner: Arc<dyn TrialRunner>,
 ) -> Result<ExperimentReport, MlError> {
     let exp = Experiments::new(session)?.dir(&spec.name)?;
     let mut file = match exp.file().await? {
@@ -306,14 +310,14 @@ pub async fn run_experiment(
     };
     exp.write_json(&exp.path("experiment.json"), &file).await?;
     write_experiment_summary(&exp, spec, file.created_at).await?;
-    let slots: Vec<Slot> = executor
+    let slots: Vec<Slot> = runner
         .slots()
         .into_iter()
         .take(spec.max_parallel_trials)
         .collect();
     if slots.is_empty() {
         return Err(MlError::Training(
-            "the executor offers no slots to run trials on".into(),
+            "the trial runner offers no slots to run trials on".into(),
         ));
     }
     // Grid and random search propose every trial up front; evolution breeds each generation
@@ -329,7 +333,7 @@ pub async fn run_experiment(
     let runner = Arc::new(Runner {
         spec: spec.clone(),
         exp: exp.clone(),
-        executor,
+        trial_runner: runner,
         asha: spec
             .asha
             .map(|s| Asha::new(s, spec.max_epochs, spec.objective.clone())),
@@ -467,14 +471,14 @@ async fn write_experiment_summary(
     let mut events = EventFile::new(created);
     events.plugin_summary(created, 0, &summary);
     let path = exp.path(&format!("events.out.tfevents.{}.quiver", created as u64));
-    put_bytes(&exp.store, &path, events.bytes().to_vec()).await
+    Ok(put_bytes(&exp.store, &path, events.bytes().to_vec()).await?)
 }
 
 /// What every trial task shares.
 struct Runner {
     spec: ExperimentSpec,
     exp: ExperimentDir,
-    executor: Arc<dyn TrialExecutor>,
+    trial_runner: Arc<dyn TrialRunner>,
     asha: Option<Asha>,
     display: Display,
 }
@@ -629,10 +633,10 @@ impl Runner {
             self.display
                 .started(&trial.trial, &trial.params, slot, Arc::clone(&progress));
             let hooks = self.hooks(&trial, Arc::clone(&log), progress, started_at);
-            let executor = Arc::clone(&self.executor);
+            let runner = Arc::clone(&self.trial_runner);
             let (slot_c, task_c) = (slot.clone(), task.clone());
             let handle =
-                tokio::spawn(async move { executor.run_trial(&slot_c, &task_c, hooks).await });
+                tokio::spawn(async move { runner.run_trial(&slot_c, &task_c, hooks).await });
             let result = match self.spec.trial_timeout {
                 Some(seconds) => {
                     let abort = handle.abort_handle();
@@ -816,30 +820,8 @@ impl TrialLog {
             return Ok(());
         }
         let text = self.text.lock().expect("log lock").clone();
-        put_bytes(&self.store, &self.path, text.into_bytes()).await
+        Ok(put_bytes(&self.store, &self.path, text.into_bytes()).await?)
     }
-}
-
-/// `2026-11-27T01:02:03Z`.
-fn utc_timestamp(seconds: f64) -> String {
-    let secs = seconds as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 /// Asynchronous successive halving: at each rung (`grace_period * reduction_factor^k`
@@ -1054,6 +1036,37 @@ impl Display {
     }
 }
 
+impl ExperimentBuilder {
+    /// Runs (or resumes) the experiment over `query` on this process's trial runner: one slot per
+    /// parallel trial on the `device` option's device.
+    pub async fn run(&self, session: &Session, query: &str) -> Result<ExperimentReport, MlError> {
+        let spec = self.build(query)?;
+        let device = match spec.fixed.iter().find(|(k, _)| k == "device") {
+            Some((_, OptionValue::Str(d))) => d.clone(),
+            _ => "cpu".to_string(),
+        };
+        let runner = LocalTrialRunner::new(session.clone(), spec.max_parallel_trials, &device)?;
+        self.run_on(session, query, Arc::new(runner)).await
+    }
+
+    /// Runs (or resumes) the experiment over `query` on `runner`'s slots (a cluster's).
+    pub async fn run_on(
+        &self,
+        session: &Session,
+        query: &str,
+        runner: Arc<dyn TrialRunner>,
+    ) -> Result<ExperimentReport, MlError> {
+        let spec = self.build(query)?;
+        session.sql(query).await.map_err(|e| {
+            MlError::Option(format!(
+                "the training query of experiment {} does not plan: {e}",
+                spec.name
+            ))
+        })?;
+        run_experiment(&spec, session, runner).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1061,9 +1074,7 @@ mod tests {
     use async_trait::async_trait;
     use quiver_engine::SessionOptions;
 
-    use crate::experiment::spec::ExperimentBuilder;
-
-    /// An executor whose "training" scores a known function of the hyperparameters, so that
+    /// A trial runner whose "training" scores a known function of the hyperparameters, so that
     /// the optimum is known; it can fail or hang chosen trials.
     struct KnownOptimum {
         slots: usize,
@@ -1093,7 +1104,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl TrialExecutor for KnownOptimum {
+    impl TrialRunner for KnownOptimum {
         fn slots(&self) -> Vec<Slot> {
             (0..self.slots)
                 .map(|index| Slot {
@@ -1236,12 +1247,12 @@ mod tests {
             ("max_retries", OptionValue::from(1)),
             ("trial_timeout", OptionValue::from(2)),
         ]);
-        let mut executor = KnownOptimum::new(2);
-        executor.fail_first_attempt = vec!["trial-0001".into()];
-        executor.always_fail = vec!["trial-0002".into()];
-        executor.hang = vec!["trial-0003".into()];
+        let mut runner = KnownOptimum::new(2);
+        runner.fail_first_attempt = vec!["trial-0001".into()];
+        runner.always_fail = vec!["trial-0002".into()];
+        runner.hang = vec!["trial-0003".into()];
         let session = memory_session("retries");
-        let report = run_experiment(&spec, &session, Arc::new(executor))
+        let report = run_experiment(&spec, &session, Arc::new(runner))
             .await
             .unwrap();
         let status: Vec<_> = report
@@ -1393,12 +1404,6 @@ mod tests {
         assert_eq!(quantile(&[], 0.5), None);
         assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
         assert!((quantile(&[1.0, 2.0], 2.0 / 3.0).unwrap() - 1.6666667).abs() < 1e-6);
-    }
-
-    #[test]
-    fn timestamps_are_utc() {
-        assert_eq!(utc_timestamp(0.0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_timestamp(1_795_741_323.0), "2026-11-27T01:02:03Z");
     }
 
     #[test]

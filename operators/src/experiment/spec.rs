@@ -5,13 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::Arc;
-
-use quiver_engine::Session;
 use serde::{Deserialize, Serialize};
 
-use super::executor::{LocalExecutor, TrialExecutor};
-use super::runner::{ExperimentReport, run_experiment};
 use super::space::{DifferentialEvolution, Domain, SearchSpace};
 use crate::ml::registry::validate_name;
 use crate::ml::{EpochMetrics, MODEL_OPTIONS, MlError, ModelBuilder, OptionValue};
@@ -433,37 +428,6 @@ impl ExperimentBuilder {
             max_epochs,
             query: query.to_string(),
         })
-    }
-}
-
-impl ExperimentBuilder {
-    /// Runs (or resumes) the experiment over `query` on this process's executor: one slot per
-    /// parallel trial on the `device` option's device.
-    pub async fn run(&self, session: &Session, query: &str) -> Result<ExperimentReport, MlError> {
-        let spec = self.build(query)?;
-        let device = match spec.fixed.iter().find(|(k, _)| k == "device") {
-            Some((_, OptionValue::Str(d))) => d.clone(),
-            _ => "cpu".to_string(),
-        };
-        let executor = LocalExecutor::new(session.clone(), spec.max_parallel_trials, &device)?;
-        self.run_on(session, query, Arc::new(executor)).await
-    }
-
-    /// Runs (or resumes) the experiment over `query` on `executor`'s slots (a cluster's).
-    pub async fn run_on(
-        &self,
-        session: &Session,
-        query: &str,
-        executor: Arc<dyn TrialExecutor>,
-    ) -> Result<ExperimentReport, MlError> {
-        let spec = self.build(query)?;
-        session.sql(query).await.map_err(|e| {
-            MlError::Option(format!(
-                "the training query of experiment {} does not plan: {e}",
-                self.name
-            ))
-        })?;
-        run_experiment(&spec, session, executor).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! Experiments as data: `experiments()` (what `SHOW EXPERIMENTS` runs) and
 //! `experiment_trials('name')`, one row per trial with its hyperparameters as columns.
 
-use crate::computed::{ComputeRows, ComputedTable};
+use quiver_engine::computed::{ComputeRows, ComputedTable};
 use std::future::Future;
 use std::sync::Arc;
 

@@ -1,4 +1,7 @@
-//! The `device` option: `cpu`, or `cuda[:N]` in builds with the `cuda` feature.
+//! The `device` option on this build and machine: `cpu`, or `cuda[:N]` in builds with the `cuda`
+//! feature and a GPU.
+
+use quiver_engine::device::DeviceName;
 
 use super::MlError;
 
@@ -12,27 +15,20 @@ pub enum Device {
     Cuda(usize),
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`; CUDA is an error in builds without the `cuda` feature.
+/// Parses `cpu`, `cuda` or `cuda:N` (engine's [`DeviceName`]) and checks the device is there:
+/// CUDA is an error in builds without the `cuda` feature.
 pub fn parse(name: &str) -> Result<Device, MlError> {
-    let name = name.trim().to_ascii_lowercase();
-    if name == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let index = match name.strip_prefix("cuda") {
-        Some("") => Some(0),
-        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()),
-        None => None,
-    };
-    match index {
+    match name.parse::<DeviceName>()? {
+        DeviceName::Cpu => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        Some(index) => cuda_available(index).map(|()| Device::Cuda(index)),
+        DeviceName::Cuda(index) => {
+            let index = index.unwrap_or(0);
+            cuda_available(index).map(|()| Device::Cuda(index))
+        }
         #[cfg(not(feature = "cuda"))]
-        Some(_) => Err(MlError::Option(format!(
+        DeviceName::Cuda(_) => Err(MlError::Option(format!(
             "device '{name}' is not available: this build of Quiver has no CUDA support \
              (build it with --features cuda)"
-        ))),
-        None => Err(MlError::Option(format!(
-            "device '{name}' is not one of cpu, cuda, cuda:N"
         ))),
     }
 }

@@ -28,7 +28,6 @@ pub mod options;
 pub mod predict;
 pub mod registry;
 pub mod spec;
-pub mod store;
 pub mod train;
 
 pub use evaluate::{ClassMetrics, Evaluation};
@@ -61,9 +60,19 @@ pub enum MlError {
     /// Training diverged or the backend failed.
     #[error("training error: {0}")]
     Training(String),
-    /// The object store failed.
-    #[error("object store error: {0}")]
-    Store(String),
+    /// The executor training a trial went away: its connection or its stream broke.
+    #[error("executor {executor} lost while training {trial}: {reason}")]
+    LostExecutor {
+        /// The executor's id.
+        executor: String,
+        /// The trial (or gang worker) it trained.
+        trial: String,
+        /// What broke.
+        reason: String,
+    },
+    /// The engine failed: an object store, a location or the session; the message names it.
+    #[error(transparent)]
+    Engine(#[from] QuiverError),
     /// The query engine failed.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -72,15 +81,12 @@ pub enum MlError {
     Json(#[from] serde_json::Error),
 }
 
-impl From<QuiverError> for MlError {
-    fn from(e: QuiverError) -> Self {
-        Self::DataFusion(e.into())
-    }
-}
-
 impl From<MlError> for QuiverError {
     fn from(e: MlError) -> Self {
-        Self::DataFusion(e.into())
+        match e {
+            MlError::Engine(e) => e,
+            other => Self::DataFusion(other.into()),
+        }
     }
 }
 
@@ -94,6 +100,7 @@ impl From<MlError> for DataFusionError {
     fn from(e: MlError) -> Self {
         match e {
             MlError::DataFusion(e) => e,
+            MlError::Engine(e) => e.into(),
             other => DataFusionError::External(Box::new(other)),
         }
     }
@@ -101,6 +108,6 @@ impl From<MlError> for DataFusionError {
 
 /// The registry of `session`: `models/` in its default store.
 pub fn registry(session: &quiver_engine::Session) -> Result<Registry, MlError> {
-    let (store, root, url) = store::default_store_folder(session, "models/")?;
+    let (store, root, url) = session.default_folder("models/")?;
     Ok(Registry::new(store, root, url.to_string()))
 }

@@ -2,7 +2,8 @@
 //! `ml_evaluate('name' [, version], 'table' | 'SELECT ...')` and `models()` (what
 //! `SHOW MODELS` runs) as table functions.
 
-use crate::computed::{ComputeRows, ComputedTable, string_literal, table_or_query};
+use quiver_engine::computed::{ComputeRows, ComputedTable, string_literal, table_or_query};
+use quiver_engine::time::{timestamp_builder, timestamp_micros, timestamp_type};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -472,7 +473,7 @@ fn models_schema() -> SchemaRef {
         Field::new("epochs", DataType::UInt64, false),
         Field::new("accuracy", DataType::Float64, true),
         Field::new("val_accuracy", DataType::Float64, true),
-        Field::new("created_at", DataType::UInt64, false),
+        Field::new("created_at", timestamp_type(), false),
         Field::new("location", DataType::Utf8, false),
     ]))
 }
@@ -481,11 +482,8 @@ async fn models_batch(registry: &Registry, schema: &SchemaRef) -> Result<RecordB
     let mut name = StringBuilder::new();
     let mut version = UInt64Builder::new();
     let mut model_type = StringBuilder::new();
-    let (mut classes, mut epochs, mut created) = (
-        UInt64Builder::new(),
-        UInt64Builder::new(),
-        UInt64Builder::new(),
-    );
+    let (mut classes, mut epochs) = (UInt64Builder::new(), UInt64Builder::new());
+    let mut created = timestamp_builder();
     let (mut accuracy, mut val_accuracy) = (Float64Builder::new(), Float64Builder::new());
     let mut location = StringBuilder::new();
     for model in registry.names().await? {
@@ -499,7 +497,7 @@ async fn models_batch(registry: &Registry, schema: &SchemaRef) -> Result<RecordB
             epochs.append_value(card.history.len() as u64);
             accuracy.append_option(last.map(|m| m.accuracy));
             val_accuracy.append_option(card.evaluation.as_ref().map(|e| e.accuracy));
-            created.append_value(card.created_at);
+            created.append_value(timestamp_micros(card.created_at as f64));
             location.append_value(registry.version_url(&card.name, card.version));
         }
     }

@@ -8,10 +8,11 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
+use quiver_engine::store::objects::{create_bytes, get_bytes, list, put_bytes};
+
 use super::MlError;
 use super::evaluate::Evaluation;
 use super::spec::{Architecture, InputSpec, LabelMap, TrainOptions};
-use super::store::{create_bytes, get_bytes, list_dirs, put_bytes};
 use super::train::EpochMetrics;
 
 /// `model.json`: everything needed to use, compare and reproduce a model.
@@ -74,7 +75,7 @@ impl Registry {
 
     /// Names of all registered models, sorted.
     pub async fn names(&self) -> Result<Vec<String>, MlError> {
-        let mut names = list_dirs(&self.store, &self.root).await?;
+        let mut names = list(&self.store, &self.root).await?.dirs;
         names.sort();
         Ok(names)
     }
@@ -103,8 +104,9 @@ impl Registry {
 
     /// Numbers of the version folders of `name` (complete or not), ascending.
     async fn version_folders(&self, name: &str) -> Result<Vec<u64>, MlError> {
-        let mut versions: Vec<u64> = list_dirs(&self.store, &self.root.clone().join(name))
+        let mut versions: Vec<u64> = list(&self.store, &self.root.clone().join(name))
             .await?
+            .dirs
             .iter()
             .filter_map(|dir| dir.parse().ok())
             .collect();

@@ -33,8 +33,9 @@ use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
-use super::store::{get_bytes, list_dirs, list_files, put_bytes, unix_now};
 use quiver_engine::fault;
+use quiver_engine::store::objects::{get_bytes, list, put_bytes};
+use quiver_engine::time::unix_now;
 
 /// Everything one training run needs, apart from the data.
 #[derive(Debug, Clone)]
@@ -284,7 +285,10 @@ async fn resume_state(
         }
     }
     let mut last = None;
-    for dir in list_dirs(&job.store, &job.run_dir.clone().join("checkpoints")).await? {
+    for dir in list(&job.store, &job.run_dir.clone().join("checkpoints"))
+        .await?
+        .dirs
+    {
         if let Some(epoch) = dir
             .strip_prefix("epoch-")
             .and_then(|e| e.parse::<usize>().ok())
@@ -421,8 +425,9 @@ async fn epochs<
     }
     // A resumed run rewrites its event file (with the whole history) instead of starting a
     // second one, which TensorBoard would show as repeated steps.
-    let mut previous: Vec<String> = list_files(&job.store, &job.run_dir)
+    let mut previous: Vec<String> = list(&job.store, &job.run_dir)
         .await?
+        .files
         .into_iter()
         .filter(|f| f.starts_with("events.out.tfevents.") && f.ends_with(".quiver"))
         .collect();

@@ -16,7 +16,7 @@ use prost::Message;
 use quiver_engine::image::{ImageArray, is_image_type};
 
 use super::example::{BytesList, Example, Feature, Features, FloatList, Int64List, feature::Kind};
-use crate::image_ops::{self, EncodeFormat};
+use crate::image::kernels::{self, EncodeFormat};
 
 /// How image struct columns are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -209,8 +209,8 @@ pub fn batch_to_examples(batch: &RecordBatch, images: ImageEncoding) -> Result<V
                     };
                     let bytes = match images {
                         ImageEncoding::Raw => Ok(img.data.to_vec()),
-                        ImageEncoding::Png => image_ops::encode(img, EncodeFormat::Png),
-                        ImageEncoding::Jpeg => image_ops::encode(img, EncodeFormat::Jpeg(90)),
+                        ImageEncoding::Png => kernels::encode(img, EncodeFormat::Png),
+                        ImageEncoding::Jpeg => kernels::encode(img, EncodeFormat::Jpeg(90)),
                     }
                     .map_err(|e| {
                         DataFusionError::Execution(format!("column '{name}', row {row}: {e}"))
@@ -507,7 +507,7 @@ mod tests {
             };
             let pixels_back = match enc {
                 ImageEncoding::Raw => bytes.value[0].clone(),
-                _ => image_ops::decode(&bytes.value[0]).unwrap().data,
+                _ => kernels::decode(&bytes.value[0]).unwrap().data,
             };
             assert_eq!(pixels_back, pixels);
         }

@@ -1,4 +1,4 @@
-//! The TFRecord [`FileFormat`] and its factory (`STORED AS TFRECORD`), with options.
+//! The TFRecord [`FileFormat`] and its factory (`STORED AS TFRECORD`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,101 +12,17 @@ use datafusion::datasource::file_format::{FileFormat, FileFormatFactory};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_expr::LexRequirement;
 use datafusion::physical_plan::ExecutionPlan;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use prost::Message;
+use object_store::{ObjectMeta, ObjectStore};
 
-use super::convert::{ImageEncoding, infer_schema};
-use super::example::Example;
-use super::record::{RecordReader, gunzip, is_gzip};
+use super::convert::infer_schema;
+use super::files::{file_name, parse_examples, read_file};
+use super::options::TfRecordOptions;
 use super::sink::plan_write;
 use super::source::TfRecordSource;
-
-/// Options of the TFRecord format: `compression` ('none' | 'gzip'), `image_format`
-/// ('png' | 'jpeg' | 'raw'), `schema_infer_max_records`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TfRecordOptions {
-    /// Gzip each shard as a whole (TensorFlow's `compression_type='GZIP'`).
-    pub gzip: bool,
-    /// How image struct columns are written.
-    pub image_format: ImageEncoding,
-    /// Records read to infer a schema.
-    pub schema_infer_max_records: usize,
-}
-
-impl Default for TfRecordOptions {
-    fn default() -> Self {
-        Self {
-            gzip: false,
-            image_format: ImageEncoding::default(),
-            schema_infer_max_records: 1000,
-        }
-    }
-}
-
-impl TfRecordOptions {
-    /// These options as `OPTIONS (...)` keys, the inverse of [`Self::with_options`].
-    pub fn to_options(&self) -> HashMap<String, String> {
-        let image_format = match self.image_format {
-            ImageEncoding::Png => "png",
-            ImageEncoding::Jpeg => "jpeg",
-            ImageEncoding::Raw => "raw",
-        };
-        HashMap::from([
-            (
-                "format.compression".to_string(),
-                if self.gzip { "gzip" } else { "none" }.to_string(),
-            ),
-            ("format.image_format".to_string(), image_format.to_string()),
-            (
-                "format.schema_infer_max_records".to_string(),
-                self.schema_infer_max_records.to_string(),
-            ),
-        ])
-    }
-
-    /// Applies `OPTIONS (...)` of a statement; keys may carry DataFusion's `format.` prefix.
-    /// Keys of other namespaces (with a dot) are left to DataFusion.
-    pub fn with_options(mut self, options: &HashMap<String, String>) -> Result<Self> {
-        for (key, value) in options {
-            let name = match key.strip_prefix("format.") {
-                Some(name) => name,
-                None if key.contains('.') => continue,
-                None => key.as_str(),
-            };
-            match name {
-                "compression" => {
-                    self.gzip = match value.to_ascii_lowercase().as_str() {
-                        "gzip" => true,
-                        "none" | "uncompressed" | "" => false,
-                        other => {
-                            return plan_err!(
-                                "TFRECORD option compression: expected 'gzip' or 'none', got '{other}'"
-                            );
-                        }
-                    }
-                }
-                "image_format" => self.image_format = ImageEncoding::parse(value)?,
-                "schema_infer_max_records" => {
-                    self.schema_infer_max_records = value.parse().map_err(|_| {
-                        DataFusionError::Plan(format!(
-                            "TFRECORD option schema_infer_max_records: expected a count, got '{value}'"
-                        ))
-                    })?
-                }
-                other => {
-                    return plan_err!(
-                        "unknown TFRECORD option '{other}' (known: compression, image_format, schema_infer_max_records)"
-                    );
-                }
-            }
-        }
-        Ok(self)
-    }
-}
 
 /// Creates [`TfRecordFormat`]s for `STORED AS TFRECORD`.
 #[derive(Debug, Default)]
@@ -184,57 +100,6 @@ impl TfRecordFormat {
     pub fn options(&self) -> &TfRecordOptions {
         &self.options
     }
-}
-
-/// Reads a whole TFRecord file from `store`, gunzipping it when it is gzip.
-/// How messages name the file at `path` of the store at `store_url`: local files by their
-/// absolute path, others by URL.
-pub(super) fn file_name(store_url: Option<&str>, path: &object_store::path::Path) -> String {
-    match store_url {
-        Some(url) if !url.starts_with("file://") => format!("{url}{path}"),
-        _ => format!("/{path}"),
-    }
-}
-
-/// Reads (and gunzips) the file `meta`, named `name` in errors.
-pub(super) async fn read_file(
-    store: &Arc<dyn ObjectStore>,
-    meta: &ObjectMeta,
-    name: &str,
-) -> Result<Vec<u8>> {
-    let failed = |e: &dyn std::fmt::Display| {
-        DataFusionError::Execution(format!("TFRecord file '{name}': {e}"))
-    };
-    let bytes = store
-        .get(&meta.location)
-        .await
-        .map_err(|e| failed(&e))?
-        .bytes()
-        .await
-        .map_err(|e| failed(&e))?;
-    if is_gzip(&bytes) {
-        gunzip(&bytes).map_err(|e| failed(&format!("bad gzip stream: {e}")))
-    } else {
-        Ok(bytes.to_vec())
-    }
-}
-
-/// Parses every record of `data` as an Example; errors name `file`, the record and its offset.
-pub(super) fn parse_examples(data: &[u8], file: &str, limit: usize) -> Result<Vec<Example>> {
-    let mut examples = Vec::new();
-    let mut offset = 0u64;
-    for (index, record) in RecordReader::new(data).take(limit).enumerate() {
-        let record = record
-            .map_err(|e| DataFusionError::Execution(format!("TFRecord file '{file}': {e}")))?;
-        let example = Example::decode(record).map_err(|e| {
-            DataFusionError::Execution(format!(
-                "TFRecord file '{file}': record {index} at byte offset {offset}: not a tf.train.Example: {e}"
-            ))
-        })?;
-        offset += 16 + record.len() as u64;
-        examples.push(example);
-    }
-    Ok(examples)
 }
 
 #[async_trait]
@@ -323,6 +188,7 @@ impl FileFormat for TfRecordFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tfrecord::convert::ImageEncoding;
 
     #[test]
     fn options_parse_and_reject_unknown() {

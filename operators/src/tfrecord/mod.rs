@@ -21,7 +21,9 @@
 
 mod convert;
 mod example;
+mod files;
 mod format;
+mod options;
 mod record;
 mod sink;
 mod source;
@@ -29,7 +31,8 @@ pub mod staging;
 
 pub use convert::{ImageEncoding, batch_to_examples, examples_to_batch, infer_schema};
 pub use example::{BytesList, Example, Feature, Features, FloatList, Int64List, feature};
-pub use format::{TfRecordFormat, TfRecordFormatFactory, TfRecordOptions};
+pub use format::{TfRecordFormat, TfRecordFormatFactory};
+pub use options::TfRecordOptions;
 pub use record::{RecordError, RecordReader, masked_crc32c, write_record};
 pub use sink::{TfRecordSinkExec, TfRecordWrite, TfRecordWriterExec, plan_write};
 pub use source::TfRecordSource;

@@ -31,7 +31,7 @@ use quiver_engine::Progress;
 use tokio::io::AsyncWriteExt;
 
 use super::convert::batch_to_examples;
-use super::format::TfRecordOptions;
+use super::options::TfRecordOptions;
 use super::record::write_record;
 use super::staging::{self, STAGING_DIR, Stop, destination_key, planned_at, staging_id};
 

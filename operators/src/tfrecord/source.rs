@@ -18,7 +18,7 @@ use futures::StreamExt;
 use object_store::ObjectStore;
 
 use super::convert::examples_to_batch;
-use super::format::{file_name, parse_examples, read_file};
+use super::files::{file_name, parse_examples, read_file};
 
 /// Scans TFRecord files; every record's CRCs are checked.
 #[derive(Clone)]

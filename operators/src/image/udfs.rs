@@ -3,7 +3,7 @@
 //! `image_to_grayscale`, `image_encode`, `image_width`, `image_height`, `image_channels`.
 //!
 //! One [`ImageFunc`] serves them all: each [`ImageOp`] declares its arguments, its return type
-//! and its per-row kernel from [`crate::image_ops`]. Arguments may be columns or literals; a
+//! and its per-row kernel from [`super::kernels`]. Arguments may be columns or literals; a
 //! NULL argument gives a NULL result.
 //!
 //! `image_resize(image_decode(b), w, h)` and
@@ -28,7 +28,7 @@ use datafusion::prelude::lit;
 use quiver_engine::Progress;
 use quiver_engine::image::{Image, ImageArray, ImageArrayBuilder, image_type, is_image_type};
 
-use crate::image_ops::{self, Crop, EncodeFormat, ImageError};
+use super::kernels::{self, Crop, EncodeFormat, ImageError};
 
 /// What an argument must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,7 +79,7 @@ impl Arg {
 pub enum ImageOp {
     /// `image_decode(bytes [, on_error [, source]])`; `on_error` is `'error'` (default) or
     /// `'null'`; `source` names where the bytes came from in messages (the planner fills it in
-    /// with `read_images`' path: the `image_paths` module).
+    /// with `read_images`' path: the `paths` module).
     Decode,
     /// `image_decode_resize(bytes, on_error, width, height, crop_width, crop_height [,
     /// source])`: decode, centre-crop (`0, 0`: no crop; `-1, -1`: largest square) and resize in
@@ -472,14 +472,14 @@ impl ImageFunc {
                     }
                 };
                 let decoded = if op == ImageOp::Decode {
-                    image_ops::decode(bytes)
+                    kernels::decode(bytes)
                 } else {
                     let crop = match (int(4), int(5)) {
                         (0, 0) => Crop::None,
                         (-1, -1) => Crop::CenterSquare,
                         _ => Crop::Center(dim(4, "crop width")?, dim(5, "crop height")?),
                     };
-                    image_ops::decode_resize(bytes, crop, dim(2, "width")?, dim(3, "height")?)
+                    kernels::decode_resize(bytes, crop, dim(2, "width")?, dim(3, "height")?)
                 };
                 match decoded {
                     Ok(img) => Value::Image(img),
@@ -506,7 +506,7 @@ impl ImageFunc {
             ImageOp::Width | ImageOp::Height => {
                 let (w, h) = match image {
                     Some(img) => (img.width, img.height),
-                    None => image_ops::image_dimensions(args.bytes(0, row).expect("checked"))?,
+                    None => kernels::image_dimensions(args.bytes(0, row).expect("checked"))?,
                 };
                 Value::U32(if op == ImageOp::Width { w } else { h })
             }
@@ -514,7 +514,7 @@ impl ImageFunc {
                 let img = image.expect("image argument");
                 match op {
                     ImageOp::Resize => {
-                        Value::Image(image_ops::resize(img, dim(1, "width")?, dim(2, "height")?)?)
+                        Value::Image(kernels::resize(img, dim(1, "width")?, dim(2, "height")?)?)
                     }
                     ImageOp::CenterCrop => {
                         let size = if n == 3 {
@@ -522,9 +522,9 @@ impl ImageFunc {
                         } else {
                             None
                         };
-                        Value::Image(image_ops::center_crop(img, size)?)
+                        Value::Image(kernels::center_crop(img, size)?)
                     }
-                    ImageOp::Crop => Value::Image(image_ops::crop(
+                    ImageOp::Crop => Value::Image(kernels::crop(
                         img,
                         dim(1, "x")?,
                         dim(2, "y")?,
@@ -541,10 +541,10 @@ impl ImageFunc {
                                 )));
                             }
                         };
-                        Value::Image(image_ops::flip(img, horizontal))
+                        Value::Image(kernels::flip(img, horizontal))
                     }
-                    ImageOp::Rotate => Value::Image(image_ops::rotate(img, int(1))?),
-                    ImageOp::Grayscale => Value::Image(image_ops::to_grayscale(img)),
+                    ImageOp::Rotate => Value::Image(kernels::rotate(img, int(1))?),
+                    ImageOp::Grayscale => Value::Image(kernels::to_grayscale(img)),
                     ImageOp::Encode => {
                         let mut format = EncodeFormat::parse(args.str(1, row).expect("checked"))?;
                         if n == 3 {
@@ -558,7 +558,7 @@ impl ImageFunc {
                                 *quality = q as u8;
                             }
                         }
-                        Value::Bytes(image_ops::encode(img, format)?)
+                        Value::Bytes(kernels::encode(img, format)?)
                     }
                     ImageOp::Channels => Value::U32(img.channels as u32),
                     _ => unreachable!("handled above"),

@@ -1,7 +1,8 @@
 //! Object stores by URL: `file://`, `memory://<name>` and `s3://<bucket>` are created on first
 //! use, so any location works in SQL without registering anything. S3 settings come from the
 //! usual `AWS_*` environment variables, overridden by [`S3Options`]; addressing is path-style so
-//! that S3-compatible servers (SeaweedFS, MinIO) work.
+//! that S3-compatible servers (SeaweedFS, MinIO) work. [`objects`] reads, writes and lists whole
+//! objects (run folders, registries, logs).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +18,8 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{QuiverError, Result};
+
+pub mod objects;
 
 /// Explicit S3 settings; every `None` falls back to the `AWS_*` environment variables.
 #[derive(Debug, Clone, Default)]

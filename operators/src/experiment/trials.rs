@@ -1,15 +1,15 @@
-//! Where trials run. An executor offers slots (a GPU, or a share of the CPU cores) and trains
-//! one trial per slot; the experiment runner only talks to the [`TrialExecutor`] trait, so the
-//! local executor here and a cluster's remote executors are interchangeable.
+//! Where trials run. A trial runner offers slots (a GPU, or a share of the CPU cores) and trains
+//! one trial per slot; the experiment runner only talks to the [`TrialRunner`] trait, so the
+//! [`LocalTrialRunner`] here and the driver's, over a cluster's executors, are interchangeable.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use quiver_engine::Session;
+use quiver_engine::store::objects::put_bytes;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::ml::store::put_bytes;
 use crate::ml::{
     EpochMetrics, Evaluation, MlError, ModelBuilder, ModelCard, OptionValue, TrainHooks,
 };
@@ -17,7 +17,7 @@ use crate::ml::{
 /// One place a trial runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Slot {
-    /// Position among the executor's slots.
+    /// Position among the trial runner's slots.
     pub index: usize,
     /// `cpu`, or `cuda:N`.
     pub device: String,
@@ -38,8 +38,8 @@ impl std::fmt::Display for Slot {
     }
 }
 
-/// Everything an executor needs to train one trial: plain data, so that it can travel to a
-/// remote executor.
+/// Everything a trial runner needs to train one trial: plain data, so that it can travel to a
+/// cluster executor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialTask {
     /// The experiment's name (the model name in the trial's card).
@@ -66,7 +66,7 @@ pub struct TrialOutput {
     /// Whether the scheduler stopped it early.
     pub stopped_by_scheduler: bool,
     /// The trained model's card (version 0), its weights in `weights.safetensors` in the
-    /// trial's folder; `None` for executors that produce no model.
+    /// trial's folder; `None` for trial runners that produce no model.
     pub model: Option<ModelCard>,
 }
 
@@ -75,7 +75,7 @@ pub const TRIAL_WEIGHTS: &str = "weights.safetensors";
 
 /// Runs trials on slots.
 #[async_trait]
-pub trait TrialExecutor: Send + Sync {
+pub trait TrialRunner: Send + Sync {
     /// The slots trials can run on.
     fn slots(&self) -> Vec<Slot>;
 
@@ -91,12 +91,12 @@ pub trait TrialExecutor: Send + Sync {
 
 /// Runs trials in this process: each slot is a device, or a share of the CPU cores with its
 /// own thread pool.
-pub struct LocalExecutor {
+pub struct LocalTrialRunner {
     session: Session,
     slots: Vec<(Slot, Arc<rayon::ThreadPool>)>,
 }
 
-impl LocalExecutor {
+impl LocalTrialRunner {
     /// `count` slots on `device` (`cpu`, `cuda` or `cuda:N`). CPU slots split the cores evenly
     /// (at least one thread each); `cuda` gives each slot its own GPU when there are several.
     pub fn new(session: Session, count: usize, device: &str) -> Result<Self, MlError> {
@@ -150,7 +150,7 @@ fn slot_devices(device: &str, count: usize) -> Result<Vec<String>, MlError> {
 }
 
 #[async_trait]
-impl TrialExecutor for LocalExecutor {
+impl TrialRunner for LocalTrialRunner {
     fn slots(&self) -> Vec<Slot> {
         self.slots.iter().map(|(s, _)| s.clone()).collect()
     }

@@ -36,7 +36,7 @@ use quiver_engine::url::Url;
 use quiver_engine::{Progress, resolve_location, store_url};
 
 /// File extensions read as images (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tiff", "tif"];
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tiff", "tif"];
 
 /// The schema of `read_images`.
 pub fn read_images_schema() -> SchemaRef {
@@ -48,7 +48,7 @@ pub fn read_images_schema() -> SchemaRef {
 }
 
 /// Whether `path` has an image extension.
-pub fn is_image_path(path: &str) -> bool {
+fn is_image_path(path: &str) -> bool {
     path.rsplit_once('.')
         .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }

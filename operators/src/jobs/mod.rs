@@ -7,16 +7,17 @@
 //! scheduled run's id is derived from its scheduled time and created only if absent, so two
 //! drivers, or a driver restarted, never run the same scheduled time twice.
 
-use crate::computed::{ComputeRows, ComputedTable};
+use quiver_engine::computed::{ComputeRows, ComputedTable};
+use quiver_engine::time::{timestamp_builder, timestamp_micros, timestamp_type};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, Float64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
-    TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+    UInt32Builder, UInt64Builder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
@@ -29,9 +30,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::ml::MlError;
-use crate::ml::store::{
-    create_bytes, default_store_folder, exists, get_bytes, list_dirs, put_bytes,
-};
+use quiver_engine::store::objects::{create_bytes, exists, get_bytes, list, put_bytes};
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +165,7 @@ fn check_name(what: &str, name: &str) -> Result<(), MlError> {
 impl JobStore {
     /// The `jobs/` folder of `session`'s default store.
     pub fn new(session: &quiver_engine::Session) -> Result<Self, MlError> {
-        let (store, root, url) = default_store_folder(session, "jobs/")?;
+        let (store, root, url) = session.default_folder("jobs/")?;
         Ok(Self { store, root, url })
     }
 
@@ -187,7 +186,7 @@ impl JobStore {
 
     /// Names of the jobs with a folder in the store.
     pub async fn jobs(&self) -> Result<Vec<String>, MlError> {
-        let mut names = list_dirs(&self.store, &self.root).await?;
+        let mut names = list(&self.store, &self.root).await?.dirs;
         names.sort();
         Ok(names)
     }
@@ -195,7 +194,7 @@ impl JobStore {
     /// Records that a driver loaded `job`.
     pub async fn put_job(&self, job: &JobRecord) -> Result<(), MlError> {
         let path = self.job_dir(&job.name)?.join("job.json");
-        put_bytes(&self.store, &path, serde_json::to_vec_pretty(job)?).await
+        Ok(put_bytes(&self.store, &path, serde_json::to_vec_pretty(job)?).await?)
     }
 
     /// The job as a driver last loaded it.
@@ -210,13 +209,13 @@ impl JobStore {
     /// Creates a run; `false` when a run with its id exists already.
     pub async fn create_run(&self, run: &RunRecord) -> Result<bool, MlError> {
         let path = self.run_file(&run.job, &run.run_id, "run.json")?;
-        create_bytes(&self.store, &path, serde_json::to_vec_pretty(run)?).await
+        Ok(create_bytes(&self.store, &path, serde_json::to_vec_pretty(run)?).await?)
     }
 
     /// Writes a run's record.
     pub async fn put_run(&self, run: &RunRecord) -> Result<(), MlError> {
         let path = self.run_file(&run.job, &run.run_id, "run.json")?;
-        put_bytes(&self.store, &path, serde_json::to_vec_pretty(run)?).await
+        Ok(put_bytes(&self.store, &path, serde_json::to_vec_pretty(run)?).await?)
     }
 
     /// One run's record.
@@ -225,7 +224,7 @@ impl JobStore {
         match get_bytes(&self.store, &path).await? {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| MlError::Store(format!("{path}: not a run record: {e}"))),
+                .map_err(|e| MlError::Checkpoint(format!("{path}: not a run record: {e}"))),
             None => Ok(None),
         }
     }
@@ -233,7 +232,7 @@ impl JobStore {
     /// Every run of `job`, oldest first.
     pub async fn runs(&self, job: &str) -> Result<Vec<RunRecord>, MlError> {
         let dir = self.job_dir(job)?.join("runs");
-        let ids = list_dirs(&self.store, &dir).await?;
+        let ids = list(&self.store, &dir).await?.dirs;
         let reads = ids.iter().map(|id| self.run(job, id));
         let mut runs: Vec<RunRecord> = futures::future::try_join_all(reads)
             .await?
@@ -250,22 +249,22 @@ impl JobStore {
 
     /// Replaces a run's log.
     pub async fn put_log(&self, job: &str, run: &str, log: Vec<u8>) -> Result<(), MlError> {
-        put_bytes(&self.store, &self.run_file(job, run, "log.txt")?, log).await
+        Ok(put_bytes(&self.store, &self.run_file(job, run, "log.txt")?, log).await?)
     }
 
     /// A run's log so far.
     pub async fn log(&self, job: &str, run: &str) -> Result<Option<Vec<u8>>, MlError> {
-        get_bytes(&self.store, &self.run_file(job, run, "log.txt")?).await
+        Ok(get_bytes(&self.store, &self.run_file(job, run, "log.txt")?).await?)
     }
 
     /// Asks the process running `run` to cancel it.
     pub async fn request_cancel(&self, job: &str, run: &str) -> Result<(), MlError> {
-        put_bytes(&self.store, &self.run_file(job, run, "cancel")?, Vec::new()).await
+        Ok(put_bytes(&self.store, &self.run_file(job, run, "cancel")?, Vec::new()).await?)
     }
 
     /// Whether `run` was asked to cancel.
     pub async fn cancel_requested(&self, job: &str, run: &str) -> Result<bool, MlError> {
-        exists(&self.store, &self.run_file(job, run, "cancel")?).await
+        Ok(exists(&self.store, &self.run_file(job, run, "cancel")?).await?)
     }
 }
 
@@ -323,13 +322,7 @@ fn step_fields() -> Fields {
 }
 
 fn runs_schema() -> SchemaRef {
-    let time = |name: &str, nullable| {
-        Field::new(
-            name,
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            nullable,
-        )
-    };
+    let time = |name: &str, nullable| Field::new(name, timestamp_type(), nullable);
     Arc::new(Schema::new(vec![
         Field::new("job", DataType::Utf8, false),
         Field::new("run_id", DataType::Utf8, false),
@@ -359,20 +352,15 @@ fn runs_schema() -> SchemaRef {
     ]))
 }
 
-fn millis(seconds: f64) -> i64 {
-    (seconds * 1000.0).round() as i64
-}
-
 fn runs_batch(runs: &[RunRecord]) -> DfResult<RecordBatch> {
-    let utc = |b: TimestampMillisecondBuilder| b.with_timezone("UTC");
     let mut job = StringBuilder::new();
     let mut run_id = StringBuilder::new();
     let mut trigger = StringBuilder::new();
     let mut status = StringBuilder::new();
-    let mut scheduled = utc(TimestampMillisecondBuilder::new());
+    let mut scheduled = timestamp_builder();
     let mut run_date = StringBuilder::new();
-    let mut started = utc(TimestampMillisecondBuilder::new());
-    let mut ended = utc(TimestampMillisecondBuilder::new());
+    let mut started = timestamp_builder();
+    let mut ended = timestamp_builder();
     let mut seconds = Float64Builder::new();
     let mut done = UInt64Builder::new();
     let mut steps = UInt64Builder::new();
@@ -387,10 +375,10 @@ fn runs_batch(runs: &[RunRecord]) -> DfResult<RecordBatch> {
         run_id.append_value(&run.run_id);
         trigger.append_value(&run.trigger);
         status.append_value(run.status.as_str());
-        scheduled.append_option(run.scheduled_for.map(millis));
+        scheduled.append_option(run.scheduled_for.map(timestamp_micros));
         run_date.append_value(&run.run_date);
-        started.append_value(millis(run.started));
-        ended.append_option(run.ended.map(millis));
+        started.append_value(timestamp_micros(run.started));
+        ended.append_option(run.ended.map(timestamp_micros));
         seconds.append_option(run.ended.map(|e| e - run.started));
         done.append_value(run.steps.iter().filter(|s| s.status == "succeeded").count() as u64);
         steps.append_value(run.steps.len() as u64);

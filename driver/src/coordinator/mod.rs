@@ -3,16 +3,13 @@
 //! a gang of N executor slots, through the live executors' trainers, and streams the live log
 //! back. Everything the trials and workers write goes to the shared store.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use quiver_engine::Session;
 use quiver_engine::SessionOptions;
-use quiver_executor::trainer::{ClusterTrainers, TrainerDirectory, connect_trainer};
+use quiver_engine::store::objects::get_bytes;
 use quiver_operators::experiment::TrialTask;
-use quiver_operators::experiment::executor::TRIAL_WEIGHTS;
-use quiver_operators::ml::store::get_bytes;
+use quiver_operators::experiment::trials::TRIAL_WEIGHTS;
 use quiver_operators::ml::{MlError, ModelBuilder, ModelCard, TrainHooks};
 use quiver_operators::tfrecord::staging;
 use quiver_sql::cluster::proto::coordinator_server::Coordinator;
@@ -20,11 +17,16 @@ use quiver_sql::cluster::proto::{
     AbortWritesReply, AbortWritesRequest, HelloReply, HelloRequest, StatementEvent,
     StatementRequest, statement_event,
 };
-use quiver_sql::statements::CreateModel;
+use quiver_sql::create_model::CreateModel;
+use quiver_sql::reply::{EventStream, stream_reply};
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
+
+use trainers::{ClusterTrainers, connect_trainer};
+pub use trainers::{TrainerDirectory, TrainerEndpoint};
+
+mod trainers;
 
 /// Runs experiments across the cluster's executors.
 pub struct CoordinatorService {
@@ -44,8 +46,6 @@ impl CoordinatorService {
         }
     }
 }
-
-type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<StatementEvent, Status>> + Send>>;
 
 fn event(kind: statement_event::Kind) -> StatementEvent {
     StatementEvent { kind: Some(kind) }
@@ -95,7 +95,7 @@ async fn train_model(
     create: &CreateModel,
     trainers: &ClusterTrainers,
 ) -> std::result::Result<ModelCard, MlError> {
-    let model_type = quiver_sql::statements::model_type(create, "MODEL")?;
+    let model_type = quiver_sql::create_model::model_type(create, "MODEL")?;
     let mut builder = ModelBuilder::new(&create.name, &model_type)?.replace(create.replace);
     for (key, value) in &create.options {
         builder.set(key, value)?;
@@ -131,7 +131,7 @@ async fn train_model(
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    type RunExperimentStream = EventStream;
+    type RunExperimentStream = EventStream<StatementEvent>;
 
     async fn hello(
         &self,
@@ -195,12 +195,12 @@ impl Coordinator for CoordinatorService {
     async fn run_experiment(
         &self,
         request: Request<StatementRequest>,
-    ) -> std::result::Result<Response<EventStream>, Status> {
+    ) -> std::result::Result<Response<EventStream<StatementEvent>>, Status> {
         let (create, session, trainers, events, receiver) =
             self.start(request, "experiment").await?;
-        tokio::spawn(async move {
+        Ok(stream_reply(events, receiver, async move {
             log::info!("experiment {} starts", create.name);
-            let last = match quiver_sql::statements::run_experiment(
+            let last = match quiver_sql::create_model::run_experiment(
                 &session,
                 &create,
                 Some(Arc::new(trainers)),
@@ -213,21 +213,18 @@ impl Coordinator for CoordinatorService {
                 Err(e) => statement_event::Kind::Error(e.to_string()),
             };
             log::info!("experiment {} ended", create.name);
-            let _ = events.send(event(last));
-        });
-        Ok(Response::new(Box::pin(
-            UnboundedReceiverStream::new(receiver).map(Ok),
-        )))
+            event(last)
+        }))
     }
 
-    type TrainModelStream = EventStream;
+    type TrainModelStream = EventStream<StatementEvent>;
 
     async fn train_model(
         &self,
         request: Request<StatementRequest>,
-    ) -> std::result::Result<Response<EventStream>, Status> {
+    ) -> std::result::Result<Response<EventStream<StatementEvent>>, Status> {
         let (create, session, trainers, events, receiver) = self.start(request, "model").await?;
-        tokio::spawn(async move {
+        Ok(stream_reply(events, receiver, async move {
             log::info!("data-parallel training of model {} starts", create.name);
             let last = match train_model(&session, &create, &trainers).await {
                 Ok(card) => statement_event::Kind::DoneJson(
@@ -236,10 +233,7 @@ impl Coordinator for CoordinatorService {
                 Err(e) => statement_event::Kind::Error(e.to_string()),
             };
             log::info!("data-parallel training of model {} ended", create.name);
-            let _ = events.send(event(last));
-        });
-        Ok(Response::new(Box::pin(
-            UnboundedReceiverStream::new(receiver).map(Ok),
-        )))
+            event(last)
+        }))
     }
 }

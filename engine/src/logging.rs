@@ -1,4 +1,4 @@
-//! Live logs of the cluster processes on stderr: Quiver's own lines at `info`, Ballista's and
+//! Live logs of Quiver's processes (driver, executors, servers, jobs) on stderr: Quiver's own lines at `info`, Ballista's and
 //! other libraries' at `warn`, or everything at the level in `QUIVER_LOG`
 //! (`error`, `warn`, `info`, `debug`, `trace`).
 

@@ -18,8 +18,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 
+use super::udfs::ImageOp;
 use crate::ReadImagesTable;
-use crate::image_udfs::ImageOp;
 
 /// The name of the hidden column that carries the path of `bytes` through a projection that
 /// drops it.

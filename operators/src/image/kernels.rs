@@ -1,5 +1,5 @@
 //! Image kernels on single images: decode (with DCT-domain downscaling for JPEG), resize, crop,
-//! flip, rotate, grayscale and encode. The Arrow UDFs in [`crate::image_udfs`] map these over
+//! flip, rotate, grayscale and encode. The Arrow UDFs in [`super::udfs`] map these over
 //! batches.
 
 use std::cell::RefCell;

@@ -9,7 +9,7 @@
 //! One pass over each table, its partitions in parallel. Numeric values are kept (8 bytes
 //! each) for exact quartiles, as pandas does; strings are counted per distinct value.
 
-use crate::computed::{ComputeRows, ComputedTable, string_literal, table_or_query};
+use quiver_engine::computed::{ComputeRows, ComputedTable, string_literal, table_or_query};
 use std::collections::HashMap;
 use std::sync::Arc;
 

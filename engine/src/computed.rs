@@ -17,7 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 /// Computes a table's rows in one batch.
 #[async_trait]
-pub(crate) trait ComputeRows: std::fmt::Debug + Send + Sync + 'static {
+pub trait ComputeRows: std::fmt::Debug + Send + Sync + 'static {
     /// The columns.
     fn schema(&self) -> SchemaRef;
     /// The rows, computed in `state` (the session running the query).
@@ -29,7 +29,8 @@ pub(crate) trait ComputeRows: std::fmt::Debug + Send + Sync + 'static {
 pub struct ComputedTable(Box<dyn ComputeRows>);
 
 impl ComputedTable {
-    pub(crate) fn new(rows: impl ComputeRows) -> Self {
+    /// The table whose rows `rows` computes.
+    pub fn new(rows: impl ComputeRows) -> Self {
         Self(Box::new(rows))
     }
 }
@@ -67,7 +68,7 @@ impl TableProvider for ComputedTable {
 }
 
 /// The text of a string literal argument.
-pub(crate) fn string_literal(expr: &Expr) -> Option<&str> {
+pub fn string_literal(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::Literal(
             ScalarValue::Utf8(Some(s))
@@ -81,7 +82,7 @@ pub(crate) fn string_literal(expr: &Expr) -> Option<&str> {
 
 /// A table-function argument naming a table or holding a query: whether it is a query, and
 /// the SQL that reads it.
-pub(crate) fn table_or_query(text: &str) -> (bool, String) {
+pub fn table_or_query(text: &str) -> (bool, String) {
     let text = text.trim();
     let lower = text.to_ascii_lowercase();
     if lower.starts_with("select") || lower.starts_with("with") {
