@@ -52,16 +52,16 @@ quiver_cargo() {
     return $rc
 }
 
-# The reference environment of ../shared/tools/refenv.sh plus the test runner.
+# The reference environment of ../shared/tools/refenv.sh plus the test runner and its time
+# limits (pytest-timeout).
 quiver_refenv_ready() {
-    [ -f "$REFENV/.refenv-v2" ] && "$REFENV/bin/python" -c 'import pytest' 2>/dev/null
+    [ -f "$REFENV/.refenv-v2" ] && "$REFENV/bin/python" -c 'import pytest, pytest_timeout' 2>/dev/null
 }
 
 quiver_install_refenv() {
     quiver_refenv_ready && return 0
-    bash "$SHARED/tools/refenv.sh" "$REFENV"
-    "$REFENV/bin/python" -c 'import pytest' 2>/dev/null ||
-        "$REFENV/bin/python" -m pip install -q --disable-pip-version-check pytest
+    [ -f "$REFENV/.refenv-v2" ] || bash "$SHARED/tools/refenv.sh" "$REFENV"
+    "$REFENV/bin/python" -m pip install -q --disable-pip-version-check pytest pytest-timeout
 }
 
 # Starts building the reference environment in the background (it downloads while cargo
@@ -104,4 +104,21 @@ quiver_build_binary() {
         quiver_cargo build --release --locked --bin quiver --example hotdog_etl --example serving_client
         QUIVER="$CARGO_TARGET_DIR/release/quiver"
     fi
+}
+
+# quiver_pytest ARGS...: the reference tests (tests/python) with the dev build's binaries, the
+# sample data and SeaweedFS; the binaries must be built (quiver_cargo build --workspace
+# --all-targets). Sets QUIVER_SLT_BIN for the cluster-mode run of the .slt suite.
+quiver_pytest() {
+    quiver_sample_data "$QUIVER_CACHE/samples"
+    QUIVER_SLT_BIN=$(cargo test --locked -q --workspace --no-run --message-format=json |
+        "$REFENV/bin/python" -c 'import json, sys
+print(next(m["executable"] for m in map(json.loads, sys.stdin)
+           if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sqllogictests"))')
+    QUIVER_SLT_BIN=$QUIVER_SLT_BIN \
+    QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
+    QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \
+    QUIVER_SAMPLES="$QUIVER_CACHE/samples" \
+    WEED_BIN="$REFENV/bin/weed" \
+        "$REFENV/bin/python" -m pytest -p no:cacheprovider "$QUIVER_ROOT/tests/python" "$@"
 }

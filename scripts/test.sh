@@ -21,17 +21,6 @@ CUDARC_CUDA_VERSION=13000 quiver_cargo clippy --locked --all-targets --features 
 quiver_log "cargo build + test (dev profile, shared with the main job)"
 quiver_cargo build --locked --workspace --all-targets
 quiver_cargo test --locked --workspace
-quiver_sample_data "$QUIVER_CACHE/samples"
-# The .slt runner, for the cluster-mode run of the suite (tests/python/test_cluster.py).
-QUIVER_SLT_BIN=$(cargo test --locked -q --workspace --no-run --message-format=json |
-    "$REFENV/bin/python" -c 'import json, sys
-print(next(m["executable"] for m in map(json.loads, sys.stdin)
-           if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sqllogictests"))')
-export QUIVER_SLT_BIN
 quiver_log "reference tests (pytest)"
-QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
-QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \
-QUIVER_SAMPLES="$QUIVER_CACHE/samples" \
-WEED_BIN="$REFENV/bin/weed" \
-    "$REFENV/bin/python" -m pytest -v -p no:cacheprovider --durations=10 tests/python "$@"
+quiver_pytest -v --durations=10 "$@"
 quiver_log "all tests passed in $(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s"

@@ -9,8 +9,9 @@
 //! - `kill-once:FILE`: the same, but only the first process to get there (across processes: the
 //!   one that creates FILE), so that a restarted or another process goes on;
 //! - `error`: the step fails with an error naming the point;
-//! - `pause:FILE`: writes FILE (the test's signal that the point is reached) and waits there
-//!   while FILE exists: the test removes it to let the work go on, or stops the process;
+//! - `pause:FILE[:SECONDS]`: writes FILE (the test's signal that the point is reached) and waits
+//!   there while FILE exists: the test removes it to let the work go on, or stops the process.
+//!   After SECONDS (300 unless given) the step fails with an error naming the point instead;
 //! - `trace:FILE`: appends a line `point@key` to FILE and goes on (how often, and for which
 //!   keys, a step ran).
 //!
@@ -30,6 +31,7 @@
 //! Run folders are paths in their store (`tmp/store/training/fashion/v1` for a local store).
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::error::{QuiverError, Result};
 
@@ -39,7 +41,7 @@ enum Action {
     Kill,
     KillOnce(String),
     Error,
-    Pause(String),
+    Pause(String, Duration),
     Trace(String),
 }
 
@@ -68,11 +70,19 @@ fn parse(spec: &str) -> Result<Vec<Fault>> {
                 None if action == "kill" => Action::Kill,
                 None if action == "error" => Action::Error,
                 Some(("kill-once", file)) if !file.is_empty() => Action::KillOnce(file.into()),
-                Some(("pause", file)) if !file.is_empty() => Action::Pause(file.into()),
+                Some(("pause", rest)) if !rest.is_empty() => {
+                    let limited = rest
+                        .rsplit_once(':')
+                        .and_then(|(file, secs)| Some((file, secs.parse().ok()?)));
+                    match limited {
+                        Some((file, secs)) => Action::Pause(file.into(), Duration::from_secs(secs)),
+                        None => Action::Pause(rest.into(), PAUSE_LIMIT),
+                    }
+                }
                 Some(("trace", file)) if !file.is_empty() => Action::Trace(file.into()),
                 _ => {
                     return Err(bad(
-                        "the action must be kill, kill-once:FILE, error, pause:FILE or trace:FILE",
+                        "the action must be kill, kill-once:FILE, error, pause:FILE[:SECONDS] or trace:FILE",
                     ));
                 }
             };
@@ -136,9 +146,40 @@ fn kill_self() -> ! {
     unreachable!("SIGKILL is not delivered late")
 }
 
-/// What to do at `point` for `key`: nothing, die, fail, or (`Some(file)`) pause after writing
-/// `file`.
-fn reach(point: &str, key: &str) -> Result<Option<String>> {
+/// A pause while its file exists, at most `limit`.
+struct Pause {
+    file: String,
+    limit: Duration,
+    since: Instant,
+}
+
+impl Pause {
+    /// Writes the file that says the point is reached.
+    fn start(file: &str, limit: Duration) -> Self {
+        let tmp = format!("{file}.tmp");
+        let _ = std::fs::write(&tmp, std::process::id().to_string())
+            .and_then(|()| std::fs::rename(&tmp, file));
+        Self {
+            file: file.into(),
+            limit,
+            since: Instant::now(),
+        }
+    }
+
+    /// Whether to go on waiting: the file is there and the limit not reached (an error then).
+    fn waiting(&self, point: &str, key: &str, file_exists: bool) -> Result<bool> {
+        if file_exists && self.since.elapsed() >= self.limit {
+            return Err(QuiverError::Fault(format!(
+                "fault point {point}@{key} paused for {:?} and {} was not removed",
+                self.limit, self.file
+            )));
+        }
+        Ok(file_exists)
+    }
+}
+
+/// What to do at `point` for `key`: nothing, die, fail, or pause (`Some`).
+fn reach(point: &str, key: &str) -> Result<Option<Pause>> {
     for fault in armed() {
         if fault.point != point || !matches(&fault.pattern, key) {
             continue;
@@ -172,27 +213,23 @@ fn reach(point: &str, key: &str) -> Result<Option<String>> {
                     "fault injected at {point}@{key}"
                 )));
             }
-            Action::Pause(file) => return Ok(Some(file.clone())),
+            Action::Pause(file, limit) => return Ok(Some(Pause::start(file, *limit))),
             Action::Trace(_) => {}
         }
     }
     Ok(None)
 }
 
-fn signal_paused(file: &str) {
-    let tmp = format!("{file}.tmp");
-    let _ = std::fs::write(&tmp, std::process::id().to_string())
-        .and_then(|()| std::fs::rename(&tmp, file));
-}
-
 /// How often a paused point looks whether its file is gone.
-const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+const PAUSE_POLL: Duration = Duration::from_millis(10);
+
+/// How long a pause waits unless its action says otherwise.
+const PAUSE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Reaches `point` for `key` in blocking code: returns at once unless the point is armed.
 pub fn point(point: &str, key: &str) -> Result<()> {
-    if let Some(file) = reach(point, key)? {
-        signal_paused(&file);
-        while std::path::Path::new(&file).exists() {
+    if let Some(pause) = reach(point, key)? {
+        while pause.waiting(point, key, std::path::Path::new(&pause.file).exists())? {
             std::thread::sleep(PAUSE_POLL);
         }
     }
@@ -202,9 +239,9 @@ pub fn point(point: &str, key: &str) -> Result<()> {
 /// Reaches `point` for `key` in async code: returns at once unless the point is armed; a pause
 /// waits without holding a thread.
 pub async fn point_async(point: &str, key: &str) -> Result<()> {
-    if let Some(file) = reach(point, key)? {
-        signal_paused(&file);
-        while tokio::fs::try_exists(&file).await.unwrap_or(false) {
+    if let Some(pause) = reach(point, key)? {
+        let exists = || async { tokio::fs::try_exists(&pause.file).await.unwrap_or(false) };
+        while pause.waiting(point, key, exists().await)? {
             tokio::time::sleep(PAUSE_POLL).await;
         }
     }
@@ -220,7 +257,7 @@ mod tests {
         let faults = parse(
             "checkpoint@training/m/v1/epoch-2=kill; read_images=error;\
                             trial_start@*/trial-0002=kill-once:/tmp/x;tfrecord_write=pause:/tmp/p;\
-                            read_images=trace:/tmp/t",
+                            job_step=pause:/tmp/q:7;read_images=trace:/tmp/t",
         )
         .unwrap();
         assert_eq!(
@@ -244,7 +281,12 @@ mod tests {
                 Fault {
                     point: "tfrecord_write".into(),
                     pattern: "*".into(),
-                    action: Action::Pause("/tmp/p".into())
+                    action: Action::Pause("/tmp/p".into(), PAUSE_LIMIT)
+                },
+                Fault {
+                    point: "job_step".into(),
+                    pattern: "*".into(),
+                    action: Action::Pause("/tmp/q".into(), Duration::from_secs(7))
                 },
                 Fault {
                     point: "read_images".into(),
@@ -262,6 +304,30 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn a_pause_ends_in_an_error_after_its_limit() {
+        let dir = std::env::temp_dir().join(format!("quiver-pause-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("paused").to_string_lossy().into_owned();
+        let pause = Pause::start(&file, Duration::from_millis(50));
+        assert!(
+            std::path::Path::new(&file).exists(),
+            "the pause is signalled"
+        );
+        assert!(pause.waiting("p", "k", true).unwrap());
+        assert!(
+            !pause.waiting("p", "k", false).unwrap(),
+            "a removed file ends the pause"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        let err = pause.waiting("p", "k", true).unwrap_err().to_string();
+        assert!(
+            err.contains("fault point p@k paused for 50ms") && err.contains(&file),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -1,17 +1,21 @@
 """Shared fixtures of Quiver's reference tests: the quiver binary, sample images, a SeaweedFS
 S3 server on 127.0.0.1 started and stopped by the harness, and the processes tests start.
 
-Every process is started with `spawn` or `run`: in a process group of its own, killed with its
-whole group when the test (or the fixture) that started it ends, also when it fails, and killed
-by the kernel if the test runner itself dies. The session fails if any of them outlives it.
-Servers report the address they bound (`quiver driver --listen 127.0.0.1:0` prints it first on
-stdout, `quiver serve` on its log); nothing picks a free port and hopes it stays free."""
+Every process is started with `spawn`, `spawn_logged` or `run`: in a process group of its own
+(no `preexec_fn`: `setpriv` sets the parent-death signal, so the kernel kills it if the test
+runner dies), killed with its whole group when the test (or the fixture) that started it ends,
+also when it fails. The runner is a child subreaper: the orphans of those groups come back to it,
+so a group is known to be its own while any of its processes lives, and teardown signals only
+those processes, never a recycled pid. A test that fails prints what its processes were doing.
+The session fails if any of them outlives it. Output goes to files or is read as it comes, so a
+chatty process never blocks on a full pipe. Every wait has a time limit, and every test one
+(pytest-timeout, `pytest.ini`). Servers report the address they bound (`quiver driver --listen
+127.0.0.1:0` prints it first on stdout, `quiver serve` on its log)."""
 import ctypes
 import json
 import os
 import random
 import re
-import selectors
 import shutil
 import signal
 import socket
@@ -29,37 +33,134 @@ SAMPLES = os.environ.get("QUIVER_SAMPLES", "")
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "sql", "tests", "data")
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+if _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1) != 0:
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 # Every process the suite started, in order, with whether a fixture (not a test) owns it.
 _STARTED = []
-
-
-def _die_with_the_runner():
-    """In the child before exec: its own process group, SIGKILLed when the runner dies."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(args, *, owner="test", **kwargs):
     """Starts `args` in a process group of its own (see the module's doc). `owner="fixture"`
     leaves stopping it to the fixture that started it."""
-    proc = subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_the_runner,
-                            **kwargs)
+    proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *args],
+                            start_new_session=True, **kwargs)
+    proc.quiver_args = [str(a) for a in args]
     proc.quiver_owner = owner
+    proc.quiver_logs = []
     _STARTED.append(proc)
     return proc
 
 
-def kill_group(proc, sig=signal.SIGKILL):
-    """Sends `sig` to the process group of `proc` and, for SIGKILL, reaps it."""
+def spawn_logged(args, folder, name, **kwargs):
+    """`spawn` with stdout and stderr in the files `<folder>/<name>.out` and `.err`; `output`
+    reads them."""
+    out, err = (open(os.path.join(folder, f"{name}.{ext}"), "w") for ext in ("out", "err"))
+    with out, err:
+        proc = spawn(args, stdout=out, stderr=err, **kwargs)
+    proc.quiver_logs = [out.name, err.name]
+    return proc
+
+
+def output(proc):
+    """The stdout and stderr of a `spawn_logged` process, as written so far."""
+    return tuple(open(f).read() for f in proc.quiver_logs)
+
+
+def finish(proc, timeout):
+    """Waits at most `timeout` seconds for a `spawn_logged` process to end (else kills its group
+    and fails) and returns its stdout and stderr."""
     try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise AssertionError(f"{describe(proc)} ran past {timeout} s:\n{output(proc)[1][-3000:]}")
+    return output(proc)
+
+
+def _processes():
+    """pid -> (parent pid, process group, state, command) of every process on the machine."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0], command)
+    return table
+
+
+def _members(pgid):
+    """The processes of group `pgid` that descend from this runner, zombies included: the
+    group's own processes (a stranger that reuses the number descends from someone else)."""
+    table, me = _processes(), os.getpid()
+
+    def ours(pid):
+        for _ in range(64):
+            if pid == me:
+                return True
+            if pid <= 1 or pid not in table:
+                return False
+            pid = table[pid][0]
+        return False
+    return {pid: row for pid, row in table.items() if row[1] == pgid and ours(pid)}
+
+
+def _reap(pgid):
+    """Reaps the ended processes of group `pgid` that are this runner's children (orphans)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _group_alive(proc):
+    """Whether a process of `proc`'s group still runs (its ended orphans are reaped first)."""
+    if proc.poll() is None:
+        return True
+    _reap(proc.pid)
+    return any(row[2] != "Z" for row in _members(proc.pid).values())
+
+
+def kill_group(proc, sig=signal.SIGKILL):
+    """Sends `sig` to the process group of `proc`, as long as it is still the suite's own, and
+    for SIGKILL waits until every process of the group has ended and is reaped."""
+    if proc.poll() is None:
+        # The leader is not reaped, so its pid (the group's number) cannot have been reused.
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    else:
+        # Only the processes that are still the group's own, each through a pidfd.
+        for pid in _members(proc.pid):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if pid in _members(proc.pid):
+                    signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
     if sig == signal.SIGKILL:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pass
+        wait_for(lambda: not _group_alive(proc), f"the group of {describe(proc)} to end",
+                 timeout=60)
 
 
 def stop_group(proc, timeout=30):
@@ -69,7 +170,37 @@ def stop_group(proc, timeout=30):
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc)
-        return proc.wait()
+        return proc.wait(timeout=60)
+
+
+def describe(proc):
+    """`proc`'s command, shortened."""
+    return " ".join(getattr(proc, "quiver_args", map(str, proc.args)))[:200]
+
+
+def what_they_do(procs):
+    """What the live processes of `procs`' groups are doing: state, kernel wait channel,
+    threads and command of each, then the last lines each logged to a file."""
+    lines = []
+    for proc in procs:
+        members = _members(proc.pid)
+        if not any(row[2] != "Z" for row in members.values()):
+            continue
+        lines.append(f"process group {proc.pid} ({describe(proc)}):")
+        for pid, (ppid, _, state, command) in sorted(members.items()):
+            try:
+                with open(f"/proc/{pid}/wchan") as f:
+                    wchan = f.read().strip() or "-"
+                threads = len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                wchan, threads = "?", 0
+            lines.append(f"  pid {pid} (parent {ppid}) state {state} waiting in {wchan}, "
+                         f"{threads} threads: {command[:160]}")
+        for log in proc.quiver_logs:
+            with open(log, errors="replace") as f:
+                tail = f.read()[-1500:]
+            lines.append(f"  --- last of {log}:\n{tail}")
+    return "\n".join(lines)
 
 
 def run(args, *, input=None, timeout=600, env=None, cwd=None, check=False):
@@ -80,34 +211,24 @@ def run(args, *, input=None, timeout=600, env=None, cwd=None, check=False):
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
+        doing = what_they_do([proc])
         kill_group(proc)
-        out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(map(str, args))[:300]} ran past {timeout} s:\n{err[-3000:]}")
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"{describe(proc)} ran past {timeout} s:\n{doing}\n{err[-3000:]}")
     finally:
         kill_group(proc)
     result = subprocess.CompletedProcess(args, proc.returncode, out, err)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))[:300]} failed:\n{err[-3000:]}")
+        raise AssertionError(f"{describe(proc)} failed:\n{err[-3000:]}")
     return result
 
 
 def first_line(proc, timeout=120):
-    """The first line `proc` writes on its stdout (a pipe), waiting at most `timeout` seconds."""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    line = b""
-    fd = proc.stdout.fileno()
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not selector.select(left):
-            raise AssertionError(f"no first line from {proc.args[:4]} within {timeout} s")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            raise AssertionError(f"{proc.args[:4]} exited (code {proc.wait()}) before its first line")
-        line += chunk
-    selector.close()
-    return line.decode().strip()
+    """The first line a `spawn_logged` process writes on its stdout, waiting at most `timeout`
+    seconds."""
+    wait_for(lambda: "\n" in output(proc)[0], f"the first line of {describe(proc)}",
+             timeout=timeout, proc=proc, context=lambda: output(proc)[1][-2000:])
+    return output(proc)[0].split("\n", 1)[0].strip()
 
 
 def wait_for(condition, what, timeout=300, proc=None, context=lambda: ""):
@@ -130,6 +251,13 @@ def fault_env(*faults, base=None):
     return {**(base or os.environ), "QUIVER_FAULT": ";".join(faults)}
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    item.quiver_failed = getattr(item, "quiver_failed", False) or report.failed
+    return report
+
+
 @pytest.fixture(autouse=True)
 def _processes_end_with_their_test(request):
     mark = len(_STARTED)
@@ -145,19 +273,13 @@ def _processes_end_with_their_test(request):
     heartbeat.start()
     yield
     done.set()
-    for proc in _STARTED[mark:]:
-        if proc.quiver_owner == "test":
-            kill_group(proc)
-
-
-def _group_alive(proc):
-    try:
-        os.killpg(proc.pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    ours = [proc for proc in _STARTED[mark:] if proc.quiver_owner == "test"]
+    if getattr(request.node, "quiver_failed", False):
+        doing = what_they_do(ours)
+        if doing:
+            print(f"what the test's processes were doing when it failed:\n{doing}")
+    for proc in ours:
+        kill_group(proc)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -165,7 +287,7 @@ def pytest_sessionfinish(session, exitstatus):
     for proc in alive:
         kill_group(proc)
     if alive:
-        listing = "\n".join(f"  pid {p.pid}: {' '.join(map(str, p.args))[:200]}" for p in alive)
+        listing = "\n".join(f"  pid {p.pid}: {describe(p)}" for p in alive)
         print(f"\nerror: {len(alive)} process group(s) outlived the tests that started them:\n{listing}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

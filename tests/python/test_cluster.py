@@ -5,12 +5,11 @@ TLS refuses clients and executors without a certificate from its CA."""
 import glob
 import json
 import os
-import re
+import pathlib
 import shutil
 import signal
 import ssl
 import subprocess
-import time
 import urllib.request
 
 import numpy as np
@@ -18,8 +17,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (QUIVER, fault_env, first_line, kill_group, listing, run, spawn, stop_group,
-                      wait_for)
+from conftest import (QUIVER, fault_env, first_line, kill_group, listing, run, spawn,
+                      spawn_logged, stop_group, wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -80,10 +79,10 @@ class Cluster:
 
     def start_driver(self, listen, env=None, name="driver"):
         """Starts the driver (again, on the same address after a kill) as process 0."""
-        log = self.root / f"{name}.log"
-        proc = spawn([QUIVER, "--store", self.store, *self.flags, "driver", "--listen", listen,
-                      *self.tls], owner=self.owner, stdout=subprocess.PIPE,
-                     stderr=open(log, "w"), env={**(env or os.environ), "QUIVER_LOG": "info"})
+        proc = spawn_logged([QUIVER, "--store", self.store, *self.flags, "driver", "--listen",
+                             listen, *self.tls], self.root, name, owner=self.owner,
+                            env={**(env or os.environ), "QUIVER_LOG": "info"})
+        log = pathlib.Path(proc.quiver_logs[1])
         line = first_line(proc)
         assert line.startswith("quiver driver listening on "), line + open(log).read()
         self.address = line.rsplit(" ", 1)[1]
@@ -107,14 +106,6 @@ class Cluster:
         self.procs.append(proc)
         self.logs.append(log)
         return log
-
-    def client(self, sql, tls=None, env=None):
-        """Starts `quiver sql --cluster` with `sql` in the background."""
-        if tls is None:
-            tls = client_tls(self.certs) if self.certs else []
-        return spawn([QUIVER, "--store", self.store, "sql", "--cluster", self.address,
-                      "--format", "json", *tls, sql],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def sql(self, sql, check=True, tls=None):
         if tls is None:
@@ -311,6 +302,7 @@ def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_pat
         cluster.stop()
 
 
+@pytest.mark.timeout(180)  # 23 s measured, 20 s of it Ballista's heartbeat timeout
 def test_a_killed_executor_s_tasks_run_again_elsewhere(tmp_path, samples):
     """Executor 1 SIGKILLs itself (a fault point) when it starts reading its first images:
     Ballista resets its tasks after the heartbeat timeout and the result is complete."""

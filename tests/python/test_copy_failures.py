@@ -1,18 +1,19 @@
-"""COPY ... STORED AS TFRECORD that fails leaves its destination exactly as it was: on a bad
-image, an injected store failure and a cancelled (Ctrl-C) statement, 20 times in a row on a
-local folder and on a real S3 server (SeaweedFS) (memory:// in sql/tests/copy_failures.rs); a COPY killed with SIGKILL leaves only its
-staging folder, which readers skip and the next successful write removes. Errors name the file
-behind undecodable bytes whatever the query's shape, skipped images are listed, and broken
-TFRecord files are named with the byte offset of the damage."""
+"""COPY ... STORED AS TFRECORD that fails leaves its destination exactly as it was: a bad image
+among good ones, 20 times in a row on a local folder and on a real S3 server (SeaweedFS); an
+injected store failure after a shard is staged, 5 times on a local folder; a cancelled (Ctrl-C)
+statement, 3 times; a destination store that cannot be reached. (The same on a memory:// store
+is a unit test in sql/src/write.rs.) A COPY killed with SIGKILL leaves only its staging folder,
+which readers skip and the next successful write removes. Errors name the file behind
+undecodable bytes whatever the query's shape, skipped images are listed, and broken TFRecord
+files are named with the byte offset of the damage."""
 import os
 import shutil
 import signal
-import subprocess
 
 import pytest
 import tensorflow as tf
 
-from conftest import QUIVER, fault_env, json_rows, listing, run, spawn, wait_for
+from conftest import QUIVER, fault_env, finish, json_rows, listing, run, spawn_logged, wait_for
 
 RUNS = 20
 
@@ -88,6 +89,21 @@ def test_failed_copies_leave_an_s3_destination_as_it_was(images, s3):
         os.rename(images["bad"] + ".aside", images["bad"])
 
 
+def test_a_copy_to_an_unreachable_store_fails_fast_and_leaves_nothing(images, tmp_path):
+    """Nothing listens at the S3 endpoint: the statement fails within the store's retry limit
+    (20 s) with the destination in its error, and the local store it ran in is left empty."""
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y"}
+    store = tmp_path / "store"
+    store.mkdir()
+    proc = run([QUIVER, "--store", str(store), "--partitions", "4", "sql",
+                copy_sql(images["root"], "s3://bucket/out/", "image_decode(content, 'null')")],
+               env=env, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    assert "s3://bucket/out/" in proc.stderr and "127.0.0.1:9" in proc.stderr, proc.stderr
+    assert listing(store) == [], listing(store)
+
+
 def test_a_cancelled_copy_leaves_the_destination_as_it_was(images, tmp_path):
     """Ctrl-C while partition 1's shard is staged (a fault point holds it there): the
     statement fails as cancelled and everything it staged is removed."""
@@ -97,13 +113,13 @@ def test_a_cancelled_copy_leaves_the_destination_as_it_was(images, tmp_path):
     os.remove(good / os.path.relpath(images["bad"], images["root"]))
     for i in range(3):
         paused = tmp_path / f"paused-{i}"
-        proc = spawn([QUIVER, "--store", str(tmp_path), "--partitions", "4", "sql",
-                      copy_sql(good, f"{out}/")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                     text=True, env=fault_env(f"tfrecord_write@*/00001=pause:{paused}"))
+        proc = spawn_logged([QUIVER, "--store", str(tmp_path), "--partitions", "4", "sql",
+                             copy_sql(good, f"{out}/")], tmp_path, f"copy-{i}",
+                            env=fault_env(f"tfrecord_write@*/00001=pause:{paused}"))
         wait_for(paused.exists, "partition 1's shard to be staged", proc=proc)
         assert any("_temporary" in f for f in listing(out)), listing(out)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = finish(proc, timeout=120)
         assert proc.returncode != 0 and "cancelled" in err, err
         assert listing(out) == [], listing(out)
 

@@ -6,7 +6,6 @@ import glob
 import itertools
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import QUIVER, fault_env, run, spawn, wait_for
+from conftest import QUIVER, fault_env, finish, run, spawn_logged, wait_for
 from test_models import run_sql
 
 
@@ -58,9 +57,9 @@ def test_fashion_grid_with_two_slots(samples, tmp_path):
         max_parallel_trials = 2""")
     # The last trial pauses (a fault point) as it starts: the experiment is running then.
     paused = tmp_path / "paused"
-    proc = spawn([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", sql],
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                 env=fault_env(f"epoch_start@*/trials/trial-0005/rank-0/epoch-1=pause:{paused}"))
+    proc = spawn_logged([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", sql],
+                        tmp_path, "experiment",
+                        env=fault_env(f"epoch_start@*/trials/trial-0005/rank-0/epoch-1=pause:{paused}"))
     wait_for(paused.exists, "trial-0005 to start", proc=proc)
     # While it runs, every trial of the grid is in the trials table; follow the first one's log.
     live, _ = run_sql(tmp_path, "SELECT trial, status FROM experiment_trials('grid') ORDER BY trial")
@@ -73,7 +72,7 @@ def test_fashion_grid_with_two_slots(samples, tmp_path):
     assert "attempt 1 on slot" in follow.stdout, follow.stdout
     assert "completed: val_accuracy" in follow.stdout, follow.stdout
     paused.unlink()
-    out, err = proc.communicate(timeout=900)
+    out, err = finish(proc, timeout=900)
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

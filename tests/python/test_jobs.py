@@ -3,14 +3,12 @@ CREATE MODEL), live logs followed from another process, retries, cancellation, t
 schedule with max_active_runs, a driver SIGKILLed mid-run and restarted, bad job files."""
 import json
 import os
-import signal
-import subprocess
 import time
 from datetime import datetime
 
 import pytest
 
-from conftest import QUIVER, fault_env, run, spawn, stop_group, wait_for
+from conftest import QUIVER, fault_env, output, run, spawn_logged, stop_group, wait_for
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 EXAMPLE = os.path.join(ROOT, "examples", "jobs", "fashion_nightly.toml")
@@ -84,8 +82,8 @@ sql = "SELECT 2"
     # The run pauses (a fault point) before the broken step's second attempt: the first
     # attempt's failure is in the log, read from another process while the run goes on.
     paused = tmp_path / "paused"
-    run_proc = spawn([QUIVER, "--store", store, "job", "run", job], stderr=subprocess.PIPE,
-                     text=True, env=fault_env(f"job_step@flaky/broken/attempt-2=pause:{paused}"))
+    run_proc = spawn_logged([QUIVER, "--store", store, "job", "run", job], tmp_path, "run",
+                            env=fault_env(f"job_step@flaky/broken/attempt-2=pause:{paused}"))
     wait_for(paused.exists, "the second attempt", proc=run_proc)
     log = cli(store, "job", "logs", "flaky").stdout
     assert run_proc.poll() is None, "the log must be readable while the run is going on"
@@ -113,8 +111,7 @@ sql = "SELECT * FROM missing_table"
 retries = 5
 retry_delay_seconds = 60
 """)
-    run_proc = spawn([QUIVER, "--store", store, "job", "run", job], stderr=subprocess.PIPE,
-                     text=True)
+    run_proc = spawn_logged([QUIVER, "--store", store, "job", "run", job], tmp_path, "run")
     # Cancel while the run waits 60 s for its second attempt: it ends well before that.
     wait_for(lambda: "attempt 1 failed" in cli(store, "job", "logs", "slow", check=False).stdout,
              "the first attempt to fail", proc=run_proc)
@@ -127,17 +124,12 @@ retry_delay_seconds = 60
     assert proc.returncode != 0 and "no running runs" in proc.stderr
 
 
-def start_driver(store, folder, *extra, env=None, log=None):
-    """`quiver driver --jobs`, its stderr to `log` (a file) when given."""
-    stderr = open(log, "w") if log else subprocess.PIPE
-    return spawn([QUIVER, "--store", store, "driver", "--jobs", folder, "--tick-ms", "50", *extra],
-                 stderr=stderr, text=True, env=env)
-
-
-def stop(proc, sig=signal.SIGTERM):
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    return err
+def start_driver(store, folder, name, *extra, env=None):
+    """`quiver driver --jobs folder`, its output in the files `name`.out and .err beside the
+    store; returns it and a function that reads its log (stderr)."""
+    proc = spawn_logged([QUIVER, "--store", store, "driver", "--jobs", folder, "--tick-ms", "50",
+                         *extra], os.path.dirname(store), name, env=env)
+    return proc, lambda: output(proc)[1]
 
 
 def test_schedule_fires_every_second_and_respects_max_active_runs(tmp_path):
@@ -157,15 +149,14 @@ sql = "SELECT * FROM missing_table"
 retries = 1
 retry_delay_seconds = 2.5
 """)
-    log = tmp_path / "driver.log"
     started = time.time()
-    driver = start_driver(store, folder, log=log)
+    driver, log = start_driver(store, folder, "driver")
     wait_for(lambda: len(runs(store, "tick")) >= 5 and len(runs(store, "busy")) >= 2,
              "5 runs of tick and 2 of busy", proc=driver, timeout=120,
-             context=lambda: open(log).read()[-3000:])
+             context=lambda: log()[-3000:])
     stop_group(driver, timeout=60)
     elapsed = time.time() - started
-    err = open(log).read()
+    err = log()
     tick = runs(store, "tick")
     times = [r["scheduled_for"] for r in tick]
     assert all(r["status"] == "succeeded" and r["trigger"] == "schedule" for r in tick), err
@@ -197,21 +188,22 @@ retries = 10
 retry_delay_seconds = 1
 """)
     # The driver SIGKILLs itself (a fault point) as the first run's second attempt starts.
-    driver = start_driver(store, folder, env=fault_env("job_step@nightly/long/attempt-2=kill"))
-    assert driver.wait(timeout=120) == -9, driver.stderr.read()
+    driver, log = start_driver(store, folder, "driver",
+                               env=fault_env("job_step@nightly/long/attempt-2=kill"))
+    assert driver.wait(timeout=120) == -9, log()
     killed_at = time.time()
     [first] = runs(store, "nightly")
     assert first["status"] == "running", "the store still says running: nobody has noticed yet"
     log_before = cli(store, "job", "logs", "nightly").stdout
     assert "attempt 1 failed" in log_before
-    # Let a scheduled time (every 2 s) pass while no driver runs.
-    time.sleep(max(0.0, 2.5 - (time.time() - killed_at)))
-    log = tmp_path / "driver-again.log"
-    driver = start_driver(store, folder, log=log)
+    # Let a scheduled time (every even second) pass while no driver runs.
+    missed = (killed_at // 2 + 1) * 2
+    wait_for(lambda: time.time() > missed, f"the scheduled time {missed} to pass", timeout=5)
+    driver, log = start_driver(store, folder, "driver-again")
     wait_for(lambda: len(runs(store, "nightly")) >= 2, "the catch-up run", proc=driver,
-             context=lambda: open(log).read()[-3000:])
+             context=lambda: log()[-3000:])
     stop_group(driver, timeout=60)
-    err = open(log).read()
+    err = log()
     all_runs = runs(store, "nightly")
     first = next(r for r in all_runs if r["run_id"] == first["run_id"])
     assert first["status"] == "interrupted", err
@@ -237,15 +229,14 @@ def test_driver_reloads_changed_new_and_removed_job_files(tmp_path):
     every_second = 'schedule = "* * * * * *"\n[[steps]]\nsql = "SELECT \'{}\' AS version"\n'
     write_job(folder, "changing", every_second.format("first"))
     gone = write_job(folder, "gone", every_second.format("x"))
-    log = tmp_path / "driver.log"
-    driver = start_driver(store, folder, "--reload-seconds", "0.5", log=log)
-    context = lambda: open(log).read()[-3000:]  # noqa: E731
+    driver, log = start_driver(store, folder, "driver", "--reload-seconds", "0.5")
+    context = lambda: log()[-3000:]  # noqa: E731
     wait_for(lambda: len(runs(store, "changing")) >= 2, "2 runs of the first version",
              proc=driver, context=context)
     write_job(folder, "changing", every_second.format("second"))
     write_job(folder, "added", every_second.format("new"))
     os.remove(gone)
-    wait_for(lambda: "was removed" in open(log).read(), "the removal to be noticed", proc=driver,
+    wait_for(lambda: "was removed" in log(), "the removal to be noticed", proc=driver,
              context=context)
     removed_seen = time.time()
 
@@ -255,7 +246,7 @@ def test_driver_reloads_changed_new_and_removed_job_files(tmp_path):
     wait_for(lambda: versions().count("second") >= 2 and len(runs(store, "added")) >= 2,
              "2 runs of the changed and the added job", proc=driver, context=context)
     stop_group(driver, timeout=60)
-    err = open(log).read()
+    err = log()
     assert "job changing: reloaded" in err and "was removed" in err, err
     # The runs of the first version, then those of the second: the reload took effect from
     # the next run on and for good.

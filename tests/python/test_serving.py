@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 from conftest import QUIVER, fault_env, parse_address, run, spawn, stop_group, wait_for
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
+from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
 from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     classification_pb2, get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
@@ -277,8 +276,11 @@ def test_bad_requests_get_clear_errors(served):
     assert code == 400 and "not valid JSON" in reply["error"], reply
 
 
-def test_oversize_requests_are_refused(served):
-    server = Server(served["store"], "--max-request-bytes", "100000", "--no-prediction-log")
+def test_oversize_requests_are_refused_and_logged(served, tmp_path):
+    # A store of its own, so that its prediction log holds this test's requests only.
+    store = tmp_path / "store"
+    shutil.copytree(os.path.join(served["store"], "models"), store / "models")
+    server = Server(store, "--max-request-bytes", "100000")
     try:
         big = np.zeros((40, 28, 28, 1), np.float32)  # 125 KB
         with pytest.raises(grpc.RpcError) as e:
@@ -294,7 +296,19 @@ def test_oversize_requests_are_refused(served):
         resp = server.stub().Predict(predict_request(float_tensor(big[:10])), timeout=30)
         assert len(resp.outputs["label"].string_val) == 10
     finally:
-        server.stop()
+        server.stop()  # flushes its log
+    # Both refusals are in the prediction log: the REST one under the model it named, the gRPC
+    # one, whose message was never decoded, among the requests for models not served.
+    rows = run_sql(store, f"""
+        CREATE EXTERNAL TABLE served STORED AS JSON LOCATION '{store}/serving/fashion/logs/';
+        CREATE EXTERNAL TABLE unknown STORED AS JSON LOCATION '{store}/serving/_unknown/logs/';
+        SELECT model, protocol, method, status, error FROM served UNION ALL
+        SELECT model, protocol, method, status, error FROM unknown ORDER BY protocol, status""")
+    assert [(r["model"], r["protocol"], r["method"], r["status"]) for r in rows] == [
+        ("fashion", "grpc", "predict", "OK"), ("", "grpc", "predict", "OUT_OF_RANGE"),
+        ("fashion", "rest", "predict", "RESOURCE_EXHAUSTED")], rows
+    assert "limit is: 100000 bytes" in rows[1]["error"], rows[1]
+    assert "100000 bytes" in rows[2]["error"], rows[2]
 
 
 def peak_rss_mb(pid):
@@ -305,6 +319,7 @@ def peak_rss_mb(pid):
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.timeout(90)  # 9 s measured
 def test_a_large_rest_request_runs_in_bounded_memory(served):
     """A 50 MB REST request of small images is decoded and run in passes of 256 examples, and
     its answer is written without a JSON tree: the server's memory stays a small multiple of
@@ -354,7 +369,8 @@ def test_new_version_is_swapped_in_under_load_and_logged(served, tmp_path):
     finally:
         stop.set()
         for t in threads:
-            t.join()
+            t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a client thread hangs past its 30 s deadline"
     assert not failures, failures[:3]
     assert seen[0] == 1 and seen[-1] == 2, (seen[:3], seen[-3:])
     assert "version 2 loaded and serving" in server.output()
@@ -458,6 +474,7 @@ def test_shutdown_finishes_requests_in_flight(served, tmp_path):
     wait_for(lambda: "finishing in-flight requests" in server.output(), "the shutdown to start",
              proc=server.proc, context=server.output)
     paused.unlink()
-    t.join()
+    t.join(timeout=90)
+    assert not t.is_alive(), "the request in flight hangs past its 60 s deadline"
     assert server.proc.wait(timeout=60) == 0
     assert len(result["resp"].outputs["label"].string_val) == 3

@@ -1,6 +1,5 @@
 """The whole ETL against a real S3-compatible server (SeaweedFS), memory:// and file://."""
 import glob
-import io
 import os
 
 import numpy as np

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import quiver, QuiverError
+from conftest import quiver
 
 
 def tf_examples(folder, gzip=False):
@@ -29,6 +29,7 @@ def source_files(folder):
                   if p.lower().endswith(exts))
 
 
+@pytest.mark.timeout(90)  # 10 s measured with gzip
 @pytest.mark.parametrize("gzip", [False, True])
 def test_tensorflow_reads_our_shards_and_images_match_its_decode(samples, tmp_path, gzip):
     src = os.path.join(samples, "photos", "test")

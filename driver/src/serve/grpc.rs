@@ -3,11 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
+use futures::future::BoxFuture;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use tonic::codegen::http;
+use tonic::{Code, Request, Response, Status};
+use tower::Service;
 
 use super::convert::{self, InputTensor};
 use super::proto::tensorflow::serving::model_service_server::{ModelService, ModelServiceServer};
@@ -34,6 +39,7 @@ impl From<ServeError> for Status {
             ServeError::NotFound(_) => Status::not_found(message),
             ServeError::InvalidArgument(_) => Status::invalid_argument(message),
             ServeError::TooLarge(_) => Status::resource_exhausted(message),
+            ServeError::OutOfRange(_) => Status::out_of_range(message),
             ServeError::Unavailable(_) => Status::unavailable(message),
             ServeError::Internal(_) => Status::internal(message),
         }
@@ -307,6 +313,61 @@ impl ModelService for Grpc {
     }
 }
 
+/// The method of a call the prediction log records, from its gRPC path.
+fn logged_method(path: &str) -> Option<&'static str> {
+    match path {
+        "/tensorflow.serving.PredictionService/Predict" => Some("predict"),
+        "/tensorflow.serving.PredictionService/Classify" => Some("classify"),
+        _ => None,
+    }
+}
+
+/// Logs the calls that tonic refuses before they reach the service: a message larger than
+/// `--max-request-bytes` gets OUT_OF_RANGE while it is decoded (so its model is not known).
+#[derive(Clone)]
+struct LogRefused<S> {
+    inner: S,
+    state: Arc<ServerState>,
+}
+
+impl<S, B, R> Service<http::Request<B>> for LogRefused<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = logged_method(request.uri().path());
+        let state = Arc::clone(&self.state);
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let refused = Status::from_header_map(response.headers())
+                .filter(|status| status.code() == Code::OutOfRange);
+            if let (Some(method), Some(status)) = (method, refused) {
+                let call = Call {
+                    protocol: "grpc",
+                    method,
+                    model: "",
+                    version: None,
+                    signature: "",
+                };
+                let error = ServeError::OutOfRange(status.message().to_string());
+                state.refused(call, started, &error);
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// Serves gRPC on `listener` until `stop` turns true; in-flight calls finish first.
 pub async fn run(
     state: Arc<ServerState>,
@@ -315,6 +376,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let limit = state.max_request_bytes;
+    let logged = Arc::clone(&state);
     let service = Grpc(state);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -326,6 +388,10 @@ pub async fn run(
             .map_err(|e| ServeError::InvalidArgument(format!("gRPC TLS: {e}")))?;
     }
     builder
+        .layer(tower::layer::layer_fn(move |inner| LogRefused {
+            inner,
+            state: Arc::clone(&logged),
+        }))
         .add_service(
             PredictionServiceServer::new(service.clone())
                 .max_decoding_message_size(limit)

@@ -23,6 +23,10 @@ pub enum ServeError {
     /// The request is larger than `--max-request-bytes`.
     #[error("{0}")]
     TooLarge(String),
+    /// A gRPC message larger than `--max-request-bytes`, refused while it was decoded (tonic's
+    /// OUT_OF_RANGE).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The server is shutting down or the model could not run.
     #[error("{0}")]
     Unavailable(String),
@@ -38,6 +42,7 @@ impl ServeError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
             Self::TooLarge(_) => "RESOURCE_EXHAUSTED",
+            Self::OutOfRange(_) => "OUT_OF_RANGE",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }

@@ -27,7 +27,7 @@ impl IntoResponse for ServeError {
         let status = match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) | Self::OutOfRange(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
