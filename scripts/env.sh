@@ -93,6 +93,18 @@ quiver_sample_data() {
     "$REFENV/bin/python" "$QUIVER_ROOT/scripts/sample_data.py" "$1"
 }
 
+# quiver_install_binary: puts the dev build's `quiver` on PATH as a link beside cargo (in
+# ~/.cargo/bin with rustup), so that it follows every later build.
+quiver_install_binary() {
+    local dir
+    dir=$(dirname "$(command -v cargo)")
+    ln -sfn "$CARGO_TARGET_DIR/debug/quiver" "$dir/quiver"
+    if [ "$(command -v quiver)" != "$dir/quiver" ]; then
+        quiver_log "warning: another quiver comes first on PATH: $(command -v quiver)"
+    fi
+    quiver_log "quiver is on PATH: $dir/quiver -> $CARGO_TARGET_DIR/debug/quiver"
+}
+
 # Builds the binaries the main job runs (`quiver` and the serving client example) and sets
 # QUIVER to the first: the dev profile when $1 is 1 (the test command's profile, whose build it
 # shares), else release.
