@@ -11,7 +11,8 @@ REFENV=${QUIVER_REFENV:-$QUIVER_CACHE/refenv}
 SHARED=${QUIVER_SHARED:-$QUIVER_ROOT/../shared}
 mkdir -p "$QUIVER_CACHE"
 
-quiver_log() { printf '\033[1m[quiver]\033[0m %s\n' "$*" >&2; }
+# quiver_log MESSAGE: a line on stderr with the time since the script started.
+quiver_log() { printf '\033[1m[quiver %dm%02ds]\033[0m %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 # quiver_apt PACKAGE...: installs the Debian packages that are missing.
 quiver_apt() {
@@ -125,7 +126,8 @@ quiver_pytest() {
     quiver_sample_data "$QUIVER_CACHE/samples"
     QUIVER_SLT_BIN=$(cargo test --locked -q --workspace --no-run --message-format=json |
         "$REFENV/bin/python" -c 'import json, sys
-print(next(m["executable"] for m in map(json.loads, sys.stdin)
+messages = [json.loads(line) for line in sys.stdin]  # all of them: cargo fails on a closed pipe
+print(next(m["executable"] for m in messages
            if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sqllogictests"))')
     QUIVER_SLT_BIN=$QUIVER_SLT_BIN \
     QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \

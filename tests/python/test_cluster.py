@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -240,11 +241,13 @@ def test_cluster_scans_read_images_in_chunks_and_keep_their_order(tmp_path, samp
 
 
 def test_unreachable_driver_is_named(tmp_path):
-    # A port below the kernel's ephemeral range that nothing listens on.
-    from conftest import fixed_ports
-    [port] = fixed_ports(1)
-    proc = run([QUIVER, "--store", str(tmp_path), "sql", "--cluster", f"127.0.0.1:{port}",
-                "SELECT 1"], timeout=120)
+    # A port this test holds, bound but not listening: connections to it are refused, and
+    # nothing else can take it while the test runs.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        proc = run([QUIVER, "--store", str(tmp_path), "sql", "--cluster", f"127.0.0.1:{port}",
+                    "SELECT 1"], timeout=120)
     assert proc.returncode != 0
     assert f"127.0.0.1:{port}" in proc.stderr, proc.stderr
 

@@ -178,6 +178,11 @@ def test_a_killed_copy_leaves_only_its_staging_folder(images, tmp_path):
              "JOIN (SELECT DISTINCT label FROM read_images('{src}/')) l ON i.label = l.label"),
     ("subquery without path", "WITH imgs AS (SELECT label, content FROM read_images('{src}/')) "
                               "SELECT label, image_decode(content) AS im FROM imgs WHERE label <> ''"),
+    ("union", "SELECT image_decode(content) FROM (SELECT content FROM read_images('{src}/') "
+              "WHERE label < 'm' UNION ALL SELECT content FROM read_images('{src}/') "
+              "WHERE label >= 'm')"),
+    ("grouped by the bytes", "SELECT count(image_decode(content)) FROM "
+                             "(SELECT content FROM read_images('{src}/') GROUP BY content)"),
     ("copy", "COPY (SELECT label, image_decode(content) AS image FROM read_images('{src}/')) "
              "TO '{out}/' STORED AS TFRECORD"),
 ])

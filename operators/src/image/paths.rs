@@ -2,8 +2,9 @@
 //! names `source` when it cannot decode a row (and lists it when it skips the row); this
 //! analyzer rule fills `source` in wherever the bytes are a `read_images` scan's `content`
 //! column: the scan's `path` column is carried up to the call, through projections (as a
-//! hidden column when the query drops it), aliases, filters, sorts, limits and joins, whatever
-//! the query's shape. Output names stay as the user wrote them.
+//! hidden column when the query drops it), aliases, filters, sorts, limits, joins, unions of
+//! such inputs and groupings by the bytes (one of the files with those bytes names them),
+//! whatever the query's shape. Output names stay as the user wrote them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
 use datafusion::datasource::source_as_provider;
+use datafusion::functions_aggregate::expr_fn::min;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    Expr, LogicalPlan, Projection, SubqueryAlias, expr::ScalarFunction, lit,
+    Aggregate, Expr, LogicalPlan, Projection, SubqueryAlias, Union, expr::ScalarFunction, lit,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -148,6 +150,49 @@ fn carry_path(plan: &LogicalPlan, bytes: &Column) -> Result<Option<(LogicalPlan,
                 plan.with_new_exprs(plan.expressions(), inputs)?,
                 path,
             )))
+        }
+        LogicalPlan::Union(union) => {
+            let Ok(i) = union.schema.index_of_column(bytes) else {
+                return Ok(None);
+            };
+            let width = union.schema.fields().len();
+            let mut inputs = Vec::with_capacity(union.inputs.len());
+            for input in &union.inputs {
+                let Some((carried, path)) = carry_path(input, &column_at(input, i))? else {
+                    return Ok(None);
+                };
+                // Each input's own columns, then its path: the inputs still line up.
+                let mut exprs: Vec<Expr> = (0..width)
+                    .map(|j| Expr::Column(column_at(input, j)))
+                    .collect();
+                exprs.push(Expr::Column(path).alias(hidden_path(bytes)));
+                let projection = Projection::try_new(exprs, Arc::new(carried))?;
+                inputs.push(Arc::new(LogicalPlan::Projection(projection)));
+            }
+            let union = LogicalPlan::Union(Union::try_new_with_loose_types(inputs)?);
+            let column = column_at(&union, width);
+            Ok(Some((union, column)))
+        }
+        LogicalPlan::Aggregate(aggregate) => {
+            // Grouped by the bytes: the smallest path among the files that hold them.
+            let Ok(i) = aggregate.schema.index_of_column(bytes) else {
+                return Ok(None);
+            };
+            let Some(inner) = aggregate.group_expr.get(i).and_then(plain_column) else {
+                return Ok(None);
+            };
+            let Some((input, path)) = carry_path(&aggregate.input, inner)? else {
+                return Ok(None);
+            };
+            let mut aggr_expr = aggregate.aggr_expr.clone();
+            aggr_expr.push(min(Expr::Column(path)).alias(hidden_path(bytes)));
+            let grouped = LogicalPlan::Aggregate(Aggregate::try_new(
+                Arc::new(input),
+                aggregate.group_expr.clone(),
+                aggr_expr,
+            )?);
+            let column = column_at(&grouped, grouped.schema().fields().len() - 1);
+            Ok(Some((grouped, column)))
         }
         _ => Ok(None),
     }
