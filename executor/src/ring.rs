@@ -89,6 +89,7 @@ pub struct TrainerLink {
     out: UnboundedSender<RingFrame>,
     inbox: tokio::sync::Mutex<UnboundedReceiver<Delivery>>,
     inboxes: RingInboxes,
+    next: String,
     previous: String,
     timeout: Duration,
 }
@@ -131,12 +132,16 @@ impl TrainerLink {
             last: false,
         });
         let failed = inboxes.sender(&gang.id, rank);
+        let receiver = next.clone();
         tokio::spawn(async move {
             let result = TrainerClient::new(channel)
                 .ring(UnboundedReceiverStream::new(frames))
                 .await;
             if let Err(e) = result {
-                let _ = failed.send(Err(format!("sending to {next} failed: {}", e.message())));
+                let _ = failed.send(Err(format!(
+                    "sending to {receiver} failed: {}",
+                    e.message()
+                )));
             }
         });
         Ok(Self {
@@ -146,6 +151,7 @@ impl TrainerLink {
             out,
             inbox: tokio::sync::Mutex::new(inbox),
             inboxes: inboxes.clone(),
+            next,
             previous,
             timeout: timeout(),
         })
@@ -178,8 +184,8 @@ impl RingLink for TrainerLink {
             };
             self.out.send(frame).map_err(|_| {
                 MlError::Training(format!(
-                    "worker {}: the stream to the next worker is closed",
-                    self.rank
+                    "worker {}: the stream to the next worker is closed ({} is the next worker)",
+                    self.rank, self.next
                 ))
             })?;
         }
