@@ -24,13 +24,8 @@ if [ ${#crates[@]} -gt 0 ]; then
     # only what changed and what depends on it.
     quiver_log "clippy, then the unit tests of ${crates[*]}"
     quiver_cargo clippy --locked --workspace --all-targets -- -D warnings
-    cargo test --locked --workspace --lib --bins --no-run --message-format=json |
-        python3 -c 'import json, sys
-wanted = set(sys.argv[1:])
-for m in map(json.loads, sys.stdin):
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        if m["package_id"].split("#")[-1].split("@")[0] in wanted:
-            print(m["executable"])' "${crates[@]}" |
+    quiver_test_executables --workspace --lib --bins |
+        awk -F'\t' -v wanted=" ${crates[*]} " '$3 == "True" && index(wanted, " " $1 " ") { print $4 }' |
         while read -r tests; do "$tests" -q; done
 else
     quiver_log "no crate changed since main"

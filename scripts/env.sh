@@ -119,16 +119,24 @@ quiver_build_binary() {
     fi
 }
 
+# quiver_test_executables CARGO-TEST-ARGS...: builds the test executables (`cargo test
+# --no-run`) and prints a tab-separated line for each: package, target, whether it is a test
+# harness (True/False), path. Every message is read, so cargo never writes to a closed pipe.
+quiver_test_executables() {
+    cargo test --locked -q --no-run --message-format=json "$@" | python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        spec = m["package_id"].split("#")[-1]
+        package = spec.split("@")[0] if "@" in spec else m["package_id"].split("#")[0].rsplit("/", 1)[-1]
+        print(package, m["target"]["name"], m["profile"]["test"], m["executable"], sep="\t")'
+}
+
 # quiver_pytest ARGS...: the reference tests (tests/python) with the dev build's binaries, the
 # sample data and SeaweedFS; the binaries must be built (quiver_cargo build --workspace
 # --all-targets). Sets QUIVER_SLT_BIN for the cluster-mode run of the .slt suite.
 quiver_pytest() {
     quiver_sample_data "$QUIVER_CACHE/samples"
-    QUIVER_SLT_BIN=$(cargo test --locked -q --workspace --no-run --message-format=json |
-        "$REFENV/bin/python" -c 'import json, sys
-messages = [json.loads(line) for line in sys.stdin]  # all of them: cargo fails on a closed pipe
-print(next(m["executable"] for m in messages
-           if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sqllogictests"))')
+    QUIVER_SLT_BIN=$(quiver_test_executables --workspace | awk -F'\t' '$2 == "sqllogictests" { print $4 }')
     QUIVER_SLT_BIN=$QUIVER_SLT_BIN \
     QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
     QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \

@@ -73,8 +73,10 @@ def finish(proc, timeout):
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        doing = what_they_do([proc])
         kill_group(proc)
-        raise AssertionError(f"{describe(proc)} ran past {timeout} s:\n{output(proc)[1][-3000:]}")
+        raise AssertionError(f"{describe(proc)} ran past {timeout} s:\n{doing}\n"
+                             f"{output(proc)[1][-3000:]}")
     return output(proc)
 
 
