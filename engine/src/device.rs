@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::QuiverError;
+use crate::err;
 
 /// A named device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,10 @@ impl FromStr for DeviceName {
                 .and_then(|n| n.parse().ok())
                 .map(|n| Self::Cuda(Some(n)))
                 .ok_or_else(|| {
-                    QuiverError::Config(format!("device '{name}' is not one of cpu, cuda, cuda:N"))
+                    err!(
+                        QuiverError::Config,
+                        "device '{name}' is not one of cpu, cuda, cuda:N"
+                    )
                 }),
         }
     }

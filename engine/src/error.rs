@@ -1,4 +1,10 @@
-//! Errors of the engine: one enum, converted to `DataFusionError::External` inside plans.
+//! Errors of the engine: one enum, converted to `DataFusionError::External` inside plans, and
+//! the [`err!`](crate::err) / [`bail!`](crate::bail) macros every crate builds its errors with.
+//!
+//! Each crate has its own `thiserror` enum whose message-carrying variants say what went wrong and
+//! where: the file, row, tensor or option. `err!(MlError::Input, "row {row}: label is NULL")` is
+//! that error; `bail!(..)` returns it, converted into the function's error type. DataFusion's own
+//! kinds use its `exec_err!`, `plan_err!` and `internal_err!`.
 
 use datafusion::error::DataFusionError;
 
@@ -80,5 +86,47 @@ impl From<QuiverError> for DataFusionError {
             QuiverError::DataFusion(e) => e,
             other => DataFusionError::External(Box::new(other)),
         }
+    }
+}
+
+/// The error of a variant that carries a message, from a format string (Polars' `polars_err!`):
+/// `err!(QuiverError::Config, "option '{key}' is not a number")`.
+#[macro_export]
+macro_rules! err {
+    ($variant:path, $($fmt:tt)+) => {
+        $variant(::std::format!($($fmt)+))
+    };
+}
+
+/// Returns that error from the function, converted into its error type with `From` (Polars'
+/// `polars_bail!`): `bail!(MlError::Option, "epochs must be at least 1, not {n}")`.
+#[macro_export]
+macro_rules! bail {
+    ($variant:path, $($fmt:tt)+) => {
+        return ::std::result::Result::Err($crate::err!($variant, $($fmt)+).into())
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(n: &str) -> Result<u32, DataFusionError> {
+        let Ok(n) = n.parse() else {
+            bail!(QuiverError::Config, "'{n}' is not a number");
+        };
+        Ok(n)
+    }
+
+    #[test]
+    fn bail_converts_and_names_the_value() {
+        assert_eq!(parse("7").unwrap(), 7);
+        let e = parse("seven").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "External error: configuration error: 'seven' is not a number"
+        );
+        let e = err!(QuiverError::Cluster, "executor {} is gone", 3);
+        assert!(matches!(e, QuiverError::Cluster(ref m) if m == "executor 3 is gone"));
     }
 }

@@ -34,6 +34,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{QuiverError, Result};
+use crate::{bail, err};
 
 /// What an armed point does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +62,7 @@ fn parse(spec: &str) -> Result<Vec<Fault>> {
         .filter(|s| !s.is_empty())
         .map(|entry| {
             let bad =
-                |why: &str| QuiverError::Config(format!("{FAULT_VAR} entry '{entry}': {why}"));
+                |why: &str| err!(QuiverError::Config, "{FAULT_VAR} entry '{entry}': {why}");
             let (target, action) = entry
                 .split_once('=')
                 .ok_or_else(|| bad("expected point@key=action"))?;
@@ -169,10 +170,12 @@ impl Pause {
     /// Whether to go on waiting: the file is there and the limit not reached (an error then).
     fn waiting(&self, point: &str, key: &str, file_exists: bool) -> Result<bool> {
         if file_exists && self.since.elapsed() >= self.limit {
-            return Err(QuiverError::Fault(format!(
+            bail!(
+                QuiverError::Fault,
                 "fault point {point}@{key} paused for {:?} and {} was not removed",
-                self.limit, self.file
-            )));
+                self.limit,
+                self.file
+            );
         }
         Ok(file_exists)
     }
@@ -209,9 +212,7 @@ fn reach(point: &str, key: &str) -> Result<Option<Pause>> {
                 }
             }
             Action::Error => {
-                return Err(QuiverError::Fault(format!(
-                    "fault injected at {point}@{key}"
-                )));
+                bail!(QuiverError::Fault, "fault injected at {point}@{key}");
             }
             Action::Pause(file, limit) => return Ok(Some(Pause::start(file, *limit))),
             Action::Trace(_) => {}

@@ -10,7 +10,8 @@ use datafusion::arrow::array::{
     UInt32Array, UInt32Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, UInt8Type, UInt32Type};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::common::{exec_err, plan_err};
+use datafusion::error::Result;
 
 /// The fields of the image struct, in order.
 pub fn image_fields() -> Fields {
@@ -84,11 +85,11 @@ impl<'a> ImageArray<'a> {
     /// Views `array` as images; fails when it is not the image struct.
     pub fn try_new(array: &'a dyn Array) -> Result<Self> {
         if !is_image_type(array.data_type()) {
-            return Err(DataFusionError::Plan(format!(
+            return plan_err!(
                 "expected an image struct {}, got {}",
                 image_type(),
                 array.data_type()
-            )));
+            );
         }
         let array = array.as_struct();
         Ok(Self {
@@ -124,13 +125,13 @@ impl<'a> ImageArray<'a> {
         };
         let expected = image.width as usize * image.height as usize * image.channels as usize;
         if image.data.len() != expected || !(1..=4).contains(&image.channels) {
-            return Err(DataFusionError::Execution(format!(
+            return exec_err!(
                 "row {i}: malformed image struct ({}x{}x{} with {} bytes of pixels)",
                 image.width,
                 image.height,
                 image.channels,
                 image.data.len()
-            )));
+            );
         }
         Ok(Some(image))
     }
