@@ -17,6 +17,7 @@ use ballista_executor::flight_service::BallistaFlightService;
 use ballista_executor::shutdown::Shutdown;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
+use quiver_engine::err;
 use quiver_engine::{QuiverError, Result, Session, SessionOptions, StoreRegistry};
 use quiver_operators::experiment::LocalTrialRunner;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
@@ -62,12 +63,13 @@ pub struct ExecutorOptions {
 fn split_host_port(address: &str) -> Result<(String, u16)> {
     let url = quiver_sql::cluster::driver_url(address)?;
     let url = quiver_engine::url::Url::parse(&url)
-        .map_err(|e| QuiverError::Config(format!("bad driver address '{address}': {e}")))?;
+        .map_err(|e| err!(QuiverError::Config, "bad driver address '{address}': {e}"))?;
     match (url.host_str(), url.port()) {
         (Some(host), Some(port)) => Ok((host.to_string(), port)),
-        _ => Err(QuiverError::Config(format!(
+        _ => Err(err!(
+            QuiverError::Config,
             "bad driver address '{address}': expected host:port"
-        ))),
+        )),
     }
 }
 
@@ -125,10 +127,12 @@ async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) ->
         tokio::net::TcpListener::bind((options.bind_host.as_str(), options.trainer_port))
             .await
             .map_err(|e| {
-                QuiverError::Cluster(format!(
+                err!(
+                    QuiverError::Cluster,
                     "trainer cannot listen on {}:{}: {e}",
-                    options.bind_host, options.trainer_port
-                ))
+                    options.bind_host,
+                    options.trainer_port
+                )
             })?;
     let port = listener.local_addr()?.port();
     let router = TrainerService::new(id.to_string(), slots, options.tls.clone()).router()?;
@@ -197,7 +201,7 @@ async fn reach_driver(options: &ExecutorOptions, who: &str) -> Result<()> {
         url = format!("https://{rest}");
     }
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| QuiverError::Config(format!("bad driver address '{url}': {e}")))?
+        .map_err(|e| err!(QuiverError::Config, "bad driver address '{url}': {e}"))?
         .connect_timeout(std::time::Duration::from_secs(10));
     if let Some(tls) = &options.tls {
         endpoint = tls.endpoint(endpoint)?;
@@ -253,10 +257,12 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     let (scheduler_host, scheduler_port) = split_host_port(&options.driver)?;
     let data_listener =
         TcpListener::bind((options.bind_host.as_str(), options.port)).map_err(|e| {
-            QuiverError::Cluster(format!(
+            err!(
+                QuiverError::Cluster,
                 "executor data service cannot listen on {}:{}: {e}",
-                options.bind_host, options.port
-            ))
+                options.bind_host,
+                options.port
+            )
         })?;
     let port = data_listener.local_addr()?.port();
     let work_dir = match &options.work_dir {
@@ -335,9 +341,13 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             None => "",
         }
     );
-    start_executor_process(Arc::new(config))
-        .await
-        .map_err(|e| QuiverError::Cluster(format!("executor {}: {e}", options.advertise_host)))
+    start_executor_process(Arc::new(config)).await.map_err(|e| {
+        err!(
+            QuiverError::Cluster,
+            "executor {}: {e}",
+            options.advertise_host
+        )
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use quiver_engine::{bail, err};
 use quiver_operators::ml::MlError;
 use quiver_operators::ml::collective::RingLink;
 use quiver_sql::cluster::proto::trainer_client::TrainerClient;
@@ -113,7 +114,11 @@ impl TrainerLink {
         let next = worker(next_rank);
         let previous = worker((rank + world - 1) % world);
         let inbox = inboxes.take_receiver(&gang.id, rank).ok_or_else(|| {
-            MlError::Training(format!("worker {rank} of gang {} started twice", gang.id))
+            err!(
+                MlError::Training,
+                "worker {rank} of gang {} started twice",
+                gang.id
+            )
         })?;
         let address = &gang.trainers[next_rank as usize];
         let channel = trainer_channel(address, &next, tls, |endpoint| {
@@ -183,10 +188,12 @@ impl RingLink for TrainerLink {
                 last: i + 1 == count,
             };
             self.out.send(frame).map_err(|_| {
-                MlError::Training(format!(
+                err!(
+                    MlError::Training,
                     "worker {}: the stream to the next worker is closed ({} is the next worker)",
-                    self.rank, self.next
-                ))
+                    self.rank,
+                    self.next
+                )
             })?;
         }
         Ok(())
@@ -198,24 +205,29 @@ impl RingLink for TrainerLink {
         loop {
             let frame = match tokio::time::timeout(self.timeout, inbox.recv()).await {
                 Err(_) => {
-                    return Err(MlError::Training(format!(
+                    bail!(
+                        MlError::Training,
                         "worker {}: nothing from {} for {} s",
                         self.rank,
                         self.previous,
                         self.timeout.as_secs()
-                    )));
+                    );
                 }
                 Ok(None) => {
-                    return Err(MlError::Training(format!(
+                    bail!(
+                        MlError::Training,
                         "worker {}: gang {} was closed",
-                        self.rank, self.gang
-                    )));
+                        self.rank,
+                        self.gang
+                    );
                 }
                 Ok(Some(Err(why))) => {
-                    return Err(MlError::Training(format!(
+                    bail!(
+                        MlError::Training,
                         "worker {}: {why} ({} is the previous worker)",
-                        self.rank, self.previous
-                    )));
+                        self.rank,
+                        self.previous
+                    );
                 }
                 Ok(Some(Ok(frame))) => frame,
             };
@@ -241,7 +253,7 @@ pub async fn trainer_channel(
     configure: impl FnOnce(Endpoint) -> Endpoint,
 ) -> std::result::Result<tonic::transport::Channel, MlError> {
     let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| MlError::Training(format!("{what} at {address}: {e}")))?;
+        .map_err(|e| err!(MlError::Training, "{what} at {address}: {e}"))?;
     if let Some(tls) = tls {
         endpoint = tls
             .endpoint(endpoint)
@@ -250,5 +262,5 @@ pub async fn trainer_channel(
     configure(endpoint)
         .connect()
         .await
-        .map_err(|e| MlError::Training(format!("cannot reach {what} at {address}: {e}")))
+        .map_err(|e| err!(MlError::Training, "cannot reach {what} at {address}: {e}"))
 }

@@ -23,6 +23,7 @@ use tonic::transport::server::Router;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ring::{RING_FRAME, RING_WINDOW, RingInboxes, TrainerLink};
+use quiver_engine::err;
 
 /// An executor's trainer: its slots, each with its share of the cores or its GPU.
 pub struct TrainerService {
@@ -59,7 +60,7 @@ impl TrainerService {
         if let Some(tls) = &self.tls {
             server = server
                 .tls_config(tls.tonic_server()?)
-                .map_err(|e| QuiverError::Cluster(format!("trainer TLS: {e}")))?;
+                .map_err(|e| err!(QuiverError::Cluster, "trainer TLS: {e}"))?;
         }
         Ok(server.add_service(
             TrainerServer::new(self)
