@@ -41,6 +41,8 @@ pub mod proto {
 }
 use crate::create_model::CreateModel;
 use crate::tls::Tls;
+use datafusion::common::exec_datafusion_err;
+use quiver_engine::{bail, err};
 use quiver_operators::experiment::ExperimentFile;
 use quiver_operators::ml::ModelCard;
 use tonic::transport::Endpoint;
@@ -53,12 +55,13 @@ pub fn driver_url(address: &str) -> Result<String> {
         format!("http://{address}")
     };
     let parsed = quiver_engine::url::Url::parse(&url)
-        .map_err(|e| QuiverError::Config(format!("bad driver address '{address}': {e}")))?;
+        .map_err(|e| err!(QuiverError::Config, "bad driver address '{address}': {e}"))?;
     match (parsed.scheme(), parsed.host_str(), parsed.port()) {
         ("http" | "https", Some(_), Some(_)) => Ok(url.trim_end_matches('/').to_string()),
-        _ => Err(QuiverError::Config(format!(
+        _ => Err(err!(
+            QuiverError::Config,
             "bad driver address '{address}': expected host:port or http(s)://host:port"
-        ))),
+        )),
     }
 }
 
@@ -127,7 +130,7 @@ impl ClusterClient {
     pub async fn run_experiment(&self, session: &Session, create: &CreateModel) -> Result<bool> {
         let json = self.call(session, create, "experiment").await?;
         let file: ExperimentFile = serde_json::from_str(&json)
-            .map_err(|e| QuiverError::Cluster(format!("bad experiment.json: {e}")))?;
+            .map_err(|e| err!(QuiverError::Cluster, "bad experiment.json: {e}"))?;
         Ok(file.objective.maximize)
     }
 
@@ -135,8 +138,7 @@ impl ClusterClient {
     /// register it, with its live log on the session's log; returns the registered card.
     pub async fn train_model(&self, session: &Session, create: &CreateModel) -> Result<ModelCard> {
         let json = self.call(session, create, "model").await?;
-        serde_json::from_str(&json)
-            .map_err(|e| QuiverError::Cluster(format!("bad model.json: {e}")))
+        serde_json::from_str(&json).map_err(|e| err!(QuiverError::Cluster, "bad model.json: {e}"))
     }
 
     /// Has the driver abort the TFRecord writes to `destination` (every executor stops its
@@ -154,7 +156,11 @@ impl ClusterClient {
     }
 
     fn unreachable(&self, e: &dyn std::fmt::Display) -> QuiverError {
-        QuiverError::Cluster(format!("cannot talk to the driver at {}: {e}", self.driver))
+        err!(
+            QuiverError::Cluster,
+            "cannot talk to the driver at {}: {e}",
+            self.driver
+        )
     }
 
     /// A client of the driver's coordinator.
@@ -189,10 +195,11 @@ impl ClusterClient {
                 Some(proto::statement_event::Kind::Log(line)) => session.log(&line),
                 Some(proto::statement_event::Kind::DoneJson(json)) => return Ok(json),
                 Some(proto::statement_event::Kind::Error(message)) => {
-                    return Err(QuiverError::Cluster(format!(
+                    bail!(
+                        QuiverError::Cluster,
                         "{what} {} on the cluster: {message}",
                         create.name
-                    )));
+                    );
                 }
                 None => {}
             }
@@ -390,9 +397,7 @@ pub fn readable_error(error: DataFusionError, driver: &str) -> DataFusionError {
         } else {
             "the driver may want TLS: pass --tls-ca (and --tls-cert, --tls-key under mutual TLS)"
         };
-        return DataFusionError::Execution(format!(
-            "cannot talk to the driver at {driver} ({cause}): {hint}"
-        ));
+        return exec_datafusion_err!("cannot talk to the driver at {driver} ({cause}): {hint}");
     }
     let Some((head, task)) = text.split_once("Task failed due to runtime execution error: ") else {
         return error;
@@ -414,7 +419,7 @@ pub fn readable_error(error: DataFusionError, driver: &str) -> DataFusionError {
         .and_then(|(_, rest)| rest.split_once(' '))
         .map(|(id, _)| id)
         .unwrap_or("?");
-    DataFusionError::Execution(format!("job {job}, stage {stage}: {}", unescape(quoted)))
+    exec_datafusion_err!("job {job}, stage {stage}: {}", unescape(quoted))
 }
 
 /// Undoes Rust's debug escaping of a string.

@@ -41,6 +41,8 @@ use quiver_operators::{ReadImagesSource, ReadImagesTable, TfRecordFormatFactory,
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 
 use crate::TfRecordTable;
+use datafusion::common::{internal_datafusion_err, internal_err};
+use quiver_engine::err;
 
 /// The first byte of an encoding of one of Quiver's nodes.
 pub const QUIVER: u8 = b'Q';
@@ -152,7 +154,7 @@ fn encode_quiver(node: Node, buf: &mut Vec<u8>) {
 fn decode(buf: &[u8]) -> Result<std::result::Result<Node, &[u8]>> {
     match buf.split_first() {
         Some((&QUIVER, rest)) => QuiverNode::decode(rest)
-            .map_err(|e| DataFusionError::Internal(format!("bad Quiver plan node: {e}")))?
+            .map_err(|e| internal_datafusion_err!("bad Quiver plan node: {e}"))?
             .node
             .map(Ok)
             .ok_or_else(|| DataFusionError::Internal("empty Quiver plan node".into())),
@@ -164,7 +166,7 @@ fn decode(buf: &[u8]) -> Result<std::result::Result<Node, &[u8]>> {
 }
 
 fn missing(what: &str) -> DataFusionError {
-    DataFusionError::Internal(format!("Quiver plan node without its {what}"))
+    internal_datafusion_err!("Quiver plan node without its {what}")
 }
 
 fn read_images_proto(table: &ReadImagesTable) -> ReadImagesProto {
@@ -287,9 +289,10 @@ impl LogicalExtensionCodec for QuiverLogicalCodec {
                 .ballista
                 .try_encode_table_provider(table_ref, node, buf)
                 .map_err(|e| {
-                    DataFusionError::NotImplemented(format!(
+                    err!(
+                        DataFusionError::NotImplemented,
                         "table '{table_ref}' cannot be sent to a cluster: {e}"
-                    ))
+                    )
                 });
         };
         encode_quiver(quiver, buf);
@@ -354,9 +357,7 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
                     )),
                     "images" => Arc::new(ReadImagesSource::new(None)),
                     other => {
-                        return Err(DataFusionError::Internal(format!(
-                            "unknown Quiver file source '{other}'"
-                        )));
+                        return internal_err!("unknown Quiver file source '{other}'");
                     }
                 };
                 let mut config = parse_protobuf_file_scan_config(

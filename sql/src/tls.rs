@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ballista_core::extension::{EndpointOverrideFn, SessionConfigExt};
 use ballista_core::utils::{GrpcClientConfig, create_grpc_client_endpoint};
 use datafusion::prelude::SessionConfig;
+use quiver_engine::err;
 use quiver_engine::{QuiverError, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,12 +46,17 @@ pub struct Tls {
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| QuiverError::Config(format!("cannot read the {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        err!(
+            QuiverError::Config,
+            "cannot read the {what} {}: {e}",
+            path.display()
+        )
+    })
 }
 
 fn certificates(what: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-    let bad = |e: String| QuiverError::Config(format!("the {what} {}: {e}", path.display()));
+    let bad = |e: String| err!(QuiverError::Config, "the {what} {}: {e}", path.display());
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| bad(e.to_string()))?;
@@ -94,16 +100,21 @@ impl Tls {
                 let config = server_config(
                     certificates("TLS certificate", cert_path, &cert)?,
                     PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
-                        QuiverError::Config(format!("the TLS key {}: {e}", key_path.display()))
+                        err!(
+                            QuiverError::Config,
+                            "the TLS key {}: {e}",
+                            key_path.display()
+                        )
                     })?,
                     ca.as_ref().filter(|_| files.mutual),
                 )
                 .map_err(|e| {
-                    QuiverError::Config(format!(
+                    err!(
+                        QuiverError::Config,
                         "the TLS certificate {} and key {}: {e}",
                         cert_path.display(),
                         key_path.display()
-                    ))
+                    )
                 })?;
                 Some((cert, key, Arc::new(config)))
             }
@@ -171,13 +182,13 @@ impl Tls {
                     format!("https://{authority}{path}"),
                     Some(&GrpcClientConfig::default()),
                 )
-                .map_err(|e| QuiverError::Cluster(format!("endpoint {uri}: {e}")))?
+                .map_err(|e| err!(QuiverError::Cluster, "endpoint {uri}: {e}"))?
             }
             _ => endpoint,
         };
         endpoint
             .tls_config(self.tonic_client()?)
-            .map_err(|e| QuiverError::Cluster(format!("TLS for {uri}: {e}")))
+            .map_err(|e| err!(QuiverError::Cluster, "TLS for {uri}: {e}"))
     }
 
     /// [`Tls::endpoint`] as the override Ballista applies to every gRPC client it creates.

@@ -6,6 +6,7 @@
 use std::future::Future;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::common::exec_datafusion_err;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::file_type_to_format;
 use datafusion::execution::SessionState;
@@ -41,12 +42,10 @@ pub async fn collect_until(
     match (result, destination) {
         (Err(e), Some(destination)) => match abort_write(&state, &destination).await {
             Ok(()) => Err(e),
-            Err(cleanup) => Err(QuiverError::DataFusion(
-                datafusion::error::DataFusionError::Execution(format!(
-                    "{e}\n  and removing what the write to '{destination}' staged failed: \
+            Err(cleanup) => Err(QuiverError::DataFusion(exec_datafusion_err!(
+                "{e}\n  and removing what the write to '{destination}' staged failed: \
                      {cleanup}"
-                )),
-            )),
+            ))),
         },
         (result, _) => result,
     }

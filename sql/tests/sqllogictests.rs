@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
+use quiver_engine::bail;
 use quiver_engine::{Session, SessionOptions};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 
@@ -49,10 +50,7 @@ impl AsyncDB for QuiverDb {
         let err = |e: DataFusionError| DbError(e.to_string());
         let mut statements = quiver_sql::parse(sql).map_err(|e| DbError(e.to_string()))?;
         if statements.len() != 1 {
-            return Err(DbError(format!(
-                "expected one statement, got {}",
-                statements.len()
-            )));
+            bail!(DbError, "expected one statement, got {}", statements.len());
         }
         let frame = quiver_sql::execute(&self.session, statements.remove(0))
             .await
