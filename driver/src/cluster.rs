@@ -24,6 +24,7 @@ use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 
 use crate::coordinator::{CoordinatorService, TrainerDirectory, TrainerEndpoint};
+use quiver_engine::err;
 use tonic::service::RoutesBuilder;
 
 /// Seconds without a heartbeat after which an executor counts as lost and its tasks run
@@ -45,7 +46,7 @@ pub struct DriverOptions {
 }
 
 fn cluster_error(listen: SocketAddr, what: &str, e: impl std::fmt::Display) -> QuiverError {
-    QuiverError::Cluster(format!("driver at {listen}: {what}: {e}"))
+    err!(QuiverError::Cluster, "driver at {listen}: {what}: {e}")
 }
 
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;

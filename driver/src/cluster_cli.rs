@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use quiver_driver::cluster::DriverOptions;
+use quiver_engine::err;
 use quiver_engine::{QuiverError, Result, SessionOptions};
 use quiver_executor::ExecutorOptions;
 use quiver_sql::tls::{Tls, TlsFiles};
@@ -95,13 +96,19 @@ impl ClusterFile {
             return Ok(Self::default());
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            QuiverError::Config(format!(
+            err!(
+                QuiverError::Config,
                 "cannot read cluster file '{}': {e}",
                 path.display()
-            ))
+            )
         })?;
-        toml::from_str(&text)
-            .map_err(|e| QuiverError::Config(format!("cluster file '{}': {e}", path.display())))
+        toml::from_str(&text).map_err(|e| {
+            err!(
+                QuiverError::Config,
+                "cluster file '{}': {e}",
+                path.display()
+            )
+        })
     }
 
     /// The cluster a client connects to, from the file.
@@ -169,7 +176,7 @@ impl DriverArgs {
         };
         let listen: SocketAddr = listen
             .parse()
-            .map_err(|e| QuiverError::Config(format!("bad --listen '{listen}': {e}")))?;
+            .map_err(|e| err!(QuiverError::Config, "bad --listen '{listen}': {e}"))?;
         let advertise_host = self
             .advertise_host
             .clone()
@@ -241,7 +248,7 @@ impl ExecutorArgs {
             .or_else(|| section.device.clone())
             .unwrap_or_else(|| "cpu".into());
         quiver_operators::ml::device::parse(&device)
-            .map_err(|e| QuiverError::Config(format!("--device '{device}': {e}")))?;
+            .map_err(|e| err!(QuiverError::Config, "--device '{device}': {e}"))?;
         let bind = self
             .bind
             .clone()

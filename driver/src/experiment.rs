@@ -7,6 +7,7 @@ use quiver_engine::{QuiverError, Result, Session};
 use quiver_operators::experiment::Experiments;
 
 use crate::run::{Output, print_new, run_all};
+use quiver_engine::bail;
 
 /// What `quiver experiment` does.
 #[derive(Debug, clap::Subcommand)]
@@ -51,10 +52,11 @@ pub(crate) async fn experiment_command(
         } => {
             let dir = Experiments::new(session)?.dir(&name)?;
             if dir.file().await?.is_none() {
-                return Err(QuiverError::Config(format!(
+                bail!(
+                    QuiverError::Config,
                     "experiment '{name}' does not exist at {}",
                     dir.url
-                )));
+                );
             }
             let mut printed = 0;
             loop {
@@ -63,10 +65,11 @@ pub(crate) async fn experiment_command(
                 let log = dir.log(&trial).await?;
                 if log.is_none() && dir.params(&trial).await?.is_none() {
                     let trials = dir.trial_ids().await?;
-                    return Err(QuiverError::Config(format!(
+                    bail!(
+                        QuiverError::Config,
                         "experiment '{name}' has no trial '{trial}' (trials: {})",
                         trials.join(", ")
-                    )));
+                    );
                 }
                 let log = log.unwrap_or_default();
                 print_new(&log, &mut printed)?;

@@ -15,6 +15,7 @@ use std::io::Write;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::error::ArrowError;
+use quiver_engine::{bail, err};
 use quiver_sql::display::{format_batches, readable};
 
 /// How results are printed.
@@ -74,7 +75,11 @@ pub(crate) async fn sql_command(
         (Some(sql), _) => run_all(session, &sql, output).await,
         (None, Some(path)) => {
             let sql = std::fs::read_to_string(&path).map_err(|e| {
-                QuiverError::Config(format!("cannot read SQL file '{}': {e}", path.display()))
+                err!(
+                    QuiverError::Config,
+                    "cannot read SQL file '{}': {e}",
+                    path.display()
+                )
             })?;
             run_all(session, &sql, output).await
         }
@@ -227,7 +232,7 @@ pub(crate) fn print_new(log: &[u8], printed: &mut usize) -> Result<()> {
         std::io::stdout()
             .write_all(&log[*printed..])
             .and_then(|()| std::io::stdout().flush())
-            .map_err(|e| QuiverError::Config(format!("cannot print the log: {e}")))?;
+            .map_err(|e| err!(QuiverError::Config, "cannot print the log: {e}"))?;
         *printed = log.len();
     }
     Ok(())
@@ -336,7 +341,7 @@ impl Ticker {
 /// The interactive shell: statements end with `;`, `\q` quits.
 async fn shell(session: &Session, output: Output) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()
-        .map_err(|e| QuiverError::Config(format!("cannot start the shell: {e}")))?;
+        .map_err(|e| err!(QuiverError::Config, "cannot start the shell: {e}"))?;
     eprintln!("Quiver SQL shell. End statements with ';', \\q to quit.");
     let mut buffer = String::new();
     loop {
@@ -364,7 +369,7 @@ async fn shell(session: &Session, output: Output) -> Result<()> {
             }
             Err(rustyline::error::ReadlineError::Interrupted) => buffer.clear(),
             Err(rustyline::error::ReadlineError::Eof) => return Ok(()),
-            Err(e) => return Err(QuiverError::Config(format!("shell input failed: {e}"))),
+            Err(e) => bail!(QuiverError::Config, "shell input failed: {e}"),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use quiver_driver::serve::{Batching, ServeOptions, serve};
+use quiver_engine::err;
 use quiver_engine::{QuiverError, Result, SessionOptions};
 use quiver_sql::tls::TlsFiles;
 
@@ -66,8 +67,12 @@ pub(crate) struct ServeArgs {
 }
 
 fn seconds(flag: &str, value: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| QuiverError::Config(format!("--{flag} {value} is not a number of seconds")))
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        err!(
+            QuiverError::Config,
+            "--{flag} {value} is not a number of seconds"
+        )
+    })
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -83,7 +88,7 @@ pub(crate) async fn serve_command(options: SessionOptions, args: ServeArgs) -> R
             std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
         }),
         device: quiver_operators::ml::device::parse(&args.device)
-            .map_err(|e| QuiverError::Config(format!("--device: {e}")))?,
+            .map_err(|e| err!(QuiverError::Config, "--device: {e}"))?,
         rest_port: args.rest_port,
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
             cert: Some(cert),
@@ -103,5 +108,5 @@ pub(crate) async fn serve_command(options: SessionOptions, args: ServeArgs) -> R
     };
     serve(&session, options, None)
         .await
-        .map_err(|e| QuiverError::Config(format!("quiver serve: {e}")))
+        .map_err(|e| err!(QuiverError::Config, "quiver serve: {e}"))
 }

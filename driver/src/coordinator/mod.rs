@@ -23,6 +23,7 @@ use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use quiver_engine::err;
 use trainers::{ClusterTrainers, connect_trainer};
 pub use trainers::{TrainerDirectory, TrainerEndpoint};
 
@@ -125,7 +126,7 @@ async fn train_model(
     let weights_path = quiver_engine::store::object_path(&run_url)?.join(TRIAL_WEIGHTS);
     let weights = get_bytes(&store, &weights_path)
         .await?
-        .ok_or_else(|| MlError::Checkpoint(format!("{run_url}{TRIAL_WEIGHTS} is missing")))?;
+        .ok_or_else(|| err!(MlError::Checkpoint, "{run_url}{TRIAL_WEIGHTS} is missing"))?;
     registry.register(card, weights).await
 }
 

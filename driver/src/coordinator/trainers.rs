@@ -12,6 +12,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use quiver_engine::{QuiverError, Result};
+use quiver_engine::{bail, err};
 use quiver_executor::ring::trainer_channel;
 use quiver_operators::experiment::{Slot, TrialOutput, TrialRunner, TrialTask};
 use quiver_operators::ml::{EpochMetrics, MlError, TrainHooks};
@@ -154,11 +155,12 @@ impl ClusterTrainers {
             }
             if std::time::Instant::now() > deadline {
                 let ids: Vec<_> = healthy.iter().map(|e| e.id.as_str()).collect();
-                return Err(MlError::Training(format!(
+                bail!(
+                    MlError::Training,
                     "workers = {workers} needs {workers} executor slots, but the healthy \
                      executors {ids:?} have {} in all",
                     slots.len()
-                )));
+                );
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
@@ -303,7 +305,7 @@ impl ClusterTrainers {
                 Some(trial_event::Kind::Log(line)) => log(&line),
                 Some(trial_event::Kind::EpochJson(json)) => {
                     let metrics: EpochMetrics = serde_json::from_str(&json).map_err(|e| {
-                        MlError::Training(format!("bad epoch from {}: {e}", executor.id))
+                        err!(MlError::Training, "bad epoch from {}: {e}", executor.id)
                     })?;
                     let key = format!("{}/epoch-{}", task.run_url, metrics.epoch);
                     quiver_engine::fault::point_async("coordinator_epoch", &key).await?;
@@ -317,14 +319,16 @@ impl ClusterTrainers {
                 }
                 Some(trial_event::Kind::OutputJson(json)) => {
                     return serde_json::from_str(&json).map_err(|e| {
-                        MlError::Training(format!("bad result from {}: {e}", executor.id))
+                        err!(MlError::Training, "bad result from {}: {e}", executor.id)
                     });
                 }
                 Some(trial_event::Kind::Error(message)) => {
-                    return Err(MlError::Training(format!(
+                    bail!(
+                        MlError::Training,
                         "{} on executor {}: {message}",
-                        task.trial, executor.id
-                    )));
+                        task.trial,
+                        executor.id
+                    );
                 }
                 None => {}
             }

@@ -36,6 +36,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use object_store::ObjectStoreExt;
 use quiver_engine::{QuiverError, Result, Session, resolve_location};
+use quiver_engine::{bail, err};
 use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
@@ -233,7 +234,7 @@ struct Parts {
 }
 
 fn error(url: &Url, line: usize, reason: impl std::fmt::Display) -> QuiverError {
-    QuiverError::Config(format!("job file {url}, line {line}: {reason}"))
+    err!(QuiverError::Config, "job file {url}, line {line}: {reason}")
 }
 
 impl Loader<'_> {
@@ -241,7 +242,7 @@ impl Loader<'_> {
     async fn read(&mut self, url: Url, top: bool) -> Result<(RawFile, String, Parts)> {
         let text = read_text(self.session, &url)
             .await
-            .map_err(|e| QuiverError::Config(format!("cannot read job file {url}: {e}")))?;
+            .map_err(|e| err!(QuiverError::Config, "cannot read job file {url}: {e}"))?;
         let raw: RawFile = toml::from_str(&text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(&text, s.start));
             error(&url, line, e.message())
@@ -612,9 +613,10 @@ pub(crate) async fn load(session: &Session, location: &str) -> Result<JobFile> {
     let mut steps = Vec::new();
     for (step_name, body, p, origin) in parts.steps {
         if !names.insert(step_name.clone()) {
-            return Err(QuiverError::Config(format!(
+            bail!(
+                QuiverError::Config,
                 "job file {origin}: two steps are named '{step_name}'"
-            )));
+            );
         }
         let d = parts.defaults;
         steps.push(Step {
@@ -643,20 +645,24 @@ pub(crate) async fn load(session: &Session, location: &str) -> Result<JobFile> {
         .map(|b| (b.to_string(), String::new()))
         .collect();
     let values = run_values(&job, &builtins, &BTreeMap::new())
-        .map_err(|e| QuiverError::Config(format!("job file {}: {e}", job.location)))?;
+        .map_err(|e| err!(QuiverError::Config, "job file {}: {e}", job.location))?;
     for step in &job.steps {
         let text = step_text(session, step).await?;
         substitute(&text, &values).map_err(|e| {
-            QuiverError::Config(format!(
+            err!(
+                QuiverError::Config,
                 "job file {}: step '{}': {e}",
-                job.location, step.name
-            ))
+                job.location,
+                step.name
+            )
         })?;
         quiver_sql::parse(&substitute(&text, &values).unwrap_or_default()).map_err(|e| {
-            QuiverError::Config(format!(
+            err!(
+                QuiverError::Config,
                 "job file {}: step '{}': {e}",
-                job.location, step.name
-            ))
+                job.location,
+                step.name
+            )
         })?;
     }
     Ok(job)
@@ -675,7 +681,11 @@ pub(crate) async fn step_text(session: &Session, step: &Step) -> Result<String> 
     match &step.body {
         StepBody::Sql(sql) => Ok(sql.clone()),
         StepBody::File(url) => read_text(session, url).await.map_err(|e| {
-            QuiverError::Config(format!("step '{}': cannot read {url}: {e}", step.name))
+            err!(
+                QuiverError::Config,
+                "step '{}': cannot read {url}: {e}",
+                step.name
+            )
         }),
     }
 }

@@ -20,6 +20,7 @@ use quiver_operators::jobs::{JobStore, RunStatus};
 use tokio::sync::watch;
 
 use crate::run::{Output, print_new, run_all};
+use quiver_engine::{bail, err};
 use runner::{Stop, Trigger, active_runs, execute, new_run};
 
 /// What `quiver job` does.
@@ -85,16 +86,18 @@ pub(crate) async fn job_command(
                 job
             } else {
                 jobs.job(&job).await?.map(|j| j.file).ok_or_else(|| {
-                    QuiverError::Config(format!(
+                    err!(
+                        QuiverError::Config,
                         "'{job}' is neither a job file (*.toml) nor a job a driver loaded into {}",
                         jobs.url(&job)
-                    ))
+                    )
                 })?
             };
             let job = file::load(&session, &location).await?;
             let active = active_runs(&jobs, &job.name).await?;
             if active.len() >= job.max_active_runs as usize {
-                return Err(QuiverError::Config(format!(
+                bail!(
+                    QuiverError::Config,
                     "job {} has {} active run(s) ({}); max_active_runs = {}",
                     job.name,
                     active.len(),
@@ -104,15 +107,12 @@ pub(crate) async fn job_command(
                         .collect::<Vec<_>>()
                         .join(", "),
                     job.max_active_runs
-                )));
+                );
             }
             let overrides: BTreeMap<String, String> = params.into_iter().collect();
             let (record, values) = new_run(&job, Trigger::Manual, &overrides)?;
             if !jobs.create_run(&record).await? {
-                return Err(QuiverError::Config(format!(
-                    "run {} exists already",
-                    record.run_id
-                )));
+                bail!(QuiverError::Config, "run {} exists already", record.run_id);
             }
             eprintln!(
                 "run {} of job {}: follow it with `quiver job logs {} {} --follow`",
@@ -134,12 +134,13 @@ pub(crate) async fn job_command(
             let record = record?;
             match record.status {
                 RunStatus::Succeeded => Ok(()),
-                status => Err(QuiverError::Config(format!(
+                status => Err(err!(
+                    QuiverError::Config,
                     "run {} {}: {}",
                     record.run_id,
                     status.as_str(),
                     record.error.unwrap_or_default()
-                ))),
+                )),
             }
         }
         JobCommand::Check { file } => {
@@ -268,18 +269,20 @@ pub(crate) async fn job_command(
                     .last()
                     .map(|r| r.run_id.clone())
                     .ok_or_else(|| {
-                        QuiverError::Config(format!(
+                        err!(
+                            QuiverError::Config,
                             "job '{job}' has no runs at {}",
                             jobs.url(&job)
-                        ))
+                        )
                     })?,
             };
             let mut printed = 0;
             loop {
                 // Read the record first: a log read after a final status is complete.
-                let record = jobs.run(&job, &run).await?.ok_or_else(|| {
-                    QuiverError::Config(format!("job '{job}' has no run '{run}'"))
-                })?;
+                let record = jobs
+                    .run(&job, &run)
+                    .await?
+                    .ok_or_else(|| err!(QuiverError::Config, "job '{job}' has no run '{run}'"))?;
                 let log = jobs.log(&job, &run).await?.unwrap_or_default();
                 print_new(&log, &mut printed)?;
                 let host = runner::hostname();
@@ -293,13 +296,14 @@ pub(crate) async fn job_command(
             let targets: Vec<String> = match run {
                 Some(run) => {
                     let record = jobs.run(&job, &run).await?.ok_or_else(|| {
-                        QuiverError::Config(format!("job '{job}' has no run '{run}'"))
+                        err!(QuiverError::Config, "job '{job}' has no run '{run}'")
                     })?;
                     if record.status.is_final() {
-                        return Err(QuiverError::Config(format!(
+                        bail!(
+                            QuiverError::Config,
                             "run {run} has ended already ({})",
                             record.status.as_str()
-                        )));
+                        );
                     }
                     vec![run]
                 }
@@ -310,9 +314,7 @@ pub(crate) async fn job_command(
                     .collect(),
             };
             if targets.is_empty() {
-                return Err(QuiverError::Config(format!(
-                    "job '{job}' has no running runs"
-                )));
+                bail!(QuiverError::Config, "job '{job}' has no running runs");
             }
             for run in &targets {
                 jobs.request_cancel(&job, run).await?;
@@ -328,9 +330,10 @@ pub(crate) async fn job_command(
                             break;
                         }
                         _ if tokio::time::Instant::now() >= deadline => {
-                            return Err(QuiverError::Config(format!(
+                            bail!(
+                                QuiverError::Config,
                                 "run {run} did not stop within 30 s; it stops at its next check"
-                            )));
+                            );
                         }
                         _ => tokio::time::sleep(Duration::from_millis(300)).await,
                     }

@@ -16,6 +16,7 @@ use url::Url;
 
 use super::file::{Catchup, JobFile, job_files, load, read_text};
 use super::runner::{Stop, Trigger, active_runs, execute, hostname, is_alive, new_run};
+use quiver_engine::bail;
 
 /// Scheduled times kept waiting per job with `catchup = "all"`, at most.
 const MAX_PENDING: usize = 1000;
@@ -294,9 +295,7 @@ pub(crate) async fn drive(
     let session = quiver_sql::session(options.clone())?;
     let jobs = JobStore::new(&session)?;
     if job_files(&session, location).await?.is_empty() {
-        return Err(QuiverError::Config(format!(
-            "no job files (*.toml) at {location}"
-        )));
+        bail!(QuiverError::Config, "no job files (*.toml) at {location}");
     }
     let mut files = JobFiles {
         location: location.to_string(),
@@ -305,9 +304,10 @@ pub(crate) async fn drive(
     };
     files.reload(&session, &jobs).await?;
     if files.scheduled.is_empty() {
-        return Err(QuiverError::Config(format!(
+        bail!(
+            QuiverError::Config,
             "no scheduled job could be loaded from {location}"
-        )));
+        );
     }
     let mut last_reload = tokio::time::Instant::now();
     let (shutdown, _) = watch::channel::<Stop>(None);

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::ServeError;
 use super::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
+use quiver_engine::err;
 
 /// One request input before it meets the model.
 #[derive(Debug, Clone)]
@@ -126,7 +127,7 @@ pub fn prepare(
     input: &InputTensor,
     range: std::ops::Range<usize>,
 ) -> Result<Prepared, ServeError> {
-    let bad = |why: String| ServeError::InvalidArgument(format!("input '{name}': {why}"));
+    let bad = |why: String| err!(ServeError::InvalidArgument, "input '{name}': {why}");
     let want = spec.len();
     let (values, rows, dtype, shape, encoded_bytes) = match input {
         InputTensor::Encoded(images) => {
@@ -262,7 +263,7 @@ fn content<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Result<V
 
 /// A gRPC input tensor.
 pub fn from_tensor_proto(name: &str, t: &TensorProto) -> Result<InputTensor, ServeError> {
-    let bad = |why: String| ServeError::InvalidArgument(format!("input '{name}': {why}"));
+    let bad = |why: String| err!(ServeError::InvalidArgument, "input '{name}': {why}");
     let shape = dims(t).map_err(bad)?;
     let dtype = DataType::try_from(t.dtype).unwrap_or(DataType::DtInvalid);
     if dtype == DataType::DtString {
@@ -381,7 +382,7 @@ pub fn output_tensor(output: &str, probs: &[Vec<f32>], labels: &[String]) -> Opt
 /// Examples given one at a time (REST instances, `Classify` examples; numeric ones with shape
 /// `[1, ...]`) as one input of all of them.
 pub fn stack(name: &str, parts: Vec<InputTensor>) -> Result<InputTensor, ServeError> {
-    let bad = |why: String| ServeError::InvalidArgument(format!("input '{name}': {why}"));
+    let bad = |why: String| err!(ServeError::InvalidArgument, "input '{name}': {why}");
     let rows = parts.len();
     let mut encoded = Vec::new();
     let mut values = Vec::new();

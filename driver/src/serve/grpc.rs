@@ -27,6 +27,7 @@ use super::proto::tensorflow::serving::{
 };
 use super::proto::tensorflow::{DataType, SignatureDef, TensorInfo, tensor_info};
 use super::{Call, SIGNATURE, ServeError, ServerState};
+use quiver_engine::{bail, err};
 use quiver_operators::ml::ModelCard;
 use quiver_operators::ml::spec::InputKind;
 use quiver_operators::tfrecord::feature::Kind;
@@ -60,13 +61,17 @@ pub fn read_model_spec(
     let version = match &spec.version_choice {
         None => None,
         Some(model_spec::VersionChoice::Version(v)) => Some(u64::try_from(*v).map_err(|_| {
-            ServeError::InvalidArgument(format!("model_spec.version {v} is not a version number"))
+            err!(
+                ServeError::InvalidArgument,
+                "model_spec.version {v} is not a version number"
+            )
         })?),
         Some(model_spec::VersionChoice::VersionLabel(label)) => {
-            return Err(ServeError::InvalidArgument(format!(
+            bail!(
+                ServeError::InvalidArgument,
                 "version labels are not supported ('{label}'): ask for a version number or none \
                  for the newest"
-            )));
+            );
         }
     };
     Ok((spec.name.clone(), version, spec.signature_name.clone()))
@@ -133,10 +138,11 @@ impl PredictionService for Grpc {
             .iter()
             .find(|f| !convert::OUTPUTS.contains(&f.as_str()))
         {
-            return Err(ServeError::InvalidArgument(format!(
+            return Err(err!(
+                ServeError::InvalidArgument,
                 "output_filter '{bad}' is not an output of model '{name}' (outputs: {})",
                 convert::OUTPUTS.join(", ")
-            ))
+            )
             .into());
         }
         let inputs = request
@@ -195,9 +201,10 @@ impl PredictionService for Grpc {
                     .and_then(|f| f.feature.get(&column))
                     .and_then(|f| f.kind.as_ref())
                     .ok_or_else(|| {
-                        ServeError::InvalidArgument(format!(
+                        err!(
+                            ServeError::InvalidArgument,
                             "example {i} has no feature '{column}'"
-                        ))
+                        )
                     })?;
                 Ok(match feature {
                     Kind::BytesList(b) => InputTensor::Encoded(b.value.clone()),
@@ -265,9 +272,10 @@ impl PredictionService for Grpc {
             .iter()
             .find(|f| *f != "signature_def")
         {
-            return Err(ServeError::InvalidArgument(format!(
+            return Err(err!(
+                ServeError::InvalidArgument,
                 "metadata field '{bad}' is not supported (supported: signature_def)"
-            ))
+            )
             .into());
         }
         let servable = self.0.models.get(&name, version).await?;
@@ -385,7 +393,7 @@ pub async fn run(
                 tls.tonic_server()
                     .map_err(|e| ServeError::InvalidArgument(e.to_string()))?,
             )
-            .map_err(|e| ServeError::InvalidArgument(format!("gRPC TLS: {e}")))?;
+            .map_err(|e| err!(ServeError::InvalidArgument, "gRPC TLS: {e}"))?;
     }
     builder
         .layer(tower::layer::layer_fn(move |inner| LogRefused {
@@ -405,5 +413,5 @@ pub async fn run(
             },
         )
         .await
-        .map_err(|e| ServeError::Internal(format!("gRPC server: {e}")))
+        .map_err(|e| err!(ServeError::Internal, "gRPC server: {e}"))
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use models::{Batching, Models, ServeError};
+use quiver_engine::{bail, err};
 
 /// The TensorFlow Serving protocol messages and services (compiled from `driver/proto/`).
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -116,7 +117,7 @@ pub async fn serve(
         async move {
             TcpListener::bind((host.as_str(), port))
                 .await
-                .map_err(|e| ServeError::Internal(format!("cannot listen on {host}:{port}: {e}")))
+                .map_err(|e| err!(ServeError::Internal, "cannot listen on {host}:{port}: {e}"))
         }
     };
     let grpc_listener = bind(options.grpc_port).await?;
@@ -182,7 +183,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let join = |r: Result<Result<(), ServeError>, tokio::task::JoinError>| match r {
         Ok(r) => r,
-        Err(e) => Err(ServeError::Internal(format!("server task failed: {e}"))),
+        Err(e) => Err(err!(ServeError::Internal, "server task failed: {e}")),
     };
     let grpc = join(grpc.await);
     let rest = join(rest.await);
@@ -304,10 +305,12 @@ impl ServerState {
         let mut version = None;
         let result = async {
             if !call.signature.is_empty() && call.signature != SIGNATURE {
-                return Err(ServeError::InvalidArgument(format!(
+                bail!(
+                    ServeError::InvalidArgument,
                     "model '{}' has no signature '{}' (it has '{SIGNATURE}')",
-                    call.model, call.signature
-                )));
+                    call.model,
+                    call.signature
+                );
             }
             let servable = self.models.get(call.model, call.version).await?;
             version = Some(servable.version);
@@ -317,19 +320,22 @@ impl ServerState {
                 // REST bodies that do not name the input give it as "".
                 1 if inputs[0].0 == spec.column || inputs[0].0.is_empty() => inputs.remove(0).1,
                 0 => {
-                    return Err(ServeError::InvalidArgument(format!(
+                    bail!(
+                        ServeError::InvalidArgument,
                         "the request has no input; model '{}' takes input '{}'",
-                        call.model, spec.column
-                    )));
+                        call.model,
+                        spec.column
+                    );
                 }
                 _ => {
                     let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
-                    return Err(ServeError::InvalidArgument(format!(
+                    bail!(
+                        ServeError::InvalidArgument,
                         "model '{}' takes one input named '{}', not {}",
                         call.model,
                         spec.column,
                         names.join(", ")
-                    )));
+                    );
                 }
             };
             // A large request is decoded and run in passes, so that its memory beyond the

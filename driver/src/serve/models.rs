@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quiver_engine::Session;
+use quiver_engine::{bail, err};
 use quiver_operators::ml::device::Device;
 use quiver_operators::ml::predict::LoadedModel;
 use quiver_operators::ml::{MlError, Registry};
@@ -131,7 +132,7 @@ impl Servable {
                 let model = Arc::clone(&self.model);
                 tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
                     .await
-                    .map_err(|e| ServeError::Internal(format!("inference failed: {e}")))?
+                    .map_err(|e| err!(ServeError::Internal, "inference failed: {e}"))?
             }
         };
         Ok(result?)
@@ -164,7 +165,7 @@ async fn batch_loop(model: Arc<LoadedModel>, mut jobs: mpsc::Receiver<Job>, batc
         let model = Arc::clone(&model);
         let result = tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
             .await
-            .unwrap_or_else(|e| Err(MlError::Training(format!("inference failed: {e}"))));
+            .unwrap_or_else(|e| Err(err!(MlError::Training, "inference failed: {e}")));
         match result {
             Ok(probs) => {
                 let mut probs = probs.into_iter();
@@ -221,10 +222,11 @@ pub struct Models {
 /// Splits `<store>/models/<name>[/<version>]` into the registry folder, name and version.
 fn parse_model_location(location: &str) -> Result<(String, String, Option<u64>), ServeError> {
     let bad = |why: &str| {
-        ServeError::InvalidArgument(format!(
+        err!(
+            ServeError::InvalidArgument,
             "--model {location}: {why}; expected <store>/models/<name> or \
              <store>/models/<name>/<version>"
-        ))
+        )
     };
     let trimmed = location.trim_end_matches('/');
     let (rest, last) = trimmed.rsplit_once('/').ok_or_else(|| bad("no folder"))?;
@@ -254,16 +256,17 @@ impl Models {
         for location in locations {
             let (root, name, pinned) = parse_model_location(location)?;
             let url = quiver_engine::resolve_location(&root)
-                .map_err(|e| ServeError::InvalidArgument(format!("--model {location}: {e}")))?;
+                .map_err(|e| err!(ServeError::InvalidArgument, "--model {location}: {e}"))?;
             let store = session
                 .store_for(&url)
-                .map_err(|e| ServeError::InvalidArgument(format!("--model {location}: {e}")))?;
+                .map_err(|e| err!(ServeError::InvalidArgument, "--model {location}: {e}"))?;
             let path = quiver_engine::store::object_path(&url)
-                .map_err(|e| ServeError::InvalidArgument(format!("--model {location}: {e}")))?;
+                .map_err(|e| err!(ServeError::InvalidArgument, "--model {location}: {e}"))?;
             if models.contains_key(&name) {
-                return Err(ServeError::InvalidArgument(format!(
+                bail!(
+                    ServeError::InvalidArgument,
                     "--model {location}: a model named '{name}' is already served"
-                )));
+                );
             }
             let served = ServedModel {
                 registry: Registry::new(store, path, url.to_string()),
@@ -285,10 +288,11 @@ impl Models {
             let version = match served.pinned {
                 Some(v) => v,
                 None => models.newest(name, served).await?.ok_or_else(|| {
-                    ServeError::NotFound(format!(
+                    err!(
+                        ServeError::NotFound,
                         "model '{name}' has no registered version at {}",
                         served.url
-                    ))
+                    )
                 })?,
             };
             models.load(name, served, version).await?;
@@ -330,10 +334,11 @@ impl Models {
 
     fn served(&self, name: &str) -> Result<&ServedModel, ServeError> {
         self.models.get(name).ok_or_else(|| {
-            ServeError::NotFound(format!(
+            err!(
+                ServeError::NotFound,
                 "model '{name}' is not served here (served: {})",
                 self.names().join(", ")
-            ))
+            )
         })
     }
 
@@ -359,17 +364,19 @@ impl Models {
                     .join(", ")
             };
             if served.pinned.is_some() {
-                return Err(ServeError::NotFound(format!(
+                bail!(
+                    ServeError::NotFound,
                     "model '{name}' version {v} is not served (served versions: {})",
                     available()
-                )));
+                );
             }
             return match self.load(name, served, v).await {
-                Err(ServeError::NotFound(_)) => Err(ServeError::NotFound(format!(
+                Err(ServeError::NotFound(_)) => Err(err!(
+                    ServeError::NotFound,
                     "model '{name}' has no version {v} (registered at {}; served versions: {})",
                     served.url,
                     available()
-                ))),
+                )),
                 other => other,
             };
         }
@@ -380,7 +387,12 @@ impl Models {
             .values()
             .next_back()
             .cloned()
-            .ok_or_else(|| ServeError::Unavailable(format!("model '{name}' has no loaded version")))
+            .ok_or_else(|| {
+                err!(
+                    ServeError::Unavailable,
+                    "model '{name}' has no loaded version"
+                )
+            })
     }
 
     /// The loaded versions of `name`, oldest first.

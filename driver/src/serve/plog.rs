@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::ServeError;
 use super::convert::InputSummary;
+use quiver_engine::err;
 
 /// Records buffered per model before a file is written, whatever the flush interval.
 const MAX_BUFFERED: usize = 5000;
@@ -75,7 +76,7 @@ impl PredictionLog {
     pub fn start(session: &Session, flush: Duration) -> Result<Self, ServeError> {
         let (store, root, url) = session
             .default_folder("serving/")
-            .map_err(|e| ServeError::Internal(format!("prediction log: {e}")))?;
+            .map_err(|e| err!(ServeError::Internal, "prediction log: {e}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             store,

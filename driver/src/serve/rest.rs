@@ -20,6 +20,7 @@ use super::convert::{self, InputTensor};
 use super::grpc::signature_def;
 use super::proto::tensorflow::{DataType, TensorInfo, tensor_info};
 use super::{Call, Prediction, SIGNATURE, ServeError, ServerState};
+use quiver_engine::{bail, err};
 use quiver_sql::tls::Tls;
 
 impl IntoResponse for ServeError {
@@ -48,10 +49,11 @@ struct Target {
 
 fn parse_target(path: &str) -> Result<Target, ServeError> {
     let bad = || {
-        ServeError::NotFound(format!(
+        err!(
+            ServeError::NotFound,
             "no such endpoint /v1/models/{path}: use /v1/models/<name>[/versions/<version>] \
              with :predict, :classify or /metadata"
-        ))
+        )
     };
     let (path_part, verb) = match path.rsplit_once(':') {
         Some((p, v)) if !v.contains('/') => (p, Some(v.to_string())),
@@ -67,13 +69,17 @@ fn parse_target(path: &str) -> Result<Target, ServeError> {
         [name, "versions", v] => (
             name,
             Some(v.parse::<u64>().map_err(|_| {
-                ServeError::InvalidArgument(format!("version '{v}' is not a version number"))
+                err!(
+                    ServeError::InvalidArgument,
+                    "version '{v}' is not a version number"
+                )
             })?),
         ),
         [_, "labels", label] => {
-            return Err(ServeError::InvalidArgument(format!(
+            bail!(
+                ServeError::InvalidArgument,
                 "version labels are not supported ('{label}'): use /versions/<number>"
-            )));
+            );
         }
         _ => return Err(bad()),
     };
@@ -142,8 +148,12 @@ fn b64(value: &Value) -> Option<Result<Vec<u8>, String>> {
 
 /// One example's value: `{"b64": ...}` or a (nested) number list.
 fn example(name: &str, i: usize, value: &Value) -> Result<InputTensor, ServeError> {
-    let bad =
-        |why: String| ServeError::InvalidArgument(format!("input '{name}' example {i}: {why}"));
+    let bad = |why: String| {
+        err!(
+            ServeError::InvalidArgument,
+            "input '{name}' example {i}: {why}"
+        )
+    };
     if let Some(bytes) = b64(value) {
         return Ok(InputTensor::Encoded(vec![bytes.map_err(bad)?]));
     }
@@ -169,9 +179,10 @@ fn batch(name: &str, value: &Value) -> Result<InputTensor, ServeError> {
                 .collect::<Result<_, _>>()?,
         ),
         other if b64(other).is_some() => example(name, 0, other),
-        _ => Err(ServeError::InvalidArgument(format!(
+        _ => Err(err!(
+            ServeError::InvalidArgument,
             "input '{name}' must be a list with one value per example"
-        ))),
+        )),
     }
 }
 
@@ -200,9 +211,10 @@ fn instances_inputs(rows: &[Value]) -> Result<Vec<(String, InputTensor)>, ServeE
                     .enumerate()
                     .map(|(i, row)| match row.get(&name) {
                         Some(v) => example(&name, i, v),
-                        None => Err(ServeError::InvalidArgument(format!(
+                        None => Err(err!(
+                            ServeError::InvalidArgument,
                             "instance {i} has no input '{name}'"
-                        ))),
+                        )),
                     })
                     .collect::<Result<_, _>>()?;
                 Ok((name.clone(), convert::stack(&name, parts)?))
@@ -329,10 +341,11 @@ async fn read_body(
 ) -> Result<Map<String, Value>, ServeError> {
     let limit = state.max_request_bytes;
     let too_large = || {
-        ServeError::TooLarge(format!(
+        err!(
+            ServeError::TooLarge,
             "the request body is larger than the server's limit of {limit} bytes \
              (--max-request-bytes)"
-        ))
+        )
     };
     let declared = request
         .headers()
@@ -350,9 +363,10 @@ async fn read_body(
         Ok(_) => Err(ServeError::InvalidArgument(
             "the body must be a JSON object".into(),
         )),
-        Err(e) => Err(ServeError::InvalidArgument(format!(
+        Err(e) => Err(err!(
+            ServeError::InvalidArgument,
             "the body is not valid JSON: {e}"
-        ))),
+        )),
     }
 }
 
@@ -374,9 +388,10 @@ async fn post(
     let target = parse_target(&path)?;
     let verb = target.verb.clone().unwrap_or_default();
     if verb != "predict" && verb != "classify" {
-        return Err(ServeError::NotFound(format!(
+        bail!(
+            ServeError::NotFound,
             "POST /v1/models/{path}: the method must be :predict or :classify"
-        )));
+        );
     }
     let started = std::time::Instant::now();
     let body = match read_body(&state, request).await {
@@ -453,9 +468,10 @@ async fn get_model(
 ) -> Result<Response, ServeError> {
     let target = parse_target(&path)?;
     if target.verb.is_some() {
-        return Err(ServeError::NotFound(format!(
+        bail!(
+            ServeError::NotFound,
             "GET /v1/models/{path}: :predict and :classify take POST"
-        )));
+        );
     }
     if target.metadata {
         let servable = state.models.get(&target.name, target.version).await?;
@@ -518,11 +534,12 @@ async fn health(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn unknown(request: Request) -> ServeError {
-    ServeError::NotFound(format!(
+    err!(
+        ServeError::NotFound,
         "no such endpoint {} {}",
         request.method(),
         request.uri().path()
-    ))
+    )
 }
 
 /// The REST routes over the shared server state.
@@ -546,7 +563,7 @@ pub async fn run(
     let app = router(state).into_make_service();
     let listener = listener
         .into_std()
-        .map_err(|e| ServeError::Internal(format!("REST listener: {e}")))?;
+        .map_err(|e| err!(ServeError::Internal, "REST listener: {e}"))?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
@@ -571,7 +588,7 @@ pub async fn run(
                 .await
         }
     };
-    served.map_err(|e| ServeError::Internal(format!("REST server: {e}")))
+    served.map_err(|e| err!(ServeError::Internal, "REST server: {e}"))
 }
 
 #[cfg(test)]
