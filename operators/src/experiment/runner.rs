@@ -30,6 +30,7 @@ use super::space::{DifferentialEvolution, Domain, Params};
 use super::spec::{AshaSettings, ExperimentBuilder, ExperimentSpec, Objective, Search};
 use crate::ml::events::EventFile;
 use crate::ml::{EpochMetrics, MlError, ModelCard, OptionValue, TrainHooks, registry};
+use quiver_engine::{bail, err};
 
 /// How a trial ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +174,7 @@ impl Experiments {
             url: self
                 .url
                 .join(&format!("{name}/"))
-                .map_err(|e| MlError::Option(format!("bad experiment name '{name}': {e}")))?,
+                .map_err(|e| err!(MlError::Option, "bad experiment name '{name}': {e}"))?,
         })
     }
 
@@ -207,7 +208,11 @@ impl ExperimentDir {
     ) -> Result<Option<T>, MlError> {
         match get_bytes(&self.store, path).await? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                MlError::Checkpoint(format!("{}/{path} is unreadable: {e}", self.store))
+                err!(
+                    MlError::Checkpoint,
+                    "{}/{path} is unreadable: {e}",
+                    self.store
+                )
             }),
             None => Ok(None),
         }
@@ -280,11 +285,13 @@ pub async fn run_experiment(
                 || stored.options != spec.options
                 || stored.query != spec.query
             {
-                return Err(MlError::Exists(format!(
+                bail!(
+                    MlError::Exists,
                     "experiment '{}' exists at {} with other options or another query: give the \
                      new one another name (re-running the same statement resumes it)",
-                    spec.name, exp.url
-                )));
+                    spec.name,
+                    exp.url
+                );
             }
             ExperimentFile {
                 status: "running".into(),
@@ -422,10 +429,12 @@ async fn register_best(
     }
     let weights_path = exp.trial_dir(&best.trial).clone().join(TRIAL_WEIGHTS);
     let weights = get_bytes(&exp.store, &weights_path).await?.ok_or_else(|| {
-        MlError::Checkpoint(format!(
+        err!(
+            MlError::Checkpoint,
             "{}trials/{}/{TRIAL_WEIGHTS} is missing",
-            exp.url, best.trial
-        ))
+            exp.url,
+            best.trial
+        )
     })?;
     card.name = name.to_string();
     let card = registry.register(card, weights).await?;
@@ -533,7 +542,7 @@ impl Runner {
                 break;
             };
             let (slot, i, record) =
-                joined.map_err(|e| MlError::Training(format!("a trial task failed: {e}")))?;
+                joined.map_err(|e| err!(MlError::Training, "a trial task failed: {e}"))?;
             free.push(slot);
             records[i] = Some(record?);
         }
@@ -644,9 +653,10 @@ impl Runner {
                         Ok(joined) => joined,
                         Err(_) => {
                             abort.abort();
-                            Ok(Err(MlError::Training(format!(
+                            Ok(Err(err!(
+                                MlError::Training,
                                 "the attempt ran past trial_timeout ({seconds} s)"
-                            ))))
+                            )))
                         }
                     }
                 }
@@ -661,7 +671,7 @@ impl Runner {
                         .unwrap_or_else(|| "a panic".into()),
                     Err(e) => e.to_string(),
                 };
-                Err(MlError::Training(format!("the trial crashed: {why}")))
+                Err(err!(MlError::Training, "the trial crashed: {why}"))
             });
             match result {
                 Ok(output) => break Ok(output),
@@ -1058,10 +1068,11 @@ impl ExperimentBuilder {
     ) -> Result<ExperimentReport, MlError> {
         let spec = self.build(query)?;
         session.sql(query).await.map_err(|e| {
-            MlError::Option(format!(
+            err!(
+                MlError::Option,
                 "the training query of experiment {} does not plan: {e}",
                 spec.name
-            ))
+            )
         })?;
         run_experiment(&spec, session, runner).await
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::space::{DifferentialEvolution, Domain, SearchSpace};
 use crate::ml::registry::validate_name;
 use crate::ml::{EpochMetrics, MODEL_OPTIONS, MlError, ModelBuilder, OptionValue};
+use quiver_engine::{bail, err};
 
 /// Options of `CREATE EXPERIMENT` besides the model options, and their meaning.
 pub const EXPERIMENT_OPTIONS: &[(&str, &str)] = &[
@@ -204,15 +205,16 @@ impl ExperimentBuilder {
         let key = key.to_ascii_lowercase();
         if key == "model_type" {
             if value != OptionValue::Str(self.model_type.clone()) {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "model_type {value} differs from the experiment's '{}'",
                     self.model_type
-                )));
+                );
             }
             return Ok(());
         }
         if self.options.iter().any(|(k, _)| *k == key) {
-            return Err(MlError::Option(format!("option '{key}' is given twice")));
+            bail!(MlError::Option, "option '{key}' is given twice");
         }
         self.options.push((key, value));
         Ok(())
@@ -237,9 +239,10 @@ impl ExperimentBuilder {
                     }
                     Some(domain) => {
                         for candidate in candidates(&domain) {
-                            probe.clone().option(key, candidate).map_err(|e| {
-                                MlError::Option(format!("searched option {key}: {e}"))
-                            })?;
+                            probe
+                                .clone()
+                                .option(key, candidate)
+                                .map_err(|e| err!(MlError::Option, "searched option {key}: {e}"))?;
                         }
                         domains.push((key.clone(), domain));
                     }
@@ -254,44 +257,43 @@ impl ExperimentBuilder {
                     .chain(MODEL_OPTIONS)
                     .map(|(k, _)| *k)
                     .collect();
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "unknown option '{key}' (known: {})",
                     known.join(", ")
-                )));
+                );
             }
         }
         let space = SearchSpace::new(domains).map_err(|e| {
-            MlError::Option(format!(
+            err!(
+                MlError::Option,
                 "experiment {}: {e}: give at least one model option a list of values, e.g. \
                  learning_rate = [0.001, 0.005]",
                 self.name
-            ))
+            )
         })?;
         let get = |key: &str| settings.get(key);
         let text = |key: &str, default: &str| -> Result<String, MlError> {
             match get(key) {
                 None => Ok(default.to_string()),
                 Some(OptionValue::Str(s)) => Ok(s.to_ascii_lowercase()),
-                Some(other) => Err(MlError::Option(format!(
-                    "{key} must be a string, not {other}"
-                ))),
+                Some(other) => Err(err!(MlError::Option, "{key} must be a string, not {other}")),
             }
         };
         let number = |key: &str, default: f64| -> Result<f64, MlError> {
             match get(key) {
                 None => Ok(default),
                 Some(OptionValue::Num(n)) if n.is_finite() => Ok(*n),
-                Some(other) => Err(MlError::Option(format!(
-                    "{key} must be a number, not {other}"
-                ))),
+                Some(other) => Err(err!(MlError::Option, "{key} must be a number, not {other}")),
             }
         };
         let count = |key: &str, default: usize, min: usize| -> Result<usize, MlError> {
             let n = number(key, default as f64)?;
             if n.fract() != 0.0 || n < min as f64 || n > 1e6 {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "{key} must be a whole number of at least {min}, not {n}"
-                )));
+                );
             }
             Ok(n as usize)
         };
@@ -319,9 +321,10 @@ impl ExperimentBuilder {
                 }
             }
             other => {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "search '{other}' is not 'grid', 'random' or 'evolutionary'"
-                )));
+                );
             }
         };
         for (key, applies) in [
@@ -332,10 +335,11 @@ impl ExperimentBuilder {
             ("crossover", matches!(search, Search::Evolutionary { .. })),
         ] {
             if get(key).is_some() && !applies {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "{key} does not apply to {} search",
                     text("search", "grid")?
-                )));
+                );
             }
         }
         let has_validation = self.options.iter().any(|(k, _)| k == "validation_query");
@@ -348,14 +352,16 @@ impl ExperimentBuilder {
             },
         )?;
         if !["accuracy", "loss", "val_accuracy", "val_loss"].contains(&metric.as_str()) {
-            return Err(MlError::Option(format!(
+            bail!(
+                MlError::Option,
                 "objective '{metric}' is not 'accuracy', 'loss', 'val_accuracy' or 'val_loss'"
-            )));
+            );
         }
         if metric.starts_with("val_") && !has_validation {
-            return Err(MlError::Option(format!(
+            bail!(
+                MlError::Option,
                 "objective '{metric}' needs a validation_query"
-            )));
+            );
         }
         let maximize = match text(
             "goal",
@@ -370,9 +376,10 @@ impl ExperimentBuilder {
             "maximize" | "max" => true,
             "minimize" | "min" => false,
             other => {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "goal '{other}' is not 'maximize' or 'minimize'"
-                )));
+                );
             }
         };
         let asha = match text("scheduler", "none")?.as_str() {
@@ -382,9 +389,10 @@ impl ExperimentBuilder {
                 reduction_factor: count("reduction_factor", 3, 2)?,
             }),
             other => {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "scheduler '{other}' is not 'none' or 'asha'"
-                )));
+                );
             }
         };
         let trial_timeout = match get("trial_timeout") {
@@ -392,9 +400,10 @@ impl ExperimentBuilder {
             Some(_) => {
                 let t = number("trial_timeout", 0.0)?;
                 if t <= 0.0 {
-                    return Err(MlError::Option(format!(
+                    bail!(
+                        MlError::Option,
                         "trial_timeout must be a positive number of seconds, not {t}"
-                    )));
+                    );
                 }
                 Some(t)
             }
@@ -403,9 +412,10 @@ impl ExperimentBuilder {
             None => true,
             Some(OptionValue::Bool(b)) => *b,
             Some(other) => {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "register_model must be true or false, not {other}"
-                )));
+                );
             }
         };
         let max_epochs = match fixed.iter().find(|(k, _)| k == "epochs") {
@@ -473,10 +483,11 @@ fn range(key: &str, text: &str) -> Result<Option<Domain>, MlError> {
         return Ok(None);
     }
     let bad = || {
-        MlError::Option(format!(
+        err!(
+            MlError::Option,
             "{key} = '{text}': a range is uniform(low, high), log_uniform(low, high) or \
              int(low, high)"
-        ))
+        )
     };
     let args: Vec<f64> = rest
         .strip_suffix(')')

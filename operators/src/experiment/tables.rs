@@ -21,6 +21,7 @@ use super::runner::{ExperimentDir, Experiments, TrialRecord, best_trial, plain};
 use super::space::Domain;
 use super::spec::{ExperimentBuilder, metric};
 use crate::ml::{EpochMetrics, MlError, OptionValue};
+use quiver_engine::err;
 
 /// `experiments()` or `experiment_trials('name')`.
 #[derive(Debug, Clone)]
@@ -99,7 +100,11 @@ impl TableFunctionImpl for ExperimentTableFunc {
         };
         let dir = self.experiments.dir(&name)?;
         let file = block_on(dir.file())?.ok_or_else(|| {
-            MlError::NotFound(format!("experiment '{name}' does not exist at {}", dir.url))
+            err!(
+                MlError::NotFound,
+                "experiment '{name}' does not exist at {}",
+                dir.url
+            )
         })?;
         let mut builder = ExperimentBuilder::new(&file.name, &file.model_type)?;
         for (k, v) in &file.options {
@@ -187,7 +192,7 @@ async fn trials_batch(
     let file = dir
         .file()
         .await?
-        .ok_or_else(|| MlError::NotFound(format!("experiment at {} vanished", dir.url)))?;
+        .ok_or_else(|| err!(MlError::NotFound, "experiment at {} vanished", dir.url))?;
     let mut rows = Vec::new();
     for trial in dir.trial_ids().await? {
         let Some(p) = dir.params(&trial).await? else {

@@ -13,6 +13,7 @@ use url::Url;
 use crate::ml::{
     EpochMetrics, Evaluation, MlError, ModelBuilder, ModelCard, OptionValue, TrainHooks,
 };
+use quiver_engine::err;
 
 /// One place a trial runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +113,7 @@ impl LocalTrialRunner {
                     .num_threads(threads)
                     .thread_name(move |i| format!("quiver-slot{index}-{i}"))
                     .build()
-                    .map_err(|e| MlError::Training(format!("cannot start slot threads: {e}")))?;
+                    .map_err(|e| err!(MlError::Training, "cannot start slot threads: {e}"))?;
                 Ok((
                     Slot {
                         index,
@@ -172,7 +173,7 @@ impl TrialRunner for LocalTrialRunner {
             .find(|(s, _)| s.index == slot.index)
             .map(|(_, pool)| Arc::clone(pool));
         let run_url = Url::parse(&task.run_url)
-            .map_err(|e| MlError::Option(format!("bad trial folder {}: {e}", task.run_url)))?;
+            .map_err(|e| err!(MlError::Option, "bad trial folder {}: {e}", task.run_url))?;
         let frame = self.session.sql(&task.query).await?;
         // Of a data-parallel gang's workers, rank 0 writes the weights.
         let leader = hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);

@@ -10,6 +10,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::codecs::png::PngEncoder;
 use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat};
 use quiver_engine::image::{Image, ImageRef};
+use quiver_engine::{bail, err};
 
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -229,9 +230,10 @@ pub fn image_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
 
 fn check_size(width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 || width > 65_535 || height > 65_535 {
-        return Err(ImageError::Argument(format!(
+        bail!(
+            ImageError::Argument,
             "target size {width}x{height} must be between 1x1 and 65535x65535"
-        )));
+        );
     }
     Ok(())
 }
@@ -297,10 +299,12 @@ pub fn crop(src: ImageRef<'_>, x: u32, y: u32, w: u32, h: u32) -> Result<Image> 
         || x as u64 + w as u64 > src.width as u64
         || y as u64 + h as u64 > src.height as u64
     {
-        return Err(ImageError::Argument(format!(
+        bail!(
+            ImageError::Argument,
             "crop window {w}x{h} at ({x}, {y}) does not fit in a {}x{} image",
-            src.width, src.height
-        )));
+            src.width,
+            src.height
+        );
     }
     let c = src.channels as usize;
     let row = src.width as usize * c;
@@ -323,9 +327,10 @@ pub fn center_crop(src: ImageRef<'_>, size: Option<(u32, u32)>) -> Result<Image>
         None => Crop::CenterSquare,
         Some((w, h)) if w > 0 && h > 0 => Crop::Center(w, h),
         Some((w, h)) => {
-            return Err(ImageError::Argument(format!(
+            bail!(
+                ImageError::Argument,
                 "center crop size {w}x{h} must be positive"
-            )));
+            );
         }
     };
     let (w, h) = crop_region(crop_kind, src.width, src.height);
@@ -360,9 +365,10 @@ pub fn flip(src: ImageRef<'_>, horizontal: bool) -> Image {
 /// `numpy.rot90` and `tf.image.rot90`.
 pub fn rotate(src: ImageRef<'_>, degrees: i64) -> Result<Image> {
     if degrees % 90 != 0 {
-        return Err(ImageError::Argument(format!(
+        bail!(
+            ImageError::Argument,
             "rotation by {degrees} degrees: only multiples of 90 are supported"
-        )));
+        );
     }
     let quarter_turns = (degrees / 90).rem_euclid(4);
     let (w, h, c) = (
@@ -450,9 +456,10 @@ impl EncodeFormat {
         match name.to_ascii_lowercase().as_str() {
             "jpeg" | "jpg" => Ok(Self::Jpeg(90)),
             "png" => Ok(Self::Png),
-            other => Err(ImageError::Argument(format!(
+            other => Err(err!(
+                ImageError::Argument,
                 "unknown image format '{other}' (expected 'jpeg' or 'png')"
-            ))),
+            )),
         }
     }
 }

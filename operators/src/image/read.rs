@@ -14,6 +14,7 @@ use datafusion::catalog::{
 };
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ScalarValue, plan_err};
+use datafusion::common::{exec_datafusion_err, plan_datafusion_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
@@ -86,7 +87,7 @@ impl ReadImagesTable {
         let mut location = resolve_location(location).map_err(DataFusionError::from)?;
         if location.scheme() == "file" {
             let path = location.to_file_path().map_err(|()| {
-                DataFusionError::Plan(format!("read_images: bad file location '{location}'"))
+                plan_datafusion_err!("read_images: bad file location '{location}'")
             })?;
             if !path.exists() {
                 return plan_err!("read_images: location '{}' does not exist", path.display());
@@ -126,7 +127,7 @@ impl ReadImagesTable {
     pub async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<ObjectMeta>> {
         let prefix = self.prefix()?;
         let all: Vec<ObjectMeta> = store.list(Some(&prefix)).try_collect().await.map_err(|e| {
-            DataFusionError::Execution(format!("read_images: cannot list '{}': {e}", self.location))
+            exec_datafusion_err!("read_images: cannot list '{}': {e}", self.location)
         })?;
         let total = all.len();
         let prefix_len = prefix.as_ref().len();
@@ -300,7 +301,7 @@ impl ChunkReader {
                         .collect()
                 })
                 .await
-                .map_err(|e| DataFusionError::Execution(format!("read_images: {e}")))?
+                .map_err(|e| exec_datafusion_err!("read_images: {e}"))?
             }
             ChunkReader::Store(store) => {
                 futures::stream::iter(files)
@@ -322,7 +323,7 @@ impl ChunkReader {
 
 /// The error of a file that cannot be read, naming it.
 fn read_error(base: &str, location: &Path, e: &dyn std::fmt::Display) -> DataFusionError {
-    DataFusionError::Execution(format!("read_images: cannot read '{base}{location}': {e}"))
+    exec_datafusion_err!("read_images: cannot read '{base}{location}': {e}")
 }
 
 struct ImageFileOpener {

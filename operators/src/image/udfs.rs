@@ -29,6 +29,7 @@ use quiver_engine::Progress;
 use quiver_engine::image::{Image, ImageArray, ImageArrayBuilder, image_type, is_image_type};
 
 use super::kernels::{self, Crop, EncodeFormat, ImageError};
+use quiver_engine::{bail, err};
 
 /// What an argument must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,11 +289,12 @@ impl Args {
 
 fn to_u32(op: ImageOp, what: &str, v: i64) -> std::result::Result<u32, ImageError> {
     u32::try_from(v).map_err(|_| {
-        ImageError::Argument(format!(
+        err!(
+            ImageError::Argument,
             "{}: {what} must be between 0 and {}, got {v}",
             op.name(),
             u32::MAX
-        ))
+        )
     })
 }
 
@@ -466,9 +468,10 @@ impl ImageFunc {
                     "error" => false,
                     "null" => true,
                     other => {
-                        return Err(ImageError::Argument(format!(
+                        bail!(
+                            ImageError::Argument,
                             "on_error must be 'error' or 'null', got '{other}'"
-                        )));
+                        );
                     }
                 };
                 let decoded = if op == ImageOp::Decode {
@@ -536,9 +539,10 @@ impl ImageFunc {
                             d if d.eq_ignore_ascii_case("horizontal") => true,
                             d if d.eq_ignore_ascii_case("vertical") => false,
                             other => {
-                                return Err(ImageError::Argument(format!(
+                                bail!(
+                                    ImageError::Argument,
                                     "direction must be 'horizontal' or 'vertical', got '{other}'"
-                                )));
+                                );
                             }
                         };
                         Value::Image(kernels::flip(img, horizontal))
@@ -550,9 +554,10 @@ impl ImageFunc {
                         if n == 3 {
                             let q = int(2);
                             if !(1..=100).contains(&q) {
-                                return Err(ImageError::Argument(format!(
+                                bail!(
+                                    ImageError::Argument,
                                     "quality must be between 1 and 100, got {q}"
-                                )));
+                                );
                             }
                             if let EncodeFormat::Jpeg(quality) = &mut format {
                                 *quality = q as u8;

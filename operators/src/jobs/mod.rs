@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::ml::MlError;
+use quiver_engine::err;
 use quiver_engine::store::objects::{create_bytes, exists, get_bytes, list, put_bytes};
 
 /// Where a run stands.
@@ -156,9 +157,10 @@ fn check_name(what: &str, name: &str) -> Result<(), MlError> {
     if ok {
         Ok(())
     } else {
-        Err(MlError::Option(format!(
+        Err(err!(
+            MlError::Option,
             "{what} '{name}' must be letters, digits, '_', '-' or '.'"
-        )))
+        ))
     }
 }
 
@@ -224,7 +226,7 @@ impl JobStore {
         match get_bytes(&self.store, &path).await? {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| MlError::Checkpoint(format!("{path}: not a run record: {e}"))),
+                .map_err(|e| err!(MlError::Checkpoint, "{path}: not a run record: {e}")),
             None => Ok(None),
         }
     }

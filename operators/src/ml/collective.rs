@@ -13,6 +13,7 @@
 use async_trait::async_trait;
 
 use super::MlError;
+use quiver_engine::bail;
 
 /// A worker's two neighbours on the ring.
 #[async_trait]
@@ -91,13 +92,14 @@ impl Ring {
     async fn receive(&self, expected: usize) -> Result<Vec<f32>, MlError> {
         let got = self.link.recv().await?;
         if got.len() != expected {
-            return Err(MlError::Training(format!(
+            bail!(
+                MlError::Training,
                 "worker {} of {}: the previous worker sent {} values where {expected} were due \
                  (the workers train different models)",
                 self.rank,
                 self.world,
                 got.len()
-            )));
+            );
         }
         Ok(got)
     }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::MlError;
 use super::spec::{InputKind, InputSpec, LabelMap, compare_labels};
+use quiver_engine::{bail, err};
 
 /// One example: its features (u8 pixels, HWC, or floats) and class index.
 #[derive(Debug, Clone)]
@@ -60,11 +61,12 @@ pub async fn input_spec(
     ) {
         InputKind::Tensor
     } else {
-        return Err(MlError::Input(format!(
+        bail!(
+            MlError::Input,
             "input column '{column}' is {}: expected a decoded image (image_decode(...)) or a \
              list of numbers",
             field.data_type()
-        )));
+        );
     };
     let first = frame
         .clone()
@@ -79,7 +81,10 @@ pub async fn input_spec(
         InputKind::Image => {
             let images = ImageArray::try_new(array.as_ref())?;
             let image = images.get(0)?.ok_or_else(|| {
-                MlError::Input(format!("input column '{column}' is NULL in the first row"))
+                err!(
+                    MlError::Input,
+                    "input column '{column}' is NULL in the first row"
+                )
             })?;
             vec![
                 image.height as usize,
@@ -95,11 +100,12 @@ pub async fn input_spec(
     let shape = match (kind, input_shape) {
         (InputKind::Tensor, Some(wanted)) => {
             if wanted.iter().product::<usize>() != shape[0] {
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "input_shape {wanted:?} has {} values but column '{column}' holds {}",
                     wanted.iter().product::<usize>(),
                     shape[0]
-                )));
+                );
             }
             wanted
         }
@@ -132,10 +138,11 @@ pub async fn label_map(frame: &DataFrame, column: &str) -> Result<LabelMap, MlEr
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
         )
     {
-        return Err(MlError::Input(format!(
+        bail!(
+            MlError::Input,
             "label column '{column}' is {}: expected strings or integers",
             field.data_type()
-        )));
+        );
     }
     let batches = frame
         .clone()
@@ -148,19 +155,21 @@ pub async fn label_map(frame: &DataFrame, column: &str) -> Result<LabelMap, MlEr
         let strings = cast(batch.column(0), &DataType::Utf8)?;
         let strings = strings.as_string::<i32>();
         if strings.null_count() > 0 {
-            return Err(MlError::Input(format!(
+            bail!(
+                MlError::Input,
                 "label column '{column}' has NULL values: filter them out (WHERE {column} IS NOT \
                  NULL) or fill them in"
-            )));
+            );
         }
         labels.extend(strings.iter().flatten().map(str::to_string));
     }
     labels.sort_by(|a, b| compare_labels(a, b, integer));
     if labels.len() < 2 {
-        return Err(MlError::Input(format!(
+        bail!(
+            MlError::Input,
             "label column '{column}' has {} distinct value(s): a classifier needs at least 2",
             labels.len()
-        )));
+        );
     }
     Ok(LabelMap {
         column: column.to_string(),
@@ -182,10 +191,11 @@ fn column_field(frame: &DataFrame, column: &str) -> Result<Arc<Field>, MlError> 
                 .iter()
                 .map(|f| f.name().as_str())
                 .collect();
-            MlError::Input(format!(
+            err!(
+                MlError::Input,
                 "column '{column}' is not in the query (its columns: {})",
                 names.join(", ")
-            ))
+            )
         })
 }
 
@@ -196,10 +206,11 @@ fn float_lists(
 ) -> Result<datafusion::arrow::array::ListArray, MlError> {
     let target = DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)));
     let cast = cast(array, &target).map_err(|e| {
-        MlError::Input(format!(
+        err!(
+            MlError::Input,
             "input column '{column}' ({}) cannot be read as floats: {e}",
             array.data_type()
-        ))
+        )
     })?;
     Ok(cast.as_list::<i32>().clone())
 }
@@ -211,7 +222,7 @@ fn input_features(
     first_row: u64,
 ) -> Result<Vec<Features>, MlError> {
     let row_error =
-        |i: usize, what: String| MlError::Input(format!("row {}: {what}", first_row + i as u64));
+        |i: usize, what: String| err!(MlError::Input, "row {}: {what}", first_row + i as u64);
     let null = |i: usize| row_error(i, format!("input column '{}' is NULL", spec.column));
     let mut out = Vec::with_capacity(input.len());
     match spec.kind {
@@ -277,10 +288,14 @@ fn to_examples(
 ) -> Result<Vec<Example>, MlError> {
     let input = batch
         .column_by_name(&spec.column)
-        .ok_or_else(|| MlError::Input(format!("input column '{}' is missing", spec.column)))?;
-    let label_column = batch
-        .column_by_name(&labels.column)
-        .ok_or_else(|| MlError::Input(format!("label column '{}' is missing", labels.column)))?;
+        .ok_or_else(|| err!(MlError::Input, "input column '{}' is missing", spec.column))?;
+    let label_column = batch.column_by_name(&labels.column).ok_or_else(|| {
+        err!(
+            MlError::Input,
+            "label column '{}' is missing",
+            labels.column
+        )
+    })?;
     let label_strings = cast(label_column, &DataType::Utf8)?;
     let label_strings = label_strings.as_string::<i32>();
     input_features(input, spec, first_row)?
@@ -289,16 +304,18 @@ fn to_examples(
         .map(|(i, features)| {
             let row = first_row + i as u64;
             if label_strings.is_null(i) {
-                return Err(MlError::Input(format!(
+                bail!(
+                    MlError::Input,
                     "row {row}: label column '{}' is NULL",
                     labels.column
-                )));
+                );
             }
             let value = label_strings.value(i);
             let label = labels.index.get(value).copied().ok_or_else(|| {
-                MlError::Input(format!(
+                err!(
+                    MlError::Input,
                     "row {row}: label '{value}' is not in the model's label map"
-                ))
+                )
             })?;
             Ok(Example { features, label })
         })

@@ -4,6 +4,7 @@
 use quiver_engine::device::DeviceName;
 
 use super::MlError;
+use quiver_engine::err;
 
 /// A training or inference device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +27,11 @@ pub fn parse(name: &str) -> Result<Device, MlError> {
             cuda_available(index).map(|()| Device::Cuda(index))
         }
         #[cfg(not(feature = "cuda"))]
-        DeviceName::Cuda(_) => Err(MlError::Option(format!(
+        DeviceName::Cuda(_) => Err(err!(
+            MlError::Option,
             "device '{name}' is not available: this build of Quiver has no CUDA support \
              (build it with --features cuda)"
-        ))),
+        )),
     }
 }
 
@@ -39,19 +41,22 @@ pub fn parse(name: &str) -> Result<Device, MlError> {
 fn cuda_available(index: usize) -> Result<(), MlError> {
     // SAFETY: only tries to load the driver library (libcuda); no CUDA call is made here.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(MlError::Option(format!(
+        quiver_engine::bail!(
+            MlError::Option,
             "device 'cuda:{index}' is not available: no CUDA driver (libcuda) on this machine"
-        )));
+        );
     }
     let count = cudarc::driver::CudaContext::device_count().map_err(|e| {
-        MlError::Option(format!(
+        err!(
+            MlError::Option,
             "device 'cuda:{index}' is not available: the CUDA driver failed: {e:?}"
-        ))
+        )
     })?;
     if index >= count.max(0) as usize {
-        return Err(MlError::Option(format!(
+        quiver_engine::bail!(
+            MlError::Option,
             "device 'cuda:{index}' is not available: this machine has {count} CUDA device(s)"
-        )));
+        );
     }
     Ok(())
 }

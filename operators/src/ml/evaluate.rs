@@ -12,6 +12,7 @@ use super::conv::ConvBackend;
 use super::data::{BatchStream, batch_dims};
 use super::model::Classifier;
 use super::spec::{InputSpec, LabelMap};
+use quiver_engine::err;
 
 /// Precision, recall and F1 of one class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,7 +75,7 @@ pub async fn evaluate_model<B: ConvBackend>(
         });
         let predicted = predicted
             .into_vec::<i64>()
-            .map_err(|e| MlError::Training(format!("{e:?}")))?;
+            .map_err(|e| err!(MlError::Training, "{e:?}"))?;
         for (a, p) in actual.iter().zip(predicted) {
             confusion[*a as usize][p as usize] += 1;
         }

@@ -17,6 +17,7 @@ use super::conv::ConvBackend;
 
 use super::MlError;
 use super::spec::{Activation, Architecture, InputSpec};
+use quiver_engine::{bail, err};
 
 /// A DNN or CNN classifier producing one logit per class.
 #[derive(Module, Debug)]
@@ -71,21 +72,24 @@ impl<B: Backend> Classifier<B> {
                 dropout,
             } => {
                 let [mut channels, mut h, mut w] = input.chw().ok_or_else(|| {
-                    MlError::Option(format!(
+                    err!(
+                        MlError::Option,
                         "cnn_classifier needs an image or a [height, width, channels] tensor \
                          input; column '{}' has shape {:?} (set input_shape)",
-                        input.column, input.shape
-                    ))
+                        input.column,
+                        input.shape
+                    )
                 })?;
                 let mut convs = Vec::with_capacity(conv_filters.len());
                 for &filters in conv_filters {
                     if h < 2 || w < 2 {
-                        return Err(MlError::Option(format!(
+                        bail!(
+                            MlError::Option,
                             "{} convolution blocks pool a {:?} input down to nothing: use fewer \
                              conv_filters or a larger image",
                             conv_filters.len(),
                             input.shape
-                        )));
+                        );
                     }
                     convs.push(
                         Conv2dConfig::new([channels, filters], [*kernel_size, *kernel_size])
@@ -100,10 +104,11 @@ impl<B: Backend> Classifier<B> {
             }
         };
         if flat == 0 || classes < 2 {
-            return Err(MlError::Option(format!(
+            bail!(
+                MlError::Option,
                 "a classifier needs a non-empty input and at least 2 classes (got {flat} \
                  inputs, {classes} classes)"
-            )));
+            );
         }
         let mut dense = Vec::with_capacity(dense_units.len());
         let mut width = flat;

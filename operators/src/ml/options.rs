@@ -14,6 +14,7 @@ use super::registry::{ModelCard, Registry, validate_name};
 use super::spec::{Activation, Architecture, InputKind, OptimizerSpec, TrainOptions};
 use super::train::{TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
+use quiver_engine::{bail, err};
 
 /// An option value: a string, a number, a boolean or a list (in JSON: the plain value).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -77,27 +78,24 @@ impl std::fmt::Display for OptionValue {
 fn want_str(key: &str, v: &OptionValue) -> Result<String, MlError> {
     match v {
         OptionValue::Str(s) => Ok(s.clone()),
-        other => Err(MlError::Option(format!(
-            "{key} must be a string, not {other}"
-        ))),
+        other => Err(err!(MlError::Option, "{key} must be a string, not {other}")),
     }
 }
 
 fn want_num(key: &str, v: &OptionValue) -> Result<f64, MlError> {
     match v {
         OptionValue::Num(n) => Ok(*n),
-        other => Err(MlError::Option(format!(
-            "{key} must be a number, not {other}"
-        ))),
+        other => Err(err!(MlError::Option, "{key} must be a number, not {other}")),
     }
 }
 
 fn want_count(key: &str, v: &OptionValue, min: usize) -> Result<usize, MlError> {
     let n = want_num(key, v)?;
     if n.fract() != 0.0 || n < min as f64 || n > u32::MAX as f64 {
-        return Err(MlError::Option(format!(
+        bail!(
+            MlError::Option,
             "{key} must be a whole number of at least {min}, not {n}"
-        )));
+        );
     }
     Ok(n as usize)
 }
@@ -105,16 +103,17 @@ fn want_count(key: &str, v: &OptionValue, min: usize) -> Result<usize, MlError> 
 fn want_counts(key: &str, v: &OptionValue, min: usize) -> Result<Vec<usize>, MlError> {
     match v {
         OptionValue::List(items) => items.iter().map(|i| want_count(key, i, min)).collect(),
-        other => Err(MlError::Option(format!(
+        other => Err(err!(
+            MlError::Option,
             "{key} must be a list such as [512, 256], not {other}"
-        ))),
+        )),
     }
 }
 
 fn want_rate(key: &str, v: &OptionValue) -> Result<f64, MlError> {
     let n = want_num(key, v)?;
     if !(0.0..1.0).contains(&n) {
-        return Err(MlError::Option(format!("{key} must be in [0, 1), not {n}")));
+        bail!(MlError::Option, "{key} must be in [0, 1), not {n}");
     }
     Ok(n)
 }
@@ -237,10 +236,11 @@ impl ModelBuilder {
     pub fn check_batch(&self) -> Result<(), MlError> {
         let (batch, workers) = (self.options.batch_size, self.options.workers);
         if batch % workers != 0 {
-            return Err(MlError::Option(format!(
+            bail!(
+                MlError::Option,
                 "batch_size {batch} is the global batch and must be a multiple of workers = \
                  {workers}"
-            )));
+            );
         }
         Ok(())
     }
@@ -251,9 +251,10 @@ impl ModelBuilder {
             "model_type" => {
                 let t = want_str(key, v)?.to_ascii_lowercase();
                 if t != "dnn_classifier" && t != "cnn_classifier" {
-                    return Err(MlError::Option(format!(
+                    bail!(
+                        MlError::Option,
                         "model_type '{t}' is not 'dnn_classifier' or 'cnn_classifier'"
-                    )));
+                    );
                 }
                 self.model_type = t;
             }
@@ -263,9 +264,10 @@ impl ModelBuilder {
             "kernel_size" => {
                 let k = want_count(key, v, 1)?;
                 if k % 2 == 0 {
-                    return Err(MlError::Option(format!(
+                    bail!(
+                        MlError::Option,
                         "kernel_size must be odd so that 'same' padding is symmetric, got {k}"
-                    )));
+                    );
                 }
                 self.kernel_size = k;
             }
@@ -277,18 +279,14 @@ impl ModelBuilder {
             "learning_rate" => {
                 let lr = want_num(key, v)?;
                 if lr <= 0.0 || !lr.is_finite() {
-                    return Err(MlError::Option(format!(
-                        "learning_rate must be positive, not {lr}"
-                    )));
+                    bail!(MlError::Option, "learning_rate must be positive, not {lr}");
                 }
                 self.options.learning_rate = lr;
             }
             "optimizer" => {
                 let o = want_str(key, v)?.to_ascii_lowercase();
                 if o != "adam" && o != "sgd" {
-                    return Err(MlError::Option(format!(
-                        "optimizer '{o}' is not 'adam' or 'sgd'"
-                    )));
+                    bail!(MlError::Option, "optimizer '{o}' is not 'adam' or 'sgd'");
                 }
                 self.optimizer = o;
             }
@@ -309,10 +307,11 @@ impl ModelBuilder {
             "validation_query" => self.validation_query = Some(want_str(key, v)?),
             other => {
                 let known: Vec<_> = MODEL_OPTIONS.iter().map(|(k, _)| *k).collect();
-                return Err(MlError::Option(format!(
+                bail!(
+                    MlError::Option,
                     "unknown option '{other}' (known: {})",
                     known.join(", ")
-                )));
+                );
             }
         }
         Ok(())
@@ -367,11 +366,12 @@ impl ModelBuilder {
         let registry = registry(session)?;
         let existing = registry.versions(&self.name).await?;
         if !existing.is_empty() && !self.replace {
-            return Err(MlError::Exists(format!(
+            bail!(
+                MlError::Exists,
                 "model '{}' exists (versions {existing:?}): use CREATE OR REPLACE MODEL to add a \
                  version, or another name",
                 self.name
-            )));
+            );
         }
         let version = registry.next_version(&self.name).await?;
         let run_url = session
@@ -401,11 +401,12 @@ impl ModelBuilder {
         };
         let workers = hooks.collective.as_ref().map_or(1, |r| r.world());
         if options.workers != workers {
-            return Err(MlError::Option(format!(
+            bail!(
+                MlError::Option,
                 "workers = {} trains across a cluster's executors: run the statement on a \
                  cluster session (quiver sql --cluster URL)",
                 options.workers
-            )));
+            );
         }
         self.check_batch()?;
         let leader = hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
@@ -423,11 +424,12 @@ impl ModelBuilder {
                 match &others[..] {
                     [one] => one.clone(),
                     _ => {
-                        return Err(MlError::Option(format!(
+                        bail!(
+                            MlError::Option,
                             "the query has columns {others:?} besides the label '{}': name the \
                              input with input_column",
                             self.label_column
-                        )));
+                        );
                     }
                 }
             }
@@ -450,13 +452,15 @@ impl ModelBuilder {
             &Default::default(),
             0,
         )?;
-        let validation =
-            match &self.validation_query {
-                Some(sql) => Some(session.sql(sql).await.map_err(|e| {
-                    MlError::Option(format!("validation_query does not plan: {e}"))
-                })?),
-                None => None,
-            };
+        let validation = match &self.validation_query {
+            Some(sql) => Some(
+                session
+                    .sql(sql)
+                    .await
+                    .map_err(|e| err!(MlError::Option, "validation_query does not plan: {e}"))?,
+            ),
+            None => None,
+        };
         let job = TrainJob {
             architecture: architecture.clone(),
             input: input.clone(),

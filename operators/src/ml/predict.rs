@@ -37,6 +37,7 @@ use super::evaluate::evaluate_model;
 use super::model::Classifier;
 use super::registry::{ModelCard, Registry};
 use super::train::load_weights;
+use quiver_engine::{bail, err};
 
 /// The loaded network on its device.
 #[derive(Debug, Clone)]
@@ -89,7 +90,7 @@ fn forward<B: ConvBackend>(
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .map_err(|e| MlError::Training(format!("{e:?}")))
+        .map_err(|e| err!(MlError::Training, "{e:?}"))
 }
 
 impl LoadedModel {
@@ -156,11 +157,12 @@ impl LoadedModel {
     ) -> Result<Vec<Vec<f32>>, MlError> {
         let [c, h, w] = batch_dims(&self.card.input);
         if rows == 0 || values.len() != rows * c * h * w {
-            return Err(MlError::Input(format!(
+            bail!(
+                MlError::Input,
                 "{} input values do not make {rows} examples of {} values",
                 values.len(),
                 c * h * w
-            )));
+            );
         }
         let classes = self.card.labels.labels.len();
         // A free replica if there is one, else wait for the next in turn.
@@ -197,12 +199,13 @@ impl ModelCache {
         name: &str,
         version: Option<u64>,
     ) -> Result<Arc<LoadedModel>, MlError> {
-        let version = match version {
-            Some(v) => v,
-            None => *registry.versions(name).await?.last().ok_or_else(|| {
-                MlError::NotFound(format!("model '{name}' is not in the registry"))
-            })?,
-        };
+        let version =
+            match version {
+                Some(v) => v,
+                None => *registry.versions(name).await?.last().ok_or_else(|| {
+                    err!(MlError::NotFound, "model '{name}' is not in the registry")
+                })?,
+            };
         let key = (name.to_string(), version);
         if let Some(model) = self.models.lock().expect("cache lock").get(&key) {
             return Ok(Arc::clone(model));
@@ -319,7 +322,7 @@ impl ScalarUDFImpl for PredictFunc {
         };
         let mut probs = model
             .probabilities(&present)
-            .map_err(|e| MlError::Input(format!("predict('{name}'): {e}")))?
+            .map_err(|e| err!(MlError::Input, "predict('{name}'): {e}"))?
             .into_iter();
         let mut labels = StringBuilder::new();
         let mut best = Float64Builder::new();
@@ -394,7 +397,7 @@ impl ComputeRows for MlTable {
                     model.card.training.batch_size,
                 )
                 .await
-                .map_err(|e| MlError::Input(format!("ml_evaluate('{name}'): {e}")))?;
+                .map_err(|e| err!(MlError::Input, "ml_evaluate('{name}'): {e}"))?;
                 evaluation_batch(&evaluation, &self.schema)?
             }
         })

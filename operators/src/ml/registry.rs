@@ -14,6 +14,7 @@ use super::MlError;
 use super::evaluate::Evaluation;
 use super::spec::{Architecture, InputSpec, LabelMap, TrainOptions};
 use super::train::EpochMetrics;
+use quiver_engine::err;
 
 /// `model.json`: everything needed to use, compare and reproduce a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,35 +155,39 @@ impl Registry {
         let version = match version {
             Some(v) => v,
             None => *self.versions(name).await?.last().ok_or_else(|| {
-                MlError::NotFound(format!(
+                err!(
+                    MlError::NotFound,
                     "model '{name}' is not in the registry at {}",
                     self.url
-                ))
+                )
             })?,
         };
         let dir = self.version_dir(name, version);
         let card = get_bytes(&self.store, &dir.clone().join("model.json"))
             .await?
             .ok_or_else(|| {
-                MlError::NotFound(format!(
+                err!(
+                    MlError::NotFound,
                     "model '{name}' has no version {version} in the registry at {}",
                     self.url
-                ))
+                )
             })?;
         let card: ModelCard = serde_json::from_slice(&card).map_err(|e| {
-            MlError::Checkpoint(format!(
+            err!(
+                MlError::Checkpoint,
                 "{}model.json is unreadable: {e}",
                 self.version_url(name, version)
-            ))
+            )
         })?;
         let weights = get_bytes(&self.store, &dir.clone().join(card.weights.as_str()))
             .await?
             .ok_or_else(|| {
-                MlError::Checkpoint(format!(
+                err!(
+                    MlError::Checkpoint,
                     "{}{} is missing",
                     self.version_url(name, version),
                     card.weights
-                ))
+                )
             })?;
         Ok((card, weights))
     }
@@ -198,8 +203,9 @@ pub fn validate_name(name: &str) -> Result<(), MlError> {
     if ok {
         Ok(())
     } else {
-        Err(MlError::Option(format!(
+        Err(err!(
+            MlError::Option,
             "model name '{name}' may only contain letters, digits, '_', '-' and '.'"
-        )))
+        ))
     }
 }

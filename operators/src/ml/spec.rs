@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use quiver_engine::err;
 
 /// The classifier's architecture and its hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,9 +66,10 @@ impl Activation {
             "tanh" => Ok(Self::Tanh),
             "sigmoid" => Ok(Self::Sigmoid),
             "gelu" => Ok(Self::Gelu),
-            other => Err(MlError::Option(format!(
+            other => Err(err!(
+                MlError::Option,
                 "activation '{other}' is not one of relu, tanh, sigmoid, gelu"
-            ))),
+            )),
         }
     }
 }

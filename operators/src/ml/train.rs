@@ -64,6 +64,7 @@ pub type EpochHook = Arc<dyn Fn(EpochMetrics) -> BoxFuture<'static, bool> + Send
 
 /// Receives a run's log lines.
 pub use quiver_engine::LogSink;
+use quiver_engine::{bail, err};
 
 /// How a run reports and where it computes. The default logs to stderr with a progress bar and
 /// computes on every core.
@@ -267,14 +268,19 @@ async fn resume_state(
     match get_bytes(&job.store, &spec_path).await? {
         Some(bytes) => {
             let stored: RunSpec = serde_json::from_slice(&bytes).map_err(|e| {
-                MlError::Checkpoint(format!("{}/run.json is unreadable: {e}", job.run_url))
+                err!(
+                    MlError::Checkpoint,
+                    "{}/run.json is unreadable: {e}",
+                    job.run_url
+                )
             })?;
             if &stored != run {
-                return Err(MlError::Checkpoint(format!(
+                bail!(
+                    MlError::Checkpoint,
                     "{} holds a different training run (other options or data); delete it or \
                      train under another name",
                     job.run_url
-                )));
+                );
             }
         }
         None => {
@@ -296,7 +302,11 @@ async fn resume_state(
             let state = checkpoint_dir(job, epoch).clone().join("state.json");
             if let Some(bytes) = get_bytes(&job.store, &state).await? {
                 let state: CheckpointState = serde_json::from_slice(&bytes).map_err(|e| {
-                    MlError::Checkpoint(format!("{}/{state} is unreadable: {e}", job.run_url))
+                    err!(
+                        MlError::Checkpoint,
+                        "{}/{state} is unreadable: {e}",
+                        job.run_url
+                    )
                 })?;
                 if last
                     .as_ref()
@@ -320,10 +330,10 @@ async fn checkpoint_record<B: Backend, R: burn::record::Record<B>>(
     let what = format!("{}/{dir}/{file}", job.run_url);
     let bytes = get_bytes(&job.store, &dir.clone().join(file))
         .await?
-        .ok_or_else(|| MlError::Checkpoint(format!("{what} is missing")))?;
+        .ok_or_else(|| err!(MlError::Checkpoint, "{what} is missing"))?;
     BinBytesRecorder::<FullPrecisionSettings>::default()
         .load(bytes, device)
-        .map_err(|e| MlError::Checkpoint(format!("{what}: {e}")))
+        .map_err(|e| err!(MlError::Checkpoint, "{what}: {e}"))
 }
 
 fn checkpoint_dir(job: &TrainJob, epoch: usize) -> Path {
@@ -339,10 +349,10 @@ pub(crate) fn weights_bytes<B: Backend>(model: &Classifier<B>) -> Result<Vec<u8>
     let mut store = SafetensorsStore::from_bytes(None);
     model
         .save_into(&mut store)
-        .map_err(|e| MlError::Checkpoint(format!("cannot serialise the weights: {e}")))?;
+        .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the weights: {e}"))?;
     store
         .get_bytes()
-        .map_err(|e| MlError::Checkpoint(format!("cannot serialise the weights: {e}")))
+        .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the weights: {e}"))
 }
 
 /// Loads safetensors weights into a freshly built model.
@@ -352,14 +362,19 @@ pub(crate) fn load_weights<B: Backend>(
     what: &str,
 ) -> Result<Classifier<B>, MlError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let applied = model
-        .load_from(&mut store)
-        .map_err(|e| MlError::Checkpoint(format!("cannot load the weights of {what}: {e}")))?;
+    let applied = model.load_from(&mut store).map_err(|e| {
+        err!(
+            MlError::Checkpoint,
+            "cannot load the weights of {what}: {e}"
+        )
+    })?;
     if !applied.missing.is_empty() || !applied.errors.is_empty() {
-        return Err(MlError::Checkpoint(format!(
+        bail!(
+            MlError::Checkpoint,
             "the weights of {what} do not fit the model: missing {:?}, errors {:?}",
-            applied.missing, applied.errors
-        )));
+            applied.missing,
+            applied.errors
+        );
     }
     Ok(model)
 }
@@ -409,10 +424,12 @@ async fn epochs<
         ring.broadcast(&mut flat).await?;
         let first = flat.pop().expect("pushed") as usize;
         if first != state.epoch {
-            return Err(MlError::Checkpoint(format!(
+            bail!(
+                MlError::Checkpoint,
                 "worker {rank} found {} at epoch {} but worker 0 at epoch {first}",
-                job.run_url, state.epoch
-            )));
+                job.run_url,
+                state.epoch
+            );
         }
         model = job.compute(|| set_weights(model, &flat));
     }
@@ -510,9 +527,10 @@ async fn epochs<
             }
             model = job.compute(|| optimizer.step(options.learning_rate, model, grads));
             if !loss.is_finite() {
-                return Err(MlError::Training(format!(
+                bail!(
+                    MlError::Training,
                     "the loss became {loss} in epoch {epoch}: lower the learning_rate"
-                )));
+                );
             }
             loss_sum += loss * n as f64;
             correct += hits;
@@ -593,11 +611,11 @@ async fn epochs<
             let dir = checkpoint_dir(job, epoch);
             let weights = recorder
                 .record(model.clone().into_record(), ())
-                .map_err(|e| MlError::Checkpoint(format!("cannot serialise the model: {e}")))?;
+                .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the model: {e}"))?;
             put_bytes(&job.store, &dir.clone().join("model.bin"), weights).await?;
             let optim = recorder
                 .record(optimizer.to_record(), ())
-                .map_err(|e| MlError::Checkpoint(format!("cannot serialise the optimizer: {e}")))?;
+                .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the optimizer: {e}"))?;
             put_bytes(&job.store, &dir.clone().join("optimizer.bin"), optim).await?;
             put_bytes(
                 &job.store,
@@ -663,7 +681,7 @@ impl ReadAhead {
     async fn stream(mut self) -> Result<BatchStream, MlError> {
         let task = self.0.take().expect("taken once");
         task.await
-            .map_err(|e| MlError::Training(format!("reading the training data failed: {e}")))?
+            .map_err(|e| err!(MlError::Training, "reading the training data failed: {e}"))?
     }
 }
 

@@ -23,6 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
+use datafusion::common::{exec_datafusion_err, plan_datafusion_err};
 use datafusion::common::{exec_err, plan_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
@@ -105,14 +106,15 @@ impl ComputeRows for FeatureStatsTable {
         let ctx = SessionContext::new_with_state(state.clone());
         let mut tables = Vec::new();
         for source in &self.sources {
-            let frame = ctx.sql(&source.sql).await.map_err(|e| {
-                DataFusionError::Plan(format!("feature_stats: '{}': {e}", source.name))
-            })?;
+            let frame = ctx
+                .sql(&source.sql)
+                .await
+                .map_err(|e| plan_datafusion_err!("feature_stats: '{}': {e}", source.name))?;
             let features = features(frame.schema().as_arrow());
             let plan = frame.create_physical_plan().await?;
-            let accs = accumulate(&ctx, plan, &features).await.map_err(|e| {
-                DataFusionError::Execution(format!("feature_stats: '{}': {e}", source.name))
-            })?;
+            let accs = accumulate(&ctx, plan, &features)
+                .await
+                .map_err(|e| exec_datafusion_err!("feature_stats: '{}': {e}", source.name))?;
             tables.push((source.name.clone(), features, accs));
         }
         stats_batch(&tables)

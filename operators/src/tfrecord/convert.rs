@@ -11,12 +11,13 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::{exec_err, plan_err};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use prost::Message;
 use quiver_engine::image::{ImageArray, is_image_type};
 
 use super::example::{BytesList, Example, Feature, Features, FloatList, Int64List, feature::Kind};
 use crate::image::kernels::{self, EncodeFormat};
+use datafusion::common::exec_datafusion_err;
 
 /// How image struct columns are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -212,9 +213,7 @@ pub fn batch_to_examples(batch: &RecordBatch, images: ImageEncoding) -> Result<V
                         ImageEncoding::Png => kernels::encode(img, EncodeFormat::Png),
                         ImageEncoding::Jpeg => kernels::encode(img, EncodeFormat::Jpeg(90)),
                     }
-                    .map_err(|e| {
-                        DataFusionError::Execution(format!("column '{name}', row {row}: {e}"))
-                    })?;
+                    .map_err(|e| exec_datafusion_err!("column '{name}', row {row}: {e}"))?;
                     features.insert(
                         name.to_string(),
                         Feature {
@@ -406,10 +405,10 @@ pub fn examples_to_batch(
         };
         let natural = build_column(field.name(), kind, list, examples, first_record)?;
         columns.push(cast_with_options(&natural, dt, &strict()).map_err(|e| {
-            DataFusionError::Execution(format!(
+            exec_datafusion_err!(
                 "feature '{}' does not fit column type {dt}: {e}",
                 field.name()
-            ))
+            )
         })?);
     }
     Ok(RecordBatch::try_new_with_options(

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use prost::Message;
 
 use super::example::Example;
 use super::record::{RecordReader, gunzip, is_gzip};
+use datafusion::common::exec_datafusion_err;
 
 /// How messages name the file at `path` of the store at `store_url`: local files by their
 /// absolute path, others by URL.
@@ -25,9 +26,7 @@ pub(super) async fn read_file(
     meta: &ObjectMeta,
     name: &str,
 ) -> Result<Vec<u8>> {
-    let failed = |e: &dyn std::fmt::Display| {
-        DataFusionError::Execution(format!("TFRecord file '{name}': {e}"))
-    };
+    let failed = |e: &dyn std::fmt::Display| exec_datafusion_err!("TFRecord file '{name}': {e}");
     let bytes = store
         .get(&meta.location)
         .await
@@ -47,12 +46,9 @@ pub(super) fn parse_examples(data: &[u8], file: &str, limit: usize) -> Result<Ve
     let mut examples = Vec::new();
     let mut offset = 0u64;
     for (index, record) in RecordReader::new(data).take(limit).enumerate() {
-        let record = record
-            .map_err(|e| DataFusionError::Execution(format!("TFRecord file '{file}': {e}")))?;
+        let record = record.map_err(|e| exec_datafusion_err!("TFRecord file '{file}': {e}"))?;
         let example = Example::decode(record).map_err(|e| {
-            DataFusionError::Execution(format!(
-                "TFRecord file '{file}': record {index} at byte offset {offset}: not a tf.train.Example: {e}"
-            ))
+            exec_datafusion_err!("TFRecord file '{file}': record {index} at byte offset {offset}: not a tf.train.Example: {e}")
         })?;
         offset += 16 + record.len() as u64;
         examples.push(example);

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use datafusion::common::plan_err;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 
 use super::convert::ImageEncoding;
+use datafusion::common::plan_datafusion_err;
 
 /// Options of the TFRecord format: `compression` ('none' | 'gzip'), `image_format`
 /// ('png' | 'jpeg' | 'raw'), `schema_infer_max_records`.
@@ -74,9 +75,7 @@ impl TfRecordOptions {
                 "image_format" => self.image_format = ImageEncoding::parse(value)?,
                 "schema_infer_max_records" => {
                     self.schema_infer_max_records = value.parse().map_err(|_| {
-                        DataFusionError::Plan(format!(
-                            "TFRECORD option schema_infer_max_records: expected a count, got '{value}'"
-                        ))
+                        plan_datafusion_err!("TFRECORD option schema_infer_max_records: expected a count, got '{value}'")
                     })?
                 }
                 other => {

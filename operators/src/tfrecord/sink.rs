@@ -34,6 +34,7 @@ use super::convert::batch_to_examples;
 use super::options::TfRecordOptions;
 use super::record::write_record;
 use super::staging::{self, STAGING_DIR, Stop, destination_key, planned_at, staging_id};
+use datafusion::common::{exec_datafusion_err, exec_err, internal_datafusion_err};
 
 /// Bytes buffered before they are handed to the store.
 const FLUSH_BYTES: usize = 8 << 20;
@@ -90,9 +91,10 @@ impl TfRecordWrite {
 
     /// When the write was planned (its staging folder's name says).
     pub fn planned(&self) -> Result<u128> {
-        self.staging.filename().and_then(planned_at).ok_or_else(|| {
-            DataFusionError::Internal(format!("bad TFRecord staging folder {}", self.staging))
-        })
+        self.staging
+            .filename()
+            .and_then(planned_at)
+            .ok_or_else(|| internal_datafusion_err!("bad TFRecord staging folder {}", self.staging))
     }
 
     /// The destination's key among live writers.
@@ -314,9 +316,7 @@ async fn write_stream(
         let image_format = options.image_format;
         let records = tokio::task::spawn_blocking(move || batch_to_examples(&batch, image_format))
             .await
-            .map_err(|e| {
-                DataFusionError::Execution(format!("TFRecord encoder task failed: {e}"))
-            })??;
+            .map_err(|e| exec_datafusion_err!("TFRecord encoder task failed: {e}"))??;
         let before = writer.bytes + writer.buffer.len() as u64;
         writer.write_records(&records).await?;
         rows += records.len() as u64;
@@ -442,9 +442,8 @@ impl ExecutionPlan for TfRecordWriterExec {
         let stop_on_drop = StopOnDrop(stop);
         let result = async move {
             let _stop_on_drop = stop_on_drop;
-            work.await.map_err(|e| {
-                DataFusionError::Execution(format!("TFRecord writer task failed: {e}"))
-            })?
+            work.await
+                .map_err(|e| exec_datafusion_err!("TFRecord writer task failed: {e}"))?
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             staged_schema(),
@@ -541,9 +540,7 @@ impl Commit {
                 for moved in &finals[..i] {
                     let _ = self.store.delete(moved).await;
                 }
-                return Err(DataFusionError::Execution(format!(
-                    "cannot commit TFRecord shard '{to}': {e}"
-                )));
+                return exec_err!("cannot commit TFRecord shard '{to}': {e}");
             }
             rows += n;
             if let Some(p) = &self.progress {
@@ -606,9 +603,9 @@ impl ExecutionPlan for TfRecordSinkExec {
                 Err(e) => {
                     let url = &write.config.object_store_url;
                     if let Err(cleanup) = staging::abort(store, url, &write.dir(), planned).await {
-                        return Err(DataFusionError::Execution(format!(
+                        return exec_err!(
                             "{e} (and cleaning up its staged files failed: {cleanup})"
-                        )));
+                        );
                     }
                     Err(e)
                 }

@@ -19,6 +19,7 @@ use object_store::ObjectStore;
 
 use super::convert::examples_to_batch;
 use super::files::{file_name, parse_examples, read_file};
+use datafusion::common::exec_datafusion_err;
 
 /// Scans TFRecord files; every record's CRCs are checked.
 #[derive(Clone)]
@@ -63,13 +64,7 @@ impl FileOpener for TfRecordOpener {
                 .chunks(batch_size)
                 .enumerate()
                 .map(|(i, chunk)| examples_to_batch(chunk, &schema, (i * batch_size) as u64))
-                .map(|r| {
-                    r.map_err(|e| {
-                        datafusion::error::DataFusionError::Execution(format!(
-                            "TFRecord file '{name}': {e}"
-                        ))
-                    })
-                })
+                .map(|r| r.map_err(|e| exec_datafusion_err!("TFRecord file '{name}': {e}")))
                 .collect();
             Ok(futures::stream::iter(batches).boxed())
         }))

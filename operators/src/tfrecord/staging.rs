@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use datafusion::error::{DataFusionError, Result};
+use datafusion::common::{exec_datafusion_err, exec_err};
+use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -138,9 +139,7 @@ pub fn register(key: &str, planned: u128) -> Result<Registration> {
     let mut live = LIVE.lock().expect("staging registry");
     let dest = live.entry(key.to_string()).or_default();
     if planned <= dest.aborted_up_to {
-        return Err(DataFusionError::Execution(format!(
-            "the TFRecord write to '{key}' was aborted"
-        )));
+        return exec_err!("the TFRecord write to '{key}' was aborted");
     }
     let id = IDS.fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(Stop::default());
@@ -211,7 +210,7 @@ pub async fn remove_staging(
         .map_ok(|m| m.location)
         .try_collect()
         .await
-        .map_err(|e| DataFusionError::Execution(format!("cannot list '{staging}': {e}")))?;
+        .map_err(|e| exec_datafusion_err!("cannot list '{staging}': {e}"))?;
     let prefix = staging.parts().count();
     let doomed: Vec<Path> = staged
         .into_iter()
@@ -227,9 +226,9 @@ pub async fn remove_staging(
         .map(|path| async move {
             match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(DataFusionError::Execution(format!(
+                Err(e) => Err(exec_datafusion_err!(
                     "cannot remove the staged file '{path}': {e}"
-                ))),
+                )),
             }
         })
         .buffer_unordered(16);
