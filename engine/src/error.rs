@@ -89,7 +89,8 @@ impl From<QuiverError> for DataFusionError {
     }
 }
 
-/// The error of a variant that carries a message, from a format string (Polars' `polars_err!`):
+/// The error of a variant (or constructor such as [`QuiverError::plan`]) that takes a message,
+/// from a format string (Polars' `polars_err!`):
 /// `err!(QuiverError::Config, "option '{key}' is not a number")`.
 #[macro_export]
 macro_rules! err {

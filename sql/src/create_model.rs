@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use datafusion::sql::sqlparser::tokenizer::Token;
 use quiver_engine::{QuiverError, Result, Session};
+use quiver_engine::{bail, err};
 use quiver_operators::experiment::{ExperimentBuilder, ExperimentReport, TrialRunner};
 use quiver_operators::ml::OptionValue;
 
@@ -38,10 +39,11 @@ pub(crate) fn parse_create(words: &[&Token], what: &str) -> Result<(CreateModel,
         Some(Token::Word(w)) => w.value.clone(),
         Some(Token::SingleQuotedString(s)) => s.clone(),
         other => {
-            return Err(QuiverError::plan(format!(
+            bail!(
+                QuiverError::plan,
                 "CREATE {what}: expected a name, found {}; {usage}",
                 other.map_or("the end".to_string(), |t| t.to_string())
-            )));
+            );
         }
     };
     i += 1;
@@ -50,26 +52,29 @@ pub(crate) fn parse_create(words: &[&Token], what: &str) -> Result<(CreateModel,
     if is_word(words.get(i), "OPTIONS") {
         i += 1;
         if words.get(i) != Some(&&Token::LParen) {
-            return Err(QuiverError::plan(format!(
+            bail!(
+                QuiverError::plan,
                 "CREATE {what}: expected '(' after OPTIONS; {usage}"
-            )));
+            );
         }
         i += 1;
         while words.get(i) != Some(&&Token::RParen) {
             let key = match words.get(i) {
                 Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
                 other => {
-                    return Err(QuiverError::plan(format!(
+                    bail!(
+                        QuiverError::plan,
                         "CREATE {what}: expected an option name, found {}; {usage}",
                         other.map_or("the end".to_string(), |t| t.to_string())
-                    )));
+                    );
                 }
             };
             i += 1;
             if words.get(i) != Some(&&Token::Eq) {
-                return Err(QuiverError::plan(format!(
+                bail!(
+                    QuiverError::plan,
                     "CREATE {what}: expected '=' after option {key}"
-                )));
+                );
             }
             i += 1;
             let (value, next) = parse_value(words, i, &key)?;
@@ -79,19 +84,21 @@ pub(crate) fn parse_create(words: &[&Token], what: &str) -> Result<(CreateModel,
                 Some(Token::Comma) => i += 1,
                 Some(Token::RParen) => {}
                 _ => {
-                    return Err(QuiverError::plan(format!(
+                    bail!(
+                        QuiverError::plan,
                         "CREATE {what}: expected ',' or ')' after option {}",
                         options.last().expect("pushed").0
-                    )));
+                    );
                 }
             }
         }
         i += 1;
     }
     if !is_word(words.get(i), "AS") {
-        return Err(QuiverError::plan(format!(
+        bail!(
+            QuiverError::plan,
             "CREATE {what} {name}: expected AS and the training query; {usage}"
-        )));
+        );
     }
     Ok((
         CreateModel {
@@ -106,10 +113,11 @@ pub(crate) fn parse_create(words: &[&Token], what: &str) -> Result<(CreateModel,
 
 fn parse_value(words: &[&Token], i: usize, key: &str) -> Result<(OptionValue, usize)> {
     let bad = |found: Option<&&Token>| {
-        QuiverError::plan(format!(
+        err!(
+            QuiverError::plan,
             "option {key} needs a string, number, true/false or [list], found {}",
             found.map_or("the end".to_string(), |t| t.to_string())
-        ))
+        )
     };
     match words.get(i) {
         Some(Token::SingleQuotedString(s) | Token::DoubleQuotedString(s)) => {
@@ -157,11 +165,12 @@ pub fn model_type(create: &CreateModel, what: &str) -> Result<String> {
     match create.options.iter().find(|(k, _)| k == "model_type") {
         Some((_, OptionValue::Str(t))) => Ok(t.clone()),
         Some(_) => Err(QuiverError::plan("model_type must be a string")),
-        None => Err(QuiverError::plan(format!(
+        None => Err(err!(
+            QuiverError::plan,
             "CREATE {what} {}: OPTIONS must name a model_type ('dnn_classifier' or \
              'cnn_classifier')",
             create.name
-        ))),
+        )),
     }
 }
 

@@ -20,6 +20,7 @@ use quiver_engine::{QuiverError, Result, Session};
 use quiver_operators::ml::ModelBuilder;
 
 use crate::create_model::{CreateModel, model_type, parse_create, run_experiment};
+use quiver_engine::{bail, err};
 
 /// One statement of a script.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ impl std::fmt::Display for Statement {
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize_with_location()
-        .map_err(|e| QuiverError::plan(format!("SQL syntax error: {e}")))?;
+        .map_err(|e| err!(QuiverError::plan, "SQL syntax error: {e}"))?;
     // Byte offset of a token's start, to cut statements out of the original text (re-rendering
     // tokens would lose quoting).
     let line_starts: Vec<usize> = std::iter::once(0)
@@ -124,10 +125,11 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 .map_or("", |t| sql[offset(t.span.start)..end_offset].trim())
                 .to_string();
             if create.query.is_empty() {
-                return Err(QuiverError::plan(format!(
+                bail!(
+                    QuiverError::plan,
                     "CREATE {what} {}: the training query after AS is empty",
                     create.name
-                )));
+                );
             }
             statements.push(if what == "MODEL" {
                 Statement::CreateModel(create)
