@@ -83,10 +83,10 @@ impl Trainer for TrainerService {
         request: Request<AbortWritesRequest>,
     ) -> std::result::Result<Response<AbortWritesReply>, Status> {
         let request = request.into_inner();
-        let stopped =
-            quiver_sql::write::stop_writers(&request.destination, request.up_to_nanos.into())
-                .await
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Writers that did not stop may still upload: the driver must not remove their files.
+        let stopped = quiver_sql::write::stop_writers(&request.destination, &request.write_id)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(AbortWritesReply {
             writers_stopped: stopped as u32,
             files_removed: 0,

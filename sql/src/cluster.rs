@@ -143,15 +143,18 @@ impl ClusterClient {
 
     /// Has the driver abort the TFRecord writes to `destination` (every executor stops its
     /// writers, then the staged files are removed); returns the staged objects removed.
-    pub async fn abort_writes(&self, destination: &str) -> Result<u64> {
+    pub async fn abort_writes(&self, destination: &str, write_id: &str) -> Result<u64> {
         let mut client = self.coordinator().await?;
         let reply = client
             .abort_writes(proto::AbortWritesRequest {
                 destination: destination.to_string(),
-                up_to_nanos: 0,
+                write_id: write_id.to_string(),
             })
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| match e.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => self.unreachable(&e),
+                _ => err!(QuiverError::Cluster, "{}", e.message()),
+            })?;
         Ok(reply.into_inner().files_removed)
     }
 

@@ -15,15 +15,20 @@ use quiver_engine::{QuiverError, Result, resolve_location};
 use quiver_operators::TfRecordFormatFactory;
 use quiver_operators::tfrecord::staging;
 
-/// The destination URL of a `COPY ... STORED AS TFRECORD` plan.
-fn tfrecord_destination(plan: &LogicalPlan) -> Option<String> {
+/// The destination URL and write id of a `COPY ... STORED AS TFRECORD` plan, whose write id
+/// (its staging folder's name) is chosen here, so that an abort removes that write only.
+fn tfrecord_write(plan: &mut LogicalPlan) -> Option<(String, String)> {
     let LogicalPlan::Copy(copy) = plan else {
         return None;
     };
     let format = file_type_to_format(&copy.file_type).ok()?;
-    format
-        .downcast_ref::<TfRecordFormatFactory>()
-        .map(|_| copy.output_url.clone())
+    format.downcast_ref::<TfRecordFormatFactory>()?;
+    let id = copy
+        .options
+        .entry("format.write_id".to_string())
+        .or_insert_with(staging::staging_id)
+        .clone();
+    Some((copy.output_url.clone(), id))
 }
 
 /// Runs `frame` to the end, or until `cancel` resolves (then the statement fails as
@@ -32,15 +37,15 @@ pub async fn collect_until(
     frame: DataFrame,
     cancel: impl Future<Output = ()>,
 ) -> Result<Vec<RecordBatch>> {
-    let (state, plan) = frame.into_parts();
-    let destination = tfrecord_destination(&plan);
+    let (state, mut plan) = frame.into_parts();
+    let write = tfrecord_write(&mut plan);
     let frame = DataFrame::new(state.clone(), plan);
     let result = tokio::select! {
         batches = frame.collect() => batches.map_err(QuiverError::from),
         () = cancel => Err(QuiverError::Cancelled("the statement was cancelled".into())),
     };
-    match (result, destination) {
-        (Err(e), Some(destination)) => match abort_write(&state, &destination).await {
+    match (result, write) {
+        (Err(e), Some((destination, id))) => match abort_write(&state, &destination, &id).await {
             Ok(()) => Err(e),
             Err(cleanup) => Err(QuiverError::DataFusion(exec_datafusion_err!(
                 "{e}\n  and removing what the write to '{destination}' staged failed: \
@@ -77,39 +82,48 @@ fn destination_folder(
     })
 }
 
-/// Aborts the TFRecord writes to `destination` that are running or staged: on a cluster
-/// through the driver, which has every executor stop its writers first.
-pub async fn abort_write(state: &SessionState, destination: &str) -> Result<()> {
+/// Aborts the TFRecord write `id` to `destination`: on a cluster through the driver, which has
+/// every executor stop its writers first.
+pub async fn abort_write(state: &SessionState, destination: &str, id: &str) -> Result<()> {
     if let Some(client) = state
         .config()
         .get_extension::<crate::cluster::ClusterClient>()
     {
-        return client.abort_writes(destination).await.map(|_| ());
+        return client.abort_writes(destination, id).await.map(|_| ());
     }
-    remove_write(state, destination, staging::now_nanos())
-        .await
-        .map(|_| ())
+    remove_write(state, destination, id).await.map(|_| ())
 }
 
-/// Stops this process's writers of writes to `destination` planned up to `up_to` (ns since
-/// the epoch) and removes their staging folders; returns the objects removed.
-pub async fn remove_write(state: &SessionState, destination: &str, up_to: u128) -> Result<usize> {
+/// Stops this process's writers of the write `id` to `destination` and removes its staging
+/// folder; returns the objects removed.
+pub async fn remove_write(state: &SessionState, destination: &str, id: &str) -> Result<usize> {
     let url = resolve_location(destination)?;
     let store_url = quiver_engine::store::store_url(&url);
     let store = state.runtime_env().object_store(&store_url)?;
     let dir = destination_folder(&url)?;
-    Ok(staging::abort(&store, &store_url, &dir, up_to).await?)
+    Ok(staging::abort(&store, &store_url, &dir, id).await?)
 }
 
-/// Stops this process's writers of writes to `destination` planned up to `up_to`, waiting
-/// for them (an executor's part of aborting a cluster's write); returns how many it stopped.
-pub async fn stop_writers(destination: &str, up_to: u128) -> Result<usize> {
+/// Removes the staging folder of the write `id` to `destination` once its writers have stopped
+/// everywhere (the driver's part of aborting a cluster's write); returns the objects removed.
+pub async fn remove_staged(state: &SessionState, destination: &str, id: &str) -> Result<usize> {
+    let url = resolve_location(destination)?;
+    let store_url = quiver_engine::store::store_url(&url);
+    let store = state.runtime_env().object_store(&store_url)?;
+    let dir = destination_folder(&url)?;
+    Ok(staging::remove_staging(&store, &dir, id, None, staging::local_root(&store_url)).await?)
+}
+
+/// Stops this process's writers of the write `id` to `destination`, waiting for them (an
+/// executor's part of aborting a cluster's write); returns how many it stopped, or an error
+/// when some did not stop in time.
+pub async fn stop_writers(destination: &str, id: &str) -> Result<usize> {
     let url = resolve_location(destination)?;
     let key = staging::destination_key(
         &quiver_engine::store::store_url(&url),
         &destination_folder(&url)?,
     );
-    Ok(staging::abort_local(&key, up_to).await)
+    Ok(staging::abort_local(&key, id, staging::STOP_WAIT).await?)
 }
 
 #[cfg(test)]

@@ -2,13 +2,15 @@
 among good ones, 20 times in a row on a local folder and on a real S3 server (SeaweedFS); an
 injected store failure after a shard is staged, 5 times on a local folder; a cancelled (Ctrl-C)
 statement, 3 times; a destination store that cannot be reached. (The same on a memory:// store
-is a unit test in sql/src/write.rs.) A COPY killed with SIGKILL leaves only its staging folder,
-which readers skip and the next successful write removes. Errors name the file behind
+is a unit test in sql/src/write.rs.) A failed COPY removes only its own staging folder, never
+that of another COPY to the same destination that is still running. A COPY killed with SIGKILL
+leaves only its staging folder, which readers skip and a later commit removes once it is stale. Errors name the file behind
 undecodable bytes whatever the query's shape, skipped images are listed, and broken TFRecord
 files are named with the byte offset of the damage."""
 import os
 import shutil
 import signal
+import time
 
 import pytest
 import tensorflow as tf
@@ -124,9 +126,39 @@ def test_a_cancelled_copy_leaves_the_destination_as_it_was(images, tmp_path):
         assert listing(out) == [], listing(out)
 
 
+def test_a_failed_copy_leaves_another_running_copy_to_the_destination_alone(images, tmp_path):
+    """Two COPYs to one destination: the first is held with a shard staged (a fault point) while
+    the second, with the bad image, fails and aborts. The abort removes only its own staging
+    folder; the first write then commits all 200 rows, and TensorFlow reads them."""
+    good = tmp_path / "good"
+    shutil.copytree(images["root"], good)
+    os.remove(good / os.path.relpath(images["bad"], images["root"]))
+    out = tmp_path / "out"
+    paused = tmp_path / "paused"
+    first = spawn_logged([QUIVER, "--store", str(tmp_path), "--partitions", "4", "sql", "--format",
+                          "json", copy_sql(good, f"{out}/")], tmp_path, "first",
+                         env=fault_env(f"tfrecord_write@*/00001=pause:{paused}"))
+    wait_for(paused.exists, "the first write's partition 1 to be staged", proc=first)
+    held = listing(out)
+    assert held and all(f.startswith("_temporary/") for f in held), held
+    second = quiver_file(tmp_path, copy_sql(images["root"], f"{out}/"))
+    assert second.returncode != 0 and f"'file://{images['bad']}'" in second.stderr, second.stderr
+    # The first write's staged shards are all still there (its other writers may add more).
+    assert set(held) <= set(listing(out)), (held, listing(out))
+    os.remove(paused)
+    outs, err = finish(first, timeout=120)
+    assert first.returncode == 0, err
+    assert json_rows(outs) == [{"count": 200}]
+    shards = listing(out)
+    assert len(shards) == 4 and all(f.startswith("part-") for f in shards), shards
+    assert sum(1 for _ in tf.data.TFRecordDataset([str(out / f) for f in shards])) == 200
+
+
 def test_a_killed_copy_leaves_only_its_staging_folder(images, tmp_path):
-    """SIGKILL (a fault point) once partition 0's shard is staged: only `_temporary/` is left;
-    readers do not see it, and the next successful write to the destination removes it."""
+    """SIGKILL (a fault point) once partition 0's shard is staged: only `_temporary/` is left,
+    and readers do not see it. A commit to the destination leaves such a folder while it is
+    fresh (it may be a write that still runs elsewhere) and removes it once nothing in it
+    changed for 10 minutes (its writers would have refreshed their heartbeats)."""
     good = tmp_path / "good"
     shutil.copytree(images["root"], good)
     os.remove(good / os.path.relpath(images["bad"], images["root"]))
@@ -138,10 +170,21 @@ def test_a_killed_copy_leaves_only_its_staging_folder(images, tmp_path):
     assert left and all(f.startswith("_temporary/") for f in left), left
     staged = tmp_path / "staged"
     shutil.copytree(out / "_temporary", staged)
+    [killed] = os.listdir(staged)
+    # The same staged folder twice more: once as it is, once as if written 11 minutes ago.
+    shutil.copytree(staged / killed, out / "_temporary" / f"{killed}0")
+    stale = f"{killed}1"
+    shutil.copytree(staged / killed, out / "_temporary" / stale)
+    long_ago = time.time() - 660
+    for f in listing(out / "_temporary" / stale):
+        os.utime(out / "_temporary" / stale / f, (long_ago, long_ago))
+    fresh = [f for f in listing(out) if stale not in f]
     proc = quiver_file(tmp_path, copy_sql(good, f"{out}/"))
     assert proc.returncode == 0, proc.stderr
     assert json_rows(proc.stdout) == [{"count": 200}]
-    assert all(f.startswith("part-") for f in listing(out)), listing(out)
+    shards = [f for f in listing(out) if f.startswith("part-")]
+    assert len(shards) == 4 and sorted(set(listing(out)) - set(shards)) == fresh, listing(out)
+    shutil.rmtree(out / "_temporary")
     # Put the killed write's staged shards back: readers skip them.
     shutil.copytree(staged, out / "_temporary")
     rows = json_rows(quiver_file(tmp_path, f"CREATE EXTERNAL TABLE t STORED AS TFRECORD "

@@ -11,7 +11,6 @@ use quiver_engine::store::objects::get_bytes;
 use quiver_operators::experiment::TrialTask;
 use quiver_operators::experiment::trials::TRIAL_WEIGHTS;
 use quiver_operators::ml::{MlError, ModelBuilder, ModelCard, TrainHooks};
-use quiver_operators::tfrecord::staging;
 use quiver_sql::cluster::proto::coordinator_server::Coordinator;
 use quiver_sql::cluster::proto::{
     AbortWritesReply, AbortWritesRequest, HelloReply, HelloRequest, StatementEvent,
@@ -21,7 +20,7 @@ use quiver_sql::create_model::CreateModel;
 use quiver_sql::reply::{EventStream, stream_reply};
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use quiver_engine::err;
 use trainers::{ClusterTrainers, connect_trainer};
@@ -148,44 +147,59 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<AbortWritesRequest>,
     ) -> std::result::Result<Response<AbortWritesReply>, Status> {
-        let destination = request.into_inner().destination;
-        let up_to = staging::now_nanos();
-        log::info!("aborting the TFRecord writes to {destination}");
-        // Every live executor stops its writers of the destination and waits for them ...
+        let AbortWritesRequest {
+            destination,
+            write_id,
+        } = request.into_inner();
+        log::info!("aborting the TFRecord write {write_id} to {destination}");
+        // Every live executor stops its writers of the write and waits for them ...
         let executors = (self.directory)().await;
         let stops = executors.iter().map(|executor| {
-            let destination = destination.clone();
+            let request = AbortWritesRequest {
+                destination: destination.clone(),
+                write_id: write_id.clone(),
+            };
             async move {
-                let stopped = async {
-                    let mut client = connect_trainer(&executor.address, self.tls.as_ref()).await?;
-                    let reply = client
-                        .abort_writes(AbortWritesRequest {
-                            destination,
-                            up_to_nanos: up_to as u64,
-                        })
-                        .await
-                        .map_err(|e| MlError::Training(e.message().to_string()))?;
-                    Ok::<_, MlError>(reply.into_inner().writers_stopped)
-                }
-                .await;
-                stopped.unwrap_or_else(|e| {
+                let client = connect_trainer(&executor.address, self.tls.as_ref()).await;
+                let reply = match client {
+                    Ok(mut client) => client.abort_writes(request).await,
+                    Err(e) => Err(Status::unavailable(e.to_string())),
+                };
+                match reply {
+                    Ok(reply) => Ok(reply.into_inner().writers_stopped),
                     // A lost executor writes nothing any more.
-                    log::warn!("executor {} did not stop its writers: {e}", executor.id);
-                    0
-                })
+                    Err(e) if e.code() == Code::Unavailable => {
+                        log::warn!("executor {} is unreachable: {}", executor.id, e.message());
+                        Ok(0)
+                    }
+                    Err(e) => Err(format!("executor {}: {}", executor.id, e.message())),
+                }
             }
         });
-        let writers_stopped = futures::future::join_all(stops).await.into_iter().sum();
-        // ... then the staging folders of the writes planned so far are removed.
+        let mut writers_stopped = 0;
+        let mut running = Vec::new();
+        for stop in futures::future::join_all(stops).await {
+            match stop {
+                Ok(n) => writers_stopped += n,
+                Err(e) => running.push(e),
+            }
+        }
+        // ... then, unless a writer may still upload, the write's staging folder is removed.
+        if !running.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "the TFRecord write to {destination} was not cleaned up: {}",
+                running.join("; ")
+            )));
+        }
         let session = quiver_sql::session(self.session.clone())
             .map_err(|e| Status::internal(e.to_string()))?;
         let removed =
-            quiver_sql::write::remove_write(&session.context().state(), &destination, up_to)
+            quiver_sql::write::remove_staged(&session.context().state(), &destination, &write_id)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         log::info!(
-            "aborted the TFRecord writes to {destination}: {writers_stopped} writers stopped, \
-             {removed} staged files removed"
+            "aborted the TFRecord write {write_id} to {destination}: {writers_stopped} writers \
+             stopped, {removed} staged files removed"
         );
         Ok(Response::new(AbortWritesReply {
             writers_stopped,

@@ -9,7 +9,8 @@ use super::convert::ImageEncoding;
 use datafusion::common::plan_datafusion_err;
 
 /// Options of the TFRecord format: `compression` ('none' | 'gzip'), `image_format`
-/// ('png' | 'jpeg' | 'raw'), `schema_infer_max_records`.
+/// ('png' | 'jpeg' | 'raw'), `schema_infer_max_records`, and `write_id`, which the client that
+/// runs a `COPY` sets so that it can abort exactly its own write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TfRecordOptions {
     /// Gzip each shard as a whole (TensorFlow's `compression_type='GZIP'`).
@@ -18,6 +19,9 @@ pub struct TfRecordOptions {
     pub image_format: ImageEncoding,
     /// Records read to infer a schema.
     pub schema_infer_max_records: usize,
+    /// The name of a write's staging folder (see [`super::staging::staging_id`]); a new one
+    /// when the write is planned if not given.
+    pub write_id: Option<String>,
 }
 
 impl Default for TfRecordOptions {
@@ -26,6 +30,7 @@ impl Default for TfRecordOptions {
             gzip: false,
             image_format: ImageEncoding::default(),
             schema_infer_max_records: 1000,
+            write_id: None,
         }
     }
 }
@@ -38,7 +43,7 @@ impl TfRecordOptions {
             ImageEncoding::Jpeg => "jpeg",
             ImageEncoding::Raw => "raw",
         };
-        HashMap::from([
+        let mut options = HashMap::from([
             (
                 "format.compression".to_string(),
                 if self.gzip { "gzip" } else { "none" }.to_string(),
@@ -48,7 +53,11 @@ impl TfRecordOptions {
                 "format.schema_infer_max_records".to_string(),
                 self.schema_infer_max_records.to_string(),
             ),
-        ])
+        ]);
+        if let Some(id) = &self.write_id {
+            options.insert("format.write_id".to_string(), id.clone());
+        }
+        options
     }
 
     /// Applies `OPTIONS (...)` of a statement; keys may carry DataFusion's `format.` prefix.
@@ -78,9 +87,20 @@ impl TfRecordOptions {
                         plan_datafusion_err!("TFRECORD option schema_infer_max_records: expected a count, got '{value}'")
                     })?
                 }
+                "write_id" => {
+                    let valid = super::staging::planned_at(value).is_some()
+                        && value.split('-').count() == 3
+                        && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+                    if !valid {
+                        return plan_err!(
+                            "TFRECORD option write_id: expected TIME-PROCESS-COUNTER (hex time), got '{value}'"
+                        );
+                    }
+                    self.write_id = Some(value.clone());
+                }
                 other => {
                     return plan_err!(
-                        "unknown TFRECORD option '{other}' (known: compression, image_format, schema_infer_max_records)"
+                        "unknown TFRECORD option '{other}' (known: compression, image_format, schema_infer_max_records, write_id)"
                     );
                 }
             }

@@ -29,11 +29,14 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use quiver_engine::Progress;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 
 use super::convert::batch_to_examples;
 use super::options::TfRecordOptions;
 use super::record::write_record;
-use super::staging::{self, STAGING_DIR, Stop, destination_key, planned_at, staging_id};
+use super::staging::{
+    self, HEARTBEAT, STAGING_DIR, STALE_AFTER, Stop, destination_key, staging_id,
+};
 use datafusion::common::{exec_datafusion_err, exec_err, internal_datafusion_err};
 
 /// Bytes buffered before they are handed to the store.
@@ -60,10 +63,11 @@ pub async fn plan_write(
         check_no_shards(&store, &base, &config.original_url).await?;
         base
     };
+    let id = options.write_id.clone().unwrap_or_else(staging_id);
     let write = TfRecordWrite {
         config,
         options,
-        staging: dir.join(STAGING_DIR).join(staging_id()),
+        staging: dir.join(STAGING_DIR).join(id),
     };
     let writer = Arc::new(TfRecordWriterExec::new(input, write.clone()));
     Ok(Arc::new(TfRecordSinkExec::new(writer, write)))
@@ -89,11 +93,10 @@ impl TfRecordWrite {
         parts.into_iter().collect()
     }
 
-    /// When the write was planned (its staging folder's name says).
-    pub fn planned(&self) -> Result<u128> {
+    /// The write's id: its staging folder's name.
+    pub fn id(&self) -> Result<&str> {
         self.staging
             .filename()
-            .and_then(planned_at)
             .ok_or_else(|| internal_datafusion_err!("bad TFRecord staging folder {}", self.staging))
     }
 
@@ -401,7 +404,7 @@ impl ExecutionPlan for TfRecordWriterExec {
             staging_id(),
             extension(&self.write.options)
         ));
-        let registration = staging::register(&self.write.key(), self.write.planned()?)?;
+        let registration = staging::register(&self.write.key(), self.write.id()?)?;
         let stream = self.input.execute(partition, Arc::clone(&context))?;
         let options = self.write.options.clone();
         let progress = context.session_config().get_extension::<Progress>();
@@ -415,22 +418,28 @@ impl ExecutionPlan for TfRecordWriterExec {
         let stop = Arc::clone(&registration.stop);
         let work = tokio::spawn(async move {
             let stop = &registration.stop;
-            let mut writer = ShardWriter::new(store, path.clone(), options.gzip);
-            let written =
-                write_stream(stream, &mut writer, &options, progress.as_deref(), stop).await;
-            let rows = match written {
-                Ok(rows) => rows,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(e);
+            let alive = Path::from(format!("{path}.alive"));
+            let ended = Notify::new();
+            let write = async {
+                let staged =
+                    stage_shard(Arc::clone(&store), &path, stream, &options, progress, stop).await;
+                ended.notify_one();
+                staged
+            };
+            let (staged, ()) = tokio::join!(write, heartbeat(&store, &alive, &ended));
+            let _ = store.delete(&alive).await;
+            let rows = staged?;
+            // The shard is staged; a test may stop or crash the write here.
+            let reached = tokio::select! {
+                biased;
+                () = stop.wait() => Err(stopped()),
+                reached = quiver_engine::fault::point_async("tfrecord_write", &fault_key) => {
+                    reached.map_err(DataFusionError::from)
                 }
             };
-            writer.finish().await?;
-            // The shard is staged; a test may stop or crash the write here.
-            tokio::select! {
-                biased;
-                () = stop.wait() => return Err(stopped()),
-                reached = quiver_engine::fault::point_async("tfrecord_write", &fault_key) => reached?,
+            if let Err(e) = reached {
+                let _ = store.delete(&path).await;
+                return Err(e);
             }
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from(vec![path.to_string()])),
@@ -449,6 +458,42 @@ impl ExecutionPlan for TfRecordWriterExec {
             staged_schema(),
             futures::stream::once(result),
         )))
+    }
+}
+
+/// Writes `stream` as the shard `path`; returns its rows. A failed or stopped write removes what
+/// it uploaded.
+async fn stage_shard(
+    store: Arc<dyn ObjectStore>,
+    path: &Path,
+    stream: SendableRecordBatchStream,
+    options: &TfRecordOptions,
+    progress: Option<Arc<Progress>>,
+    stop: &Stop,
+) -> Result<u64> {
+    let mut writer = ShardWriter::new(store, path.clone(), options.gzip);
+    match write_stream(stream, &mut writer, options, progress.as_deref(), stop).await {
+        Ok(rows) => {
+            writer.finish().await?;
+            Ok(rows)
+        }
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Rewrites the heartbeat object `alive` every [`HEARTBEAT`] until `ended` is notified, so that
+/// other writes' commits see this write's staging folder as live.
+async fn heartbeat(store: &Arc<dyn ObjectStore>, alive: &Path, ended: &Notify) {
+    loop {
+        // A store that refuses the heartbeat refuses the shard too, which fails the write.
+        let _ = store.put(alive, Default::default()).await;
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT) => {}
+            () = ended.notified() => return,
+        }
     }
 }
 
@@ -489,15 +534,6 @@ struct Commit {
 }
 
 impl Commit {
-    fn local_root(&self) -> Option<&'static std::path::Path> {
-        self.write
-            .config
-            .object_store_url
-            .as_str()
-            .starts_with("file://")
-            .then(|| std::path::Path::new("/"))
-    }
-
     /// Runs the writers (`input`), then moves their shards into place; returns the rows
     /// written. Shards moved before a failure are removed again.
     async fn run(&self, input: Arc<dyn ExecutionPlan>, context: Arc<TaskContext>) -> Result<u64> {
@@ -590,19 +626,27 @@ impl ExecutionPlan for TfRecordSinkExec {
         let work = async move {
             let written = commit.run(input, context).await;
             let (store, write) = (&commit.store, &commit.write);
-            let planned = write.planned()?;
+            let id = write.id()?;
             match written {
                 Ok(rows) => {
-                    // This write's staging folder, and any that older writes' crashed
-                    // processes left behind.
-                    staging::remove_staging(store, &write.dir(), planned, commit.local_root())
-                        .await?;
+                    // This write's staging folder, and any that writes of processes that died
+                    // left behind (nothing in them changed for STALE_AFTER).
+                    let url = &write.config.object_store_url;
+                    let stale_before = staging::now_nanos().saturating_sub(STALE_AFTER.as_nanos());
+                    staging::remove_staging(
+                        store,
+                        &write.dir(),
+                        id,
+                        Some(stale_before),
+                        staging::local_root(url),
+                    )
+                    .await?;
                     let count: ArrayRef = Arc::new(UInt64Array::from(vec![rows]));
                     Ok(RecordBatch::try_new(count_schema(), vec![count])?)
                 }
                 Err(e) => {
                     let url = &write.config.object_store_url;
-                    if let Err(cleanup) = staging::abort(store, url, &write.dir(), planned).await {
+                    if let Err(cleanup) = staging::abort(store, url, &write.dir(), id).await {
                         return exec_err!(
                             "{e} (and cleaning up its staged files failed: {cleanup})"
                         );

@@ -1,13 +1,15 @@
 //! The staging folders of TFRecord writes and their clean-up. Each write stages its shards in
-//! `<destination>/_temporary/<id>/`, where the id starts with the time the write was planned;
-//! readers skip `_temporary`. A write that fails or is cancelled is aborted: its writers (in
-//! this process, see [`abort_local`]; on a cluster, on every executor) stop at their next batch,
-//! remove what they staged and are waited for, then the staging folders of every write to the
-//! destination planned up to then are removed ([`remove_staging`]), so the destination holds
-//! exactly what it held before. A commit also removes the staging folders that older writes
-//! left behind when their process was killed.
+//! `<destination>/_temporary/<write id>/`, where the id starts with the time the write was planned
+//! and is chosen by the client that runs the statement (so that it can abort exactly its own
+//! write); readers skip `_temporary`. A write that fails or is cancelled is aborted: its writers
+//! (in this process, see [`abort_local`]; on a cluster, on every executor) stop at their next
+//! batch, remove what they staged and are waited for; only then is its staging folder removed
+//! ([`remove_staging`]), so the destination holds exactly what it held before. Another write's
+//! folder is never touched while that write may run: a running writer refreshes a heartbeat
+//! object in its folder every [`HEARTBEAT`], and a commit removes, besides its own folder, only
+//! folders in which nothing changed for [`STALE_AFTER`] (those a killed process left behind).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -22,6 +24,17 @@ use tokio::sync::Notify;
 
 /// The folder under a destination that holds staged shards.
 pub const STAGING_DIR: &str = "_temporary";
+
+/// How often a running writer rewrites its heartbeat object (`<shard>.alive`).
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// A staging folder in which no object changed for this long belongs to a write whose process
+/// died; a commit to the same destination removes it.
+pub const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// How long an abort waits for its writers to stop; a writer still running after it may still
+/// upload, so its folder is then left to it (it removes its own files when it stops).
+pub const STOP_WAIT: Duration = Duration::from_secs(120);
 
 /// Whether `path` lies in a staging folder, which readers skip.
 pub fn is_staged(path: &str) -> bool {
@@ -57,19 +70,16 @@ pub fn destination_key(store: &ObjectStoreUrl, dir: &Path) -> String {
     format!("{}{dir}", store.as_str())
 }
 
-/// How long an abort waits for writers to stop before it removes the staging folders anyway.
-const STOP_WAIT: Duration = Duration::from_secs(120);
-
 struct Live {
     id: u64,
-    planned: u128,
+    write: String,
     stop: Arc<Stop>,
 }
 
 #[derive(Default)]
 struct Destination {
-    /// Writes planned at or before this time are aborted.
-    aborted_up_to: u128,
+    /// The writes that were aborted: their writers are refused.
+    aborted: HashSet<String>,
     live: Vec<Live>,
 }
 
@@ -123,7 +133,7 @@ impl Drop for Registration {
         let mut live = LIVE.lock().expect("staging registry");
         if let Some(dest) = live.get_mut(&self.key) {
             dest.live.retain(|l| l.id != self.id);
-            if dest.live.is_empty() && dest.aborted_up_to == 0 {
+            if dest.live.is_empty() && dest.aborted.is_empty() {
                 live.remove(&self.key);
             }
         }
@@ -132,20 +142,20 @@ impl Drop for Registration {
     }
 }
 
-/// Registers a writer of the write planned at `planned` into `key`'s destination; refused when
-/// that write was aborted already.
-pub fn register(key: &str, planned: u128) -> Result<Registration> {
+/// Registers a writer of the write `write` (its staging folder's name) into `key`'s
+/// destination; refused when that write was aborted already.
+pub fn register(key: &str, write: &str) -> Result<Registration> {
     static IDS: AtomicU64 = AtomicU64::new(0);
     let mut live = LIVE.lock().expect("staging registry");
     let dest = live.entry(key.to_string()).or_default();
-    if planned <= dest.aborted_up_to {
+    if dest.aborted.contains(write) {
         return exec_err!("the TFRecord write to '{key}' was aborted");
     }
     let id = IDS.fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(Stop::default());
     dest.live.push(Live {
         id,
-        planned,
+        write: write.to_string(),
         stop: Arc::clone(&stop),
     });
     Ok(Registration {
@@ -155,16 +165,21 @@ pub fn register(key: &str, planned: u128) -> Result<Registration> {
     })
 }
 
-/// Stops this process's writers of writes to `key` planned up to `up_to`, refuses such writers
-/// from now on, and waits until they have ended; returns how many were stopped.
-pub async fn abort_local(key: &str, up_to: u128) -> usize {
+/// Stops this process's writers of the write `write` to `key`, refuses its writers from now
+/// on, and waits up to `wait` until they have ended; returns how many were stopped, or an error
+/// when some still run (they may still upload, so nothing of theirs may be removed yet).
+pub async fn abort_local(key: &str, write: &str, wait: Duration) -> Result<usize> {
     let stopping: Vec<u64> = {
         let mut live = LIVE.lock().expect("staging registry");
         let dest = live.entry(key.to_string()).or_default();
-        dest.aborted_up_to = dest.aborted_up_to.max(up_to);
+        // Aborted writes are remembered for a day: long enough to refuse their late writers.
+        let day_ago = now_nanos().saturating_sub(86_400 * 1_000_000_000);
+        dest.aborted
+            .retain(|w| planned_at(w).is_none_or(|t| t >= day_ago));
+        dest.aborted.insert(write.to_string());
         dest.live
             .iter()
-            .filter(|l| l.planned <= up_to)
+            .filter(|l| l.write == write)
             .map(|l| {
                 l.stop.request();
                 l.id
@@ -176,7 +191,7 @@ pub async fn abort_local(key: &str, up_to: u128) -> usize {
         live.get(key)
             .is_some_and(|d| d.live.iter().any(|l| stopping.contains(&l.id)))
     };
-    let waited = tokio::time::timeout(STOP_WAIT, async {
+    let waited = tokio::time::timeout(wait, async {
         loop {
             let ended = ENDED.notified();
             if !running() {
@@ -187,39 +202,56 @@ pub async fn abort_local(key: &str, up_to: u128) -> usize {
     })
     .await;
     if waited.is_err() {
-        eprintln!(
-            "warning: {} TFRecord writer(s) of '{key}' did not stop within {}s",
+        return exec_err!(
+            "{} TFRecord writer(s) of '{key}' did not stop within {} s: their staging folder \
+             {STAGING_DIR}/{write}/ is left to them (a writer removes its files when it stops)",
             stopping.len(),
-            STOP_WAIT.as_secs()
+            wait.as_secs()
         );
     }
-    stopping.len()
+    Ok(stopping.len())
 }
 
-/// Removes the staging folders under `dir` (a destination) of writes planned up to `up_to`,
-/// and on a local disk the folders they leave; returns how many objects were removed.
+/// Removes from `dir` (a destination) the staging folder of the write `write`, and, when
+/// `stale_before` (ns since the epoch) is given, every staging folder in which nothing changed
+/// since then; on a local disk also the emptied folders. Returns how many objects were removed.
 pub async fn remove_staging(
     store: &Arc<dyn ObjectStore>,
     dir: &Path,
-    up_to: u128,
+    write: &str,
+    stale_before: Option<u128>,
     local_root: Option<&std::path::Path>,
 ) -> Result<usize> {
     let staging = dir.clone().join(STAGING_DIR);
-    let staged: Vec<Path> = store
+    let staged: Vec<(Path, u128)> = store
         .list(Some(&staging))
-        .map_ok(|m| m.location)
+        .map_ok(|m| {
+            let modified = m.last_modified.timestamp_nanos_opt().unwrap_or(i64::MAX);
+            (m.location, modified.max(0) as u128)
+        })
         .try_collect()
         .await
         .map_err(|e| exec_datafusion_err!("cannot list '{staging}': {e}"))?;
     let prefix = staging.parts().count();
+    let folder = |path: &Path| path.parts().nth(prefix).map(|p| p.as_ref().to_string());
+    let mut newest: HashMap<String, u128> = HashMap::new();
+    for (path, modified) in &staged {
+        if let Some(f) = folder(path) {
+            let t = newest.entry(f).or_default();
+            *t = (*t).max(*modified);
+        }
+    }
+    // Its own folder even when empty: on a local disk the folder itself is left otherwise.
+    let doomed_folders: HashSet<String> = newest
+        .into_iter()
+        .filter(|(f, t)| f == write || stale_before.is_some_and(|before| *t < before))
+        .map(|(f, _)| f)
+        .chain([write.to_string()])
+        .collect();
     let doomed: Vec<Path> = staged
         .into_iter()
-        .filter(|path| {
-            path.parts()
-                .nth(prefix)
-                .and_then(|folder| planned_at(folder.as_ref()))
-                .is_some_and(|t| t <= up_to)
-        })
+        .map(|(path, _)| path)
+        .filter(|path| folder(path).is_some_and(|f| doomed_folders.contains(&f)))
         .collect();
     let removed = doomed.len();
     let mut deletes = futures::stream::iter(doomed)
@@ -236,39 +268,38 @@ pub async fn remove_staging(
         done?;
     }
     if let Some(root) = local_root {
-        remove_empty_local_folders(&root.join(staging.as_ref()), up_to);
+        remove_empty_local_folders(&root.join(staging.as_ref()), &doomed_folders);
     }
     Ok(removed)
 }
 
-/// On a local disk, removes the staging folders (emptied by [`remove_staging`]) of writes
-/// planned up to `up_to`, and `_temporary` itself once it is empty.
-fn remove_empty_local_folders(staging: &std::path::Path, up_to: u128) {
-    if let Ok(entries) = std::fs::read_dir(staging) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if planned_at(&name.to_string_lossy()).is_some_and(|t| t <= up_to) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+/// On a local disk, removes the staging `folders` (emptied by [`remove_staging`]), and
+/// `_temporary` itself once it is empty.
+fn remove_empty_local_folders(staging: &std::path::Path, folders: &HashSet<String>) {
+    for folder in folders {
+        let _ = std::fs::remove_dir_all(staging.join(folder));
     }
     let _ = std::fs::remove_dir(staging);
 }
 
-/// Aborts the writes to `dir` in `store` planned up to `up_to` that run in this process, then
-/// removes their staging folders; the whole clean-up of a failed write on the embedded engine.
+/// Aborts the write `write` to `dir` in `store` in this process, then removes its staging
+/// folder; the whole clean-up of a failed write on the embedded engine.
 pub async fn abort(
     store: &Arc<dyn ObjectStore>,
     store_url: &ObjectStoreUrl,
     dir: &Path,
-    up_to: u128,
+    write: &str,
 ) -> Result<usize> {
-    abort_local(&destination_key(store_url, dir), up_to).await;
-    let local_root = store_url
+    abort_local(&destination_key(store_url, dir), write, STOP_WAIT).await?;
+    remove_staging(store, dir, write, None, local_root(store_url)).await
+}
+
+/// The root that a `file://` store's paths hang from, for removing emptied folders.
+pub fn local_root(store_url: &ObjectStoreUrl) -> Option<&'static std::path::Path> {
+    store_url
         .as_str()
         .starts_with("file://")
-        .then(|| std::path::PathBuf::from("/"));
-    remove_staging(store, dir, up_to, local_root.as_deref()).await
+        .then(|| std::path::Path::new("/"))
 }
 
 #[cfg(test)]
@@ -288,58 +319,103 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_abort_stops_older_writers_refuses_new_ones_and_waits() {
+    async fn an_abort_stops_its_own_writers_refuses_new_ones_and_waits() {
         let key = "memory:///abort-test/out";
-        let old = register(key, 10).unwrap();
-        let newer = register(key, 30).unwrap();
-        let stop = Arc::clone(&old.stop);
+        let mine = register(key, "a-1-0").unwrap();
+        let other = register(key, "b-1-0").unwrap();
+        let stop = Arc::clone(&mine.stop);
         let ended = Arc::new(AtomicBool::new(false));
         let writer_ended = Arc::clone(&ended);
         tokio::spawn(async move {
             stop.wait().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             writer_ended.store(true, Ordering::Release);
-            drop(old);
+            drop(mine);
         });
-        assert_eq!(abort_local(key, 20).await, 1);
-        // The stopped writer had ended before the abort returned.
+        assert_eq!(abort_local(key, "a-1-0", STOP_WAIT).await.unwrap(), 1);
+        // The stopped writer had ended before the abort returned; the other write runs on.
         assert!(ended.load(Ordering::Acquire));
-        assert!(!newer.stop.requested());
-        assert!(register(key, 15).is_err());
-        assert!(register(key, 40).is_ok());
+        assert!(!other.stop.requested());
+        assert!(register(key, "a-1-0").is_err());
+        assert!(register(key, "c-1-0").is_ok());
     }
 
     #[tokio::test]
-    async fn remove_staging_keeps_newer_writes_and_the_shards() {
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let dir = Path::from("out");
-        for name in [
-            "part-00000-of-00001.tfrecord",
-            "_temporary/a-1-0/00000.tfrecord",
-            "_temporary/b-1-0/00000.tfrecord",
-            "_temporary/c-1-0/00001.tfrecord",
-        ] {
-            object_store::ObjectStoreExt::put(
-                store.as_ref(),
-                &Path::from(format!("out/{name}")),
-                vec![1u8].into(),
-            )
+    async fn an_abort_whose_writer_does_not_stop_fails_and_names_the_folder() {
+        let key = "memory:///abort-test/stuck";
+        let stuck = register(key, "d-1-0").unwrap();
+        let e = abort_local(key, "d-1-0", Duration::from_millis(50))
             .await
-            .unwrap();
+            .unwrap_err();
+        assert!(e.to_string().contains("_temporary/d-1-0/ is left"), "{e}");
+        assert!(stuck.stop.requested());
+    }
+
+    async fn put_all(store: &Arc<dyn ObjectStore>, names: &[&str]) {
+        for name in names {
+            store
+                .put(&Path::from(format!("out/{name}")), vec![1u8].into())
+                .await
+                .unwrap();
         }
-        assert_eq!(remove_staging(&store, &dir, 0xb, None).await.unwrap(), 2);
-        let left: Vec<String> = store
-            .list(Some(&dir))
+    }
+
+    async fn left(store: &Arc<dyn ObjectStore>) -> Vec<String> {
+        let mut left: Vec<String> = store
+            .list(Some(&Path::from("out")))
             .map_ok(|m| m.location.to_string())
             .try_collect()
             .await
             .unwrap();
-        let mut left = left;
         left.sort();
+        left
+    }
+
+    #[tokio::test]
+    async fn remove_staging_removes_its_own_folder_and_stale_ones_only() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let dir = Path::from("out");
+        put_all(
+            &store,
+            &[
+                "part-00000-of-00001.tfrecord",
+                "_temporary/a-1-0/00000.tfrecord",
+                "_temporary/a-1-0/00001.tfrecord",
+                "_temporary/b-1-0/00000.tfrecord",
+                "_temporary/c-1-0/00001.tfrecord.alive",
+            ],
+        )
+        .await;
+        // An abort, or a commit while the other writes are fresh: only its own folder goes.
+        let old = now_nanos() - STALE_AFTER.as_nanos();
         assert_eq!(
-            left,
+            remove_staging(&store, &dir, "a-1-0", Some(old), None)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            left(&store).await,
             vec![
-                "out/_temporary/c-1-0/00001.tfrecord",
+                "out/_temporary/b-1-0/00000.tfrecord",
+                "out/_temporary/c-1-0/00001.tfrecord.alive",
+                "out/part-00000-of-00001.tfrecord"
+            ]
+        );
+        // b's objects are older than the cut-off: its process died; c's heartbeat is newer.
+        let between = now_nanos();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put_all(&store, &["_temporary/c-1-0/00001.tfrecord.alive"]).await;
+        assert_eq!(
+            remove_staging(&store, &dir, "e-1-0", Some(between), None)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            left(&store).await,
+            vec![
+                "out/_temporary/c-1-0/00001.tfrecord.alive",
                 "out/part-00000-of-00001.tfrecord"
             ]
         );
