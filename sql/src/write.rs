@@ -83,7 +83,8 @@ fn destination_folder(
 }
 
 /// Aborts the TFRecord write `id` to `destination`: on a cluster through the driver, which has
-/// every executor stop its writers first.
+/// every executor stop its writers first; here by stopping this process's writers and removing
+/// the write's staging folder.
 pub async fn abort_write(state: &SessionState, destination: &str, id: &str) -> Result<()> {
     if let Some(client) = state
         .config()
@@ -91,26 +92,17 @@ pub async fn abort_write(state: &SessionState, destination: &str, id: &str) -> R
     {
         return client.abort_writes(destination, id).await.map(|_| ());
     }
-    remove_write(state, destination, id).await.map(|_| ())
-}
-
-/// Stops this process's writers of the write `id` to `destination` and removes its staging
-/// folder; returns the objects removed.
-pub async fn remove_write(state: &SessionState, destination: &str, id: &str) -> Result<usize> {
-    let url = resolve_location(destination)?;
-    let store_url = quiver_engine::store::store_url(&url);
+    let (store_url, dir) = write_target(destination)?;
     let store = state.runtime_env().object_store(&store_url)?;
-    let dir = destination_folder(&url)?;
-    Ok(staging::abort(&store, &store_url, &dir, id).await?)
+    staging::abort(&store, &store_url, &dir, id).await?;
+    Ok(())
 }
 
 /// Removes the staging folder of the write `id` to `destination` once its writers have stopped
 /// everywhere (the driver's part of aborting a cluster's write); returns the objects removed.
 pub async fn remove_staged(state: &SessionState, destination: &str, id: &str) -> Result<usize> {
-    let url = resolve_location(destination)?;
-    let store_url = quiver_engine::store::store_url(&url);
+    let (store_url, dir) = write_target(destination)?;
     let store = state.runtime_env().object_store(&store_url)?;
-    let dir = destination_folder(&url)?;
     Ok(staging::remove_staging(&store, &dir, id, None, staging::local_root(&store_url)).await?)
 }
 
@@ -118,12 +110,23 @@ pub async fn remove_staged(state: &SessionState, destination: &str, id: &str) ->
 /// executor's part of aborting a cluster's write); returns how many it stopped, or an error
 /// when some did not stop in time.
 pub async fn stop_writers(destination: &str, id: &str) -> Result<usize> {
-    let url = resolve_location(destination)?;
-    let key = staging::destination_key(
-        &quiver_engine::store::store_url(&url),
-        &destination_folder(&url)?,
-    );
+    let (store_url, dir) = write_target(destination)?;
+    let key = staging::destination_key(&store_url, &dir);
     Ok(staging::abort_local(&key, id, staging::STOP_WAIT).await?)
+}
+
+/// The store and the folder a write to `destination` stages under.
+fn write_target(
+    destination: &str,
+) -> Result<(
+    datafusion::execution::object_store::ObjectStoreUrl,
+    quiver_engine::object_store::path::Path,
+)> {
+    let url = resolve_location(destination)?;
+    Ok((
+        quiver_engine::store::store_url(&url),
+        destination_folder(&url)?,
+    ))
 }
 
 #[cfg(test)]
