@@ -88,10 +88,7 @@ impl TfRecordOptions {
                     })?
                 }
                 "write_id" => {
-                    let valid = super::staging::planned_at(value).is_some()
-                        && value.split('-').count() == 3
-                        && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-                    if !valid {
+                    if !super::staging::is_staging_id(value) {
                         return plan_err!(
                             "TFRECORD option write_id: expected TIME-PROCESS-COUNTER (hex time), got '{value}'"
                         );

@@ -60,6 +60,13 @@ pub fn staging_id() -> String {
     )
 }
 
+/// Whether `name` has the shape [`staging_id`] gives: a hex time, a process and a counter.
+pub fn is_staging_id(name: &str) -> bool {
+    planned_at(name).is_some()
+        && name.split('-').count() == 3
+        && name.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
 /// When the write that stages in the folder (or file) named `name` was planned.
 pub fn planned_at(name: &str) -> Option<u128> {
     u128::from_str_radix(name.split('-').next()?, 16).ok()
@@ -314,6 +321,7 @@ mod tests {
         let t = planned_at(&a).unwrap();
         assert!(before <= t && t <= now_nanos());
         assert_eq!(planned_at("x-1-2"), None);
+        assert!(is_staging_id(&a) && !is_staging_id("1-2") && !is_staging_id("1-2-../x"));
         assert!(is_staged("out/_temporary/1-2-3/00000.tfrecord"));
         assert!(!is_staged("out/my_temporary/part-00000.tfrecord"));
     }
