@@ -12,6 +12,7 @@ use quiver_engine::SessionOptions;
 mod cluster_cli;
 mod experiment;
 mod jobs;
+mod options_page;
 mod run;
 mod serve_cli;
 
@@ -94,6 +95,9 @@ enum Command {
         #[arg(long, global = true, value_enum, default_value_t = run::Format::Table)]
         format: run::Format,
     },
+    /// Every option of CREATE MODEL, CREATE EXPERIMENT and job-file steps: name, accepted
+    /// values, default and meaning (the page docs/options.md).
+    Options,
 }
 
 #[tokio::main]
@@ -197,6 +201,10 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Options => {
+            print!("{}", options_page::page());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,7 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use object_store::ObjectStoreExt;
+use quiver_engine::options::{Maybe, NonNegative, OptionValue, Options, count};
 use quiver_engine::{QuiverError, Result, Session, resolve_location};
 use quiver_engine::{bail, err};
 use serde::Deserialize;
@@ -147,13 +148,20 @@ struct RawFile {
 /// Names every `${...}` of a step may use besides the job's parameters.
 pub(crate) const BUILTINS: [&str; 4] = ["job", "run_id", "run_date", "run_ts"];
 
-/// Policy keys of `[defaults]` and of a step.
-#[derive(Debug, Clone, Copy, Default)]
-struct Policy {
-    timeout: Option<Option<Duration>>,
-    retries: Option<u32>,
-    retry_delay: Option<Duration>,
+quiver_engine::options! {
+    /// Keys of a step and of `[defaults]`: how long an attempt may run and how it is retried.
+    pub(crate) struct StepOptions {
+        /// Each attempt is stopped after this many seconds; 0 or unset, never.
+        timeout_seconds: Option<f64> = None, Maybe(NonNegative);
+        /// Attempts after the first.
+        retries: u32 = 0, count(0).max(100);
+        /// Seconds between attempts.
+        retry_delay_seconds: f64 = 5.0, NonNegative;
+    }
 }
+
+/// Step keys as written in `[defaults]` or a step, checked; later ones win.
+type Policy = Vec<(String, OptionValue)>;
 
 /// Reads a job file, or the `.toml` files of a folder.
 struct Loader<'a> {
@@ -188,38 +196,45 @@ fn relative_url(base: &Url, relative: &str) -> std::result::Result<Url, String> 
     }
 }
 
-fn seconds(key: &str, value: &toml::Value) -> std::result::Result<Duration, String> {
-    match value {
-        toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
-        toml::Value::Float(f) if *f >= 0.0 && f.is_finite() => Ok(Duration::from_secs_f64(*f)),
-        other => Err(format!("{key} must be a number of seconds, found {other}")),
-    }
+/// A TOML value as an option value.
+fn option_value(key: &str, value: &toml::Value) -> std::result::Result<OptionValue, String> {
+    Ok(match value {
+        toml::Value::String(s) => OptionValue::Str(s.clone()),
+        toml::Value::Integer(n) => OptionValue::Num(*n as f64),
+        toml::Value::Float(f) => OptionValue::Num(*f),
+        toml::Value::Boolean(b) => OptionValue::Bool(*b),
+        toml::Value::Array(items) => OptionValue::List(
+            items
+                .iter()
+                .map(|i| option_value(key, i))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        other => {
+            return Err(format!(
+                "{key} must be a number, string, boolean or list, not {other}"
+            ));
+        }
+    })
 }
 
+/// The step keys of `table`, checked; `allowed_extra` are the other keys it may have.
 fn policy(table: &toml::Table, allowed_extra: &[&str]) -> std::result::Result<Policy, String> {
-    let mut p = Policy::default();
+    let mut p = Policy::new();
     for (key, value) in table {
-        match key.as_str() {
-            "timeout_seconds" => {
-                let d = seconds(key, value)?;
-                p.timeout = Some((!d.is_zero()).then_some(d));
-            }
-            "retries" => match value {
-                toml::Value::Integer(n) if (0..=100).contains(n) => p.retries = Some(*n as u32),
-                other => return Err(format!("retries must be 0 to 100, found {other}")),
-            },
-            "retry_delay_seconds" => p.retry_delay = Some(seconds(key, value)?),
-            k if allowed_extra.contains(&k) => {}
-            k => {
-                return Err(format!(
-                    "unknown key '{k}' (known: timeout_seconds, retries, retry_delay_seconds{})",
-                    allowed_extra
-                        .iter()
-                        .map(|e| format!(", {e}"))
-                        .collect::<String>()
-                ));
-            }
+        if allowed_extra.contains(&key.as_str()) {
+            continue;
         }
+        if !StepOptions::knows(key) {
+            let known: Vec<_> = StepOptions::docs()
+                .iter()
+                .map(|d| d.name)
+                .chain(allowed_extra.iter().copied())
+                .collect();
+            return Err(format!("unknown key '{key}' (known: {})", known.join(", ")));
+        }
+        let value = option_value(key, value)?;
+        StepOptions::default().set(key, &value)?;
+        p.push((key.clone(), value));
     }
     Ok(p)
 }
@@ -305,7 +320,7 @@ impl Loader<'_> {
                     })?;
             self.stack.pop();
             parts.params.extend(included.params);
-            merge(&mut parts.defaults, included.defaults);
+            parts.defaults.extend(included.defaults);
             parts.steps.extend(included.steps);
         }
         for (key, value) in &raw.params {
@@ -344,7 +359,7 @@ impl Loader<'_> {
         if let Some(defaults) = &raw.defaults {
             let p = policy(defaults.get_ref(), &[])
                 .map_err(|e| error(&url, at(defaults.span()), format!("[defaults]: {e}")))?;
-            merge(&mut parts.defaults, p);
+            parts.defaults.extend(p);
         }
         for (i, step) in raw.steps.iter().enumerate() {
             let line = at(step.span());
@@ -428,12 +443,6 @@ impl Loader<'_> {
         }
         Ok((raw, text, parts))
     }
-}
-
-fn merge(into: &mut Policy, from: Policy) {
-    into.timeout = from.timeout.or(into.timeout);
-    into.retries = from.retries.or(into.retries);
-    into.retry_delay = from.retry_delay.or(into.retry_delay);
 }
 
 fn valid_name(name: &str) -> bool {
@@ -618,16 +627,20 @@ pub(crate) async fn load(session: &Session, location: &str) -> Result<JobFile> {
                 "job file {origin}: two steps are named '{step_name}'"
             );
         }
-        let d = parts.defaults;
+        let mut o = StepOptions::default();
+        for (key, value) in parts.defaults.iter().chain(&p) {
+            o.set(key, value)
+                .map_err(|e| err!(QuiverError::Config, "job file {origin}: {e}"))?;
+        }
         steps.push(Step {
             name: step_name,
             body,
-            timeout: p.timeout.or(d.timeout).flatten(),
-            retries: p.retries.or(d.retries).unwrap_or(0),
-            retry_delay: p
-                .retry_delay
-                .or(d.retry_delay)
-                .unwrap_or(Duration::from_secs(5)),
+            timeout: o
+                .timeout_seconds
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64),
+            retries: o.retries,
+            retry_delay: Duration::from_secs_f64(o.retry_delay_seconds),
         });
     }
     let job = JobFile {
@@ -850,7 +863,7 @@ mod tests {
                     "a.toml",
                     "name = \"a\"\n[[steps]]\nsql = \"SELECT 1\"\nretries = -1\n",
                 )],
-                "line 2: step 'step-1': retries must be 0 to 100",
+                "line 2: step 'step-1': retries must be a whole number from 0 to 100",
             ),
         ];
         for (files, expected) in cases {

@@ -28,6 +28,6 @@ pub use runner::{
     run_experiment,
 };
 pub use space::{DifferentialEvolution, Domain, Params, SearchSpace};
-pub use spec::{EXPERIMENT_OPTIONS, ExperimentBuilder, ExperimentSpec, Objective, Search};
+pub use spec::{ExperimentBuilder, ExperimentOptions, ExperimentSpec, Objective, Search};
 pub use tables::ExperimentTableFunc;
 pub use trials::{LocalTrialRunner, Slot, TrialOutput, TrialRunner, TrialTask};

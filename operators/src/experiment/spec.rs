@@ -3,77 +3,56 @@
 //! of `CREATE EXPERIMENT ... OPTIONS (...)` or [`ExperimentBuilder`]; stored as
 //! `experiment.json` so that a re-run can check it is resuming the same experiment.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::space::{DifferentialEvolution, Domain, SearchSpace};
 use crate::ml::registry::validate_name;
-use crate::ml::{EpochMetrics, MODEL_OPTIONS, MlError, ModelBuilder, OptionValue};
+use crate::ml::{EpochMetrics, MlError, ModelBuilder, ModelOptions, OptionValue};
+use quiver_engine::options::{Flag, Maybe, Number, OneOf, Options, Positive, count, unknown};
 use quiver_engine::{bail, err};
 
-/// Options of `CREATE EXPERIMENT` besides the model options, and their meaning.
-pub const EXPERIMENT_OPTIONS: &[(&str, &str)] = &[
-    ("search", "'grid' (default), 'random' or 'evolutionary'"),
-    (
-        "objective",
-        "the metric to optimise: 'accuracy', 'loss', 'val_accuracy' or 'val_loss' (default \
-         val_accuracy with a validation_query, else accuracy)",
-    ),
-    (
-        "goal",
-        "'maximize' or 'minimize' (default: minimize losses, maximize accuracies)",
-    ),
-    (
-        "max_parallel_trials",
-        "trials running at once, one per executor slot, default 1",
-    ),
-    ("num_trials", "random search: how many trials, default 10"),
-    (
-        "population",
-        "evolutionary search: members per generation, default 6",
-    ),
-    ("generations", "evolutionary search: generations, default 3"),
-    (
-        "mutation",
-        "evolutionary search: differential weight F, default 0.8",
-    ),
-    (
-        "crossover",
-        "evolutionary search: crossover rate, default 0.7",
-    ),
-    (
-        "search_seed",
-        "seed of random and evolutionary proposals, default 0",
-    ),
-    (
-        "scheduler",
-        "'none' (default) or 'asha': asynchronous successive halving stops poor trials early",
-    ),
-    (
-        "grace_period",
-        "ASHA: epochs before the first rung, default 1",
-    ),
-    (
-        "reduction_factor",
-        "ASHA: each rung keeps the best 1/reduction_factor, default 3",
-    ),
-    (
-        "max_retries",
-        "reruns of a failed trial from its last checkpoint, default 2",
-    ),
-    (
-        "trial_timeout",
-        "seconds after which a trial attempt counts as failed, default none",
-    ),
-    (
-        "register_model",
-        "register the best trial's model under the experiment's name, default true",
-    ),
-];
+quiver_engine::options! {
+    /// Options of `CREATE EXPERIMENT` besides the model options.
+    pub struct ExperimentOptions {
+        /// How trials are proposed.
+        search: String = "grid".into(), OneOf(&["grid", "random", "evolutionary"]);
+        /// The metric to optimise; unset, val_accuracy with a validation_query, else accuracy.
+        objective: Option<String> = None, Maybe(OneOf(METRICS));
+        /// Whether higher is better; unset, losses are minimized and accuracies maximized.
+        goal: Option<String> = None, Maybe(OneOf(&["maximize", "minimize", "max", "min"]));
+        /// Trials running at once, one per executor slot.
+        max_parallel_trials: usize = 1, count(1);
+        /// Random search: how many trials.
+        num_trials: usize = 10, count(1);
+        /// Evolutionary search: members per generation.
+        population: usize = 6, count(4);
+        /// Evolutionary search: generations, the first one random.
+        generations: usize = 3, count(1);
+        /// Evolutionary search: differential weight F.
+        mutation: f64 = 0.8, Number;
+        /// Evolutionary search: crossover rate.
+        crossover: f64 = 0.7, Number;
+        /// Seed of random and evolutionary proposals.
+        search_seed: u64 = 0, count(0);
+        /// 'asha': asynchronous successive halving stops poor trials early.
+        scheduler: String = "none".into(), OneOf(&["none", "asha"]);
+        /// ASHA: epochs before the first rung.
+        grace_period: usize = 1, count(1);
+        /// ASHA: each rung keeps the best 1/reduction_factor.
+        reduction_factor: usize = 3, count(2);
+        /// Reruns of a failed trial from its last checkpoint.
+        max_retries: usize = 2, count(0);
+        /// Seconds after which a trial attempt counts as failed; unset, no limit.
+        trial_timeout: Option<f64> = None, Maybe(Positive);
+        /// Register the best trial's model under the experiment's name.
+        register_model: bool = true, Flag;
+    }
+}
 
-/// Model options whose value is itself a list: a list of lists searches over them.
-const LIST_OPTIONS: &[&str] = &["hidden_units", "conv_filters", "dense_units", "input_shape"];
+/// The metrics an objective can name.
+const METRICS: &[&str] = &["accuracy", "loss", "val_accuracy", "val_loss"];
 
 /// How trials are proposed.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,12 +203,14 @@ impl ExperimentBuilder {
     pub fn build(&self, query: &str) -> Result<ExperimentSpec, MlError> {
         let mut fixed = Vec::new();
         let mut domains = Vec::new();
-        let mut settings = BTreeMap::new();
+        let mut s = ExperimentOptions::default();
+        let mut given = BTreeSet::new();
         let probe = ModelBuilder::new(&self.name, &self.model_type)?;
         for (key, value) in &self.options {
-            if EXPERIMENT_OPTIONS.iter().any(|(k, _)| k == key) {
-                settings.insert(key.as_str(), value.clone());
-            } else if MODEL_OPTIONS.iter().any(|(k, _)| k == key) {
+            if ExperimentOptions::knows(key) {
+                s.set(key, value).map_err(MlError::Option)?;
+                given.insert(key.as_str());
+            } else if ModelOptions::knows(key) {
                 match domain(key, value)? {
                     Some(_) if key == "device" => {
                         return Err(MlError::Option(
@@ -252,16 +233,8 @@ impl ExperimentBuilder {
                     }
                 }
             } else {
-                let known: Vec<_> = EXPERIMENT_OPTIONS
-                    .iter()
-                    .chain(MODEL_OPTIONS)
-                    .map(|(k, _)| *k)
-                    .collect();
-                bail!(
-                    MlError::Option,
-                    "unknown option '{key}' (known: {})",
-                    known.join(", ")
-                );
+                let known = [ExperimentOptions::docs(), ModelOptions::docs()].concat();
+                return Err(MlError::Option(unknown(key, &known)));
             }
         }
         let space = SearchSpace::new(domains).map_err(|e| {
@@ -272,59 +245,27 @@ impl ExperimentBuilder {
                 self.name
             )
         })?;
-        let get = |key: &str| settings.get(key);
-        let text = |key: &str, default: &str| -> Result<String, MlError> {
-            match get(key) {
-                None => Ok(default.to_string()),
-                Some(OptionValue::Str(s)) => Ok(s.to_ascii_lowercase()),
-                Some(other) => Err(err!(MlError::Option, "{key} must be a string, not {other}")),
-            }
-        };
-        let number = |key: &str, default: f64| -> Result<f64, MlError> {
-            match get(key) {
-                None => Ok(default),
-                Some(OptionValue::Num(n)) if n.is_finite() => Ok(*n),
-                Some(other) => Err(err!(MlError::Option, "{key} must be a number, not {other}")),
-            }
-        };
-        let count = |key: &str, default: usize, min: usize| -> Result<usize, MlError> {
-            let n = number(key, default as f64)?;
-            if n.fract() != 0.0 || n < min as f64 || n > 1e6 {
-                bail!(
-                    MlError::Option,
-                    "{key} must be a whole number of at least {min}, not {n}"
-                );
-            }
-            Ok(n as usize)
-        };
-        let search_seed = count("search_seed", 0, 0)? as u64;
-        let search = match text("search", "grid")?.as_str() {
-            "grid" => {
-                space.grid().map_err(MlError::Option)?;
-                Search::Grid
-            }
+        let search = match s.search.as_str() {
             "random" => Search::Random {
-                trials: count("num_trials", 10, 1)?,
-                seed: search_seed,
+                trials: s.num_trials,
+                seed: s.search_seed,
             },
             "evolutionary" => {
                 let de = DifferentialEvolution {
-                    population: count("population", 6, 4)?,
-                    mutation: number("mutation", 0.8)?,
-                    crossover: number("crossover", 0.7)?,
-                    seed: search_seed,
+                    population: s.population,
+                    mutation: s.mutation,
+                    crossover: s.crossover,
+                    seed: s.search_seed,
                 };
                 de.check().map_err(MlError::Option)?;
                 Search::Evolutionary {
                     de,
-                    generations: count("generations", 3, 1)?,
+                    generations: s.generations,
                 }
             }
-            other => {
-                bail!(
-                    MlError::Option,
-                    "search '{other}' is not 'grid', 'random' or 'evolutionary'"
-                );
+            _ => {
+                space.grid().map_err(MlError::Option)?;
+                Search::Grid
             }
         };
         for (key, applies) in [
@@ -334,93 +275,39 @@ impl ExperimentBuilder {
             ("mutation", matches!(search, Search::Evolutionary { .. })),
             ("crossover", matches!(search, Search::Evolutionary { .. })),
         ] {
-            if get(key).is_some() && !applies {
+            if given.contains(key) && !applies {
                 bail!(
                     MlError::Option,
                     "{key} does not apply to {} search",
-                    text("search", "grid")?
+                    s.search
                 );
             }
         }
         let has_validation = self.options.iter().any(|(k, _)| k == "validation_query");
-        let metric = text(
-            "objective",
+        let metric = s.objective.unwrap_or_else(|| {
             if has_validation {
-                "val_accuracy"
+                "val_accuracy".into()
             } else {
-                "accuracy"
-            },
-        )?;
-        if !["accuracy", "loss", "val_accuracy", "val_loss"].contains(&metric.as_str()) {
-            bail!(
-                MlError::Option,
-                "objective '{metric}' is not 'accuracy', 'loss', 'val_accuracy' or 'val_loss'"
-            );
-        }
+                "accuracy".into()
+            }
+        });
         if metric.starts_with("val_") && !has_validation {
             bail!(
                 MlError::Option,
                 "objective '{metric}' needs a validation_query"
             );
         }
-        let maximize = match text(
-            "goal",
-            if metric.ends_with("loss") {
-                "minimize"
-            } else {
-                "maximize"
-            },
-        )?
-        .as_str()
-        {
-            "maximize" | "max" => true,
-            "minimize" | "min" => false,
-            other => {
-                bail!(
-                    MlError::Option,
-                    "goal '{other}' is not 'maximize' or 'minimize'"
-                );
-            }
+        let maximize = match s.goal.as_deref() {
+            Some(goal) => goal.starts_with("max"),
+            None => !metric.ends_with("loss"),
         };
-        let asha = match text("scheduler", "none")?.as_str() {
-            "none" => None,
-            "asha" => Some(AshaSettings {
-                grace_period: count("grace_period", 1, 1)?,
-                reduction_factor: count("reduction_factor", 3, 2)?,
-            }),
-            other => {
-                bail!(
-                    MlError::Option,
-                    "scheduler '{other}' is not 'none' or 'asha'"
-                );
-            }
-        };
-        let trial_timeout = match get("trial_timeout") {
-            None => None,
-            Some(_) => {
-                let t = number("trial_timeout", 0.0)?;
-                if t <= 0.0 {
-                    bail!(
-                        MlError::Option,
-                        "trial_timeout must be a positive number of seconds, not {t}"
-                    );
-                }
-                Some(t)
-            }
-        };
-        let register_model = match get("register_model") {
-            None => true,
-            Some(OptionValue::Bool(b)) => *b,
-            Some(other) => {
-                bail!(
-                    MlError::Option,
-                    "register_model must be true or false, not {other}"
-                );
-            }
-        };
+        let asha = (s.scheduler == "asha").then_some(AshaSettings {
+            grace_period: s.grace_period,
+            reduction_factor: s.reduction_factor,
+        });
         let max_epochs = match fixed.iter().find(|(k, _)| k == "epochs") {
             Some((_, OptionValue::Num(n))) => *n as usize,
-            _ => domains_epochs(&space).unwrap_or(5),
+            _ => domains_epochs(&space).unwrap_or(ModelOptions::default().epochs),
         };
         Ok(ExperimentSpec {
             name: self.name.clone(),
@@ -430,11 +317,11 @@ impl ExperimentBuilder {
             space,
             search,
             objective: Objective { metric, maximize },
-            max_parallel_trials: count("max_parallel_trials", 1, 1)?,
+            max_parallel_trials: s.max_parallel_trials,
             asha,
-            max_retries: count("max_retries", 2, 0)?,
-            trial_timeout,
-            register_model,
+            max_retries: s.max_retries,
+            trial_timeout: s.trial_timeout,
+            register_model: s.register_model,
             max_epochs,
             query: query.to_string(),
         })
@@ -459,7 +346,9 @@ fn domains_epochs(space: &SearchSpace) -> Option<usize> {
 /// The search domain an option value describes, or `None` for a fixed value.
 fn domain(key: &str, value: &OptionValue) -> Result<Option<Domain>, MlError> {
     Ok(match value {
-        OptionValue::List(items) if LIST_OPTIONS.contains(&key) => {
+        OptionValue::List(items)
+            if ModelOptions::docs().iter().any(|d| d.name == key && d.list) =>
+        {
             if !items.is_empty() && items.iter().all(|i| matches!(i, OptionValue::List(_))) {
                 Some(Domain::Choice(items.clone()))
             } else {

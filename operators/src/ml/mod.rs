@@ -31,7 +31,7 @@ pub mod spec;
 pub mod train;
 
 pub use evaluate::{ClassMetrics, Evaluation};
-pub use options::{Fitted, MODEL_OPTIONS, ModelBuilder, OptionValue};
+pub use options::{Fitted, ModelBuilder, ModelOptions, OptionValue};
 pub use registry::{ModelCard, Registry};
 pub use train::{EpochHook, EpochMetrics, LogSink, TrainHooks, TrainJob, TrainOutcome};
 

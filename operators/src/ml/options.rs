@@ -16,174 +16,90 @@ use super::train::{TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
 use quiver_engine::{bail, err};
 
-/// An option value: a string, a number, a boolean or a list (in JSON: the plain value).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum OptionValue {
-    /// `'text'`.
-    Str(String),
-    /// `3`, `0.001`.
-    Num(f64),
-    /// `true` / `false`.
-    Bool(bool),
-    /// `[512, 256]`.
-    List(Vec<OptionValue>),
+pub use quiver_engine::options::OptionValue;
+use quiver_engine::options::{Checked, ListOf, Maybe, OneOf, Options, Positive, Rate, Text, count};
+
+quiver_engine::options! {
+    /// Options of `CREATE MODEL ... OPTIONS (...)` and [`ModelBuilder::option`].
+    pub struct ModelOptions {
+        /// The network: a dense network or a small convolutional one.
+        model_type: String = "dnn_classifier".into(),
+            OneOf(&["dnn_classifier", "cnn_classifier"]);
+        /// DNN hidden layer sizes.
+        hidden_units: Vec<usize> = vec![512, 256, 128], ListOf(count(1));
+        /// CNN filters per conv block.
+        conv_filters: Vec<usize> = vec![32, 64], ListOf(count(1));
+        /// CNN kernel side.
+        kernel_size: usize = 3, count(1).odd();
+        /// CNN dense layers after the conv blocks.
+        dense_units: Vec<usize> = vec![128], ListOf(count(1));
+        /// Activation of the hidden layers.
+        activation: String = "relu".into(), OneOf(Activation::NAMES);
+        /// Dropout rate after each hidden layer.
+        dropout: f64 = 0.2, Rate;
+        /// Passes over the training data.
+        epochs: usize = 5, count(1);
+        /// Examples per step; with `workers` > 1 the global batch.
+        batch_size: usize = 64, count(1);
+        /// Step size.
+        learning_rate: f64 = 0.001, Positive;
+        /// The optimizer.
+        optimizer: String = "adam".into(), OneOf(&["adam", "sgd"]);
+        /// SGD momentum.
+        momentum: f64 = 0.9, Rate;
+        /// Seed of weight initialisation, shuffling and dropout.
+        seed: u64 = 42, count(0);
+        /// Stop after this many epochs without improvement of the monitored loss (0: never).
+        early_stopping_patience: usize = 0, count(0);
+        /// Examples in the shuffle buffer; unset, as many as fit in 256 MiB (image folders
+        /// list files class by class, so a small buffer trains on a few classes at a time).
+        shuffle_buffer: Option<usize> = None, Maybe(count(1));
+        /// Where the model trains.
+        device: String = "cpu".into(),
+            Checked(|d| super::device::parse(d).map(drop).map_err(|e| e.to_string()),
+                "'cpu', 'cuda' or 'cuda:N'");
+        /// Executors training one model data-parallel on a cluster (all-reduce of gradients
+        /// every step).
+        workers: usize = 1, count(1);
+        /// The input column; unset, the one column that is not the label.
+        input_column: Option<String> = None, Maybe(Text);
+        /// The label column.
+        label_column: String = "label".into(), Text;
+        /// Shape of a tensor input, e.g. [28, 28, 1].
+        input_shape: Option<Vec<usize>> = None, Maybe(ListOf(count(1)));
+        /// SQL of the validation data, evaluated after each epoch.
+        validation_query: Option<String> = None, Maybe(Text);
+    }
 }
 
-impl From<&str> for OptionValue {
-    fn from(s: &str) -> Self {
-        Self::Str(s.to_string())
-    }
-}
-impl From<String> for OptionValue {
-    fn from(s: String) -> Self {
-        Self::Str(s)
-    }
-}
-impl From<f64> for OptionValue {
-    fn from(n: f64) -> Self {
-        Self::Num(n)
-    }
-}
-impl From<i32> for OptionValue {
-    fn from(n: i32) -> Self {
-        Self::Num(n as f64)
-    }
-}
-impl From<bool> for OptionValue {
-    fn from(b: bool) -> Self {
-        Self::Bool(b)
-    }
-}
-impl<T: Into<OptionValue>> From<Vec<T>> for OptionValue {
-    fn from(v: Vec<T>) -> Self {
-        Self::List(v.into_iter().map(Into::into).collect())
-    }
-}
-
-impl std::fmt::Display for OptionValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Str(s) => write!(f, "'{s}'"),
-            Self::Num(n) => write!(f, "{n}"),
-            Self::Bool(b) => write!(f, "{b}"),
-            Self::List(items) => {
-                let items: Vec<_> = items.iter().map(ToString::to_string).collect();
-                write!(f, "[{}]", items.join(", "))
-            }
+impl ModelOptions {
+    /// The options of the training loop.
+    pub fn train_options(&self) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            optimizer: if self.optimizer == "sgd" {
+                OptimizerSpec::Sgd {
+                    momentum: self.momentum,
+                }
+            } else {
+                OptimizerSpec::Adam
+            },
+            seed: self.seed,
+            early_stopping_patience: self.early_stopping_patience,
+            shuffle_buffer: self.shuffle_buffer.unwrap_or(usize::MAX),
+            device: self.device.clone(),
+            workers: self.workers,
         }
     }
 }
-
-fn want_str(key: &str, v: &OptionValue) -> Result<String, MlError> {
-    match v {
-        OptionValue::Str(s) => Ok(s.clone()),
-        other => Err(err!(MlError::Option, "{key} must be a string, not {other}")),
-    }
-}
-
-fn want_num(key: &str, v: &OptionValue) -> Result<f64, MlError> {
-    match v {
-        OptionValue::Num(n) => Ok(*n),
-        other => Err(err!(MlError::Option, "{key} must be a number, not {other}")),
-    }
-}
-
-fn want_count(key: &str, v: &OptionValue, min: usize) -> Result<usize, MlError> {
-    let n = want_num(key, v)?;
-    if n.fract() != 0.0 || n < min as f64 || n > u32::MAX as f64 {
-        bail!(
-            MlError::Option,
-            "{key} must be a whole number of at least {min}, not {n}"
-        );
-    }
-    Ok(n as usize)
-}
-
-fn want_counts(key: &str, v: &OptionValue, min: usize) -> Result<Vec<usize>, MlError> {
-    match v {
-        OptionValue::List(items) => items.iter().map(|i| want_count(key, i, min)).collect(),
-        other => Err(err!(
-            MlError::Option,
-            "{key} must be a list such as [512, 256], not {other}"
-        )),
-    }
-}
-
-fn want_rate(key: &str, v: &OptionValue) -> Result<f64, MlError> {
-    let n = want_num(key, v)?;
-    if !(0.0..1.0).contains(&n) {
-        bail!(MlError::Option, "{key} must be in [0, 1), not {n}");
-    }
-    Ok(n)
-}
-
-/// Options of `CREATE MODEL` and their meaning, for errors and documentation.
-pub const MODEL_OPTIONS: &[(&str, &str)] = &[
-    ("model_type", "'dnn_classifier' or 'cnn_classifier'"),
-    (
-        "hidden_units",
-        "DNN hidden layer sizes, default [512, 256, 128]",
-    ),
-    (
-        "conv_filters",
-        "CNN filters per conv block, default [32, 64]",
-    ),
-    ("kernel_size", "CNN kernel side (odd), default 3"),
-    ("dense_units", "CNN dense layers, default [128]"),
-    ("activation", "'relu' (default), 'tanh', 'sigmoid', 'gelu'"),
-    ("dropout", "dropout rate, default 0.2"),
-    ("epochs", "default 5"),
-    ("batch_size", "default 64"),
-    ("learning_rate", "default 0.001"),
-    ("optimizer", "'adam' (default) or 'sgd'"),
-    ("momentum", "SGD momentum, default 0.9"),
-    ("seed", "default 42"),
-    (
-        "early_stopping_patience",
-        "epochs without improvement, default 0 (off)",
-    ),
-    (
-        "shuffle_buffer",
-        "examples, default: as many as fit in 256 MiB (image folders list files class by \
-         class, so a small buffer trains on a few classes at a time)",
-    ),
-    ("device", "'cpu' (default), 'cuda', 'cuda:N'"),
-    (
-        "workers",
-        "executors training one model data-parallel on a cluster (all-reduce of gradients \
-         every step), default 1; batch_size is the global batch",
-    ),
-    (
-        "input_column",
-        "default: the one column that is not the label",
-    ),
-    ("label_column", "default 'label'"),
-    ("input_shape", "shape of a tensor input, e.g. [28, 28, 1]"),
-    (
-        "validation_query",
-        "SQL of the validation data, evaluated after each epoch",
-    ),
-];
 
 /// Builds, trains and registers a model; the Rust face of `CREATE MODEL`.
 #[derive(Debug, Clone)]
 pub struct ModelBuilder {
     name: String,
-    model_type: String,
-    hidden_units: Vec<usize>,
-    conv_filters: Vec<usize>,
-    kernel_size: usize,
-    dense_units: Vec<usize>,
-    activation: Activation,
-    dropout: f64,
-    momentum: f64,
-    optimizer: String,
-    options: TrainOptions,
-    input_column: Option<String>,
-    label_column: String,
-    input_shape: Option<Vec<usize>>,
-    validation_query: Option<String>,
+    options: ModelOptions,
     replace: bool,
 }
 
@@ -194,20 +110,7 @@ impl ModelBuilder {
         validate_name(name)?;
         let mut builder = Self {
             name: name.to_string(),
-            model_type: String::new(),
-            hidden_units: vec![512, 256, 128],
-            conv_filters: vec![32, 64],
-            kernel_size: 3,
-            dense_units: vec![128],
-            activation: Activation::Relu,
-            dropout: 0.2,
-            momentum: 0.9,
-            optimizer: "adam".into(),
-            options: TrainOptions::default(),
-            input_column: None,
-            label_column: "label".into(),
-            input_shape: None,
-            validation_query: None,
+            options: ModelOptions::default(),
             replace: false,
         };
         builder.set("model_type", &OptionValue::from(model_type))?;
@@ -221,7 +124,7 @@ impl ModelBuilder {
         self
     }
 
-    /// Sets one option by its SQL name (see [`MODEL_OPTIONS`]).
+    /// Sets one option by its SQL name (see [`ModelOptions`]).
     pub fn option(mut self, key: &str, value: impl Into<OptionValue>) -> Result<Self, MlError> {
         self.set(key, &value.into())?;
         Ok(self)
@@ -247,92 +150,27 @@ impl ModelBuilder {
 
     /// Sets one option in place.
     pub fn set(&mut self, key: &str, v: &OptionValue) -> Result<(), MlError> {
-        match key.to_ascii_lowercase().as_str() {
-            "model_type" => {
-                let t = want_str(key, v)?.to_ascii_lowercase();
-                if t != "dnn_classifier" && t != "cnn_classifier" {
-                    bail!(
-                        MlError::Option,
-                        "model_type '{t}' is not 'dnn_classifier' or 'cnn_classifier'"
-                    );
-                }
-                self.model_type = t;
-            }
-            "hidden_units" => self.hidden_units = want_counts(key, v, 1)?,
-            "conv_filters" => self.conv_filters = want_counts(key, v, 1)?,
-            "dense_units" => self.dense_units = want_counts(key, v, 1)?,
-            "kernel_size" => {
-                let k = want_count(key, v, 1)?;
-                if k % 2 == 0 {
-                    bail!(
-                        MlError::Option,
-                        "kernel_size must be odd so that 'same' padding is symmetric, got {k}"
-                    );
-                }
-                self.kernel_size = k;
-            }
-            "activation" => self.activation = Activation::parse(&want_str(key, v)?)?,
-            "dropout" => self.dropout = want_rate(key, v)?,
-            "momentum" => self.momentum = want_rate(key, v)?,
-            "epochs" => self.options.epochs = want_count(key, v, 1)?,
-            "batch_size" => self.options.batch_size = want_count(key, v, 1)?,
-            "learning_rate" => {
-                let lr = want_num(key, v)?;
-                if lr <= 0.0 || !lr.is_finite() {
-                    bail!(MlError::Option, "learning_rate must be positive, not {lr}");
-                }
-                self.options.learning_rate = lr;
-            }
-            "optimizer" => {
-                let o = want_str(key, v)?.to_ascii_lowercase();
-                if o != "adam" && o != "sgd" {
-                    bail!(MlError::Option, "optimizer '{o}' is not 'adam' or 'sgd'");
-                }
-                self.optimizer = o;
-            }
-            "seed" => self.options.seed = want_count(key, v, 0)? as u64,
-            "early_stopping_patience" => {
-                self.options.early_stopping_patience = want_count(key, v, 0)?
-            }
-            "shuffle_buffer" => self.options.shuffle_buffer = want_count(key, v, 1)?,
-            "device" => {
-                let d = want_str(key, v)?;
-                super::device::parse(&d)?;
-                self.options.device = d;
-            }
-            "workers" => self.options.workers = want_count(key, v, 1)?,
-            "input_column" => self.input_column = Some(want_str(key, v)?),
-            "label_column" => self.label_column = want_str(key, v)?,
-            "input_shape" => self.input_shape = Some(want_counts(key, v, 1)?),
-            "validation_query" => self.validation_query = Some(want_str(key, v)?),
-            other => {
-                let known: Vec<_> = MODEL_OPTIONS.iter().map(|(k, _)| *k).collect();
-                bail!(
-                    MlError::Option,
-                    "unknown option '{other}' (known: {})",
-                    known.join(", ")
-                );
-            }
-        }
-        Ok(())
+        self.options.set(key, v).map_err(MlError::Option)
     }
 
-    fn architecture(&self) -> Architecture {
-        if self.model_type == "cnn_classifier" {
+    fn architecture(&self) -> Result<Architecture, MlError> {
+        let o = &self.options;
+        let activation = Activation::parse(&o.activation)?;
+        Ok(if o.model_type == "cnn_classifier" {
             Architecture::CnnClassifier {
-                conv_filters: self.conv_filters.clone(),
-                kernel_size: self.kernel_size,
-                dense_units: self.dense_units.clone(),
-                activation: self.activation,
-                dropout: self.dropout,
+                conv_filters: o.conv_filters.clone(),
+                kernel_size: o.kernel_size,
+                dense_units: o.dense_units.clone(),
+                activation,
+                dropout: o.dropout,
             }
         } else {
             Architecture::DnnClassifier {
-                hidden_units: self.hidden_units.clone(),
-                activation: self.activation,
-                dropout: self.dropout,
+                hidden_units: o.hidden_units.clone(),
+                activation,
+                dropout: o.dropout,
             }
-        }
+        })
     }
 
     /// Trains on `frame` and registers the result in the session's registry. `training_data`
@@ -391,14 +229,7 @@ impl ModelBuilder {
         run_url: &Url,
         hooks: TrainHooks,
     ) -> Result<Fitted, MlError> {
-        let mut options = self.options.clone();
-        options.optimizer = if self.optimizer == "sgd" {
-            OptimizerSpec::Sgd {
-                momentum: self.momentum,
-            }
-        } else {
-            OptimizerSpec::Adam
-        };
+        let mut options = self.options.train_options();
         let workers = hooks.collective.as_ref().map_or(1, |r| r.world());
         if options.workers != workers {
             bail!(
@@ -410,8 +241,9 @@ impl ModelBuilder {
         }
         self.check_batch()?;
         let leader = hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
-        let labels = label_map(&frame, &self.label_column).await?;
-        let input_column = match &self.input_column {
+        let label_column = &self.options.label_column;
+        let labels = label_map(&frame, label_column).await?;
+        let input_column = match &self.options.input_column {
             Some(c) => c.clone(),
             None => {
                 let others: Vec<_> = frame
@@ -419,22 +251,21 @@ impl ModelBuilder {
                     .fields()
                     .iter()
                     .map(|f| f.name().clone())
-                    .filter(|n| n != &self.label_column)
+                    .filter(|n| n != label_column)
                     .collect();
                 match &others[..] {
                     [one] => one.clone(),
                     _ => {
                         bail!(
                             MlError::Option,
-                            "the query has columns {others:?} besides the label '{}': name the \
-                             input with input_column",
-                            self.label_column
+                            "the query has columns {others:?} besides the label \
+                             '{label_column}': name the input with input_column"
                         );
                     }
                 }
             }
         };
-        let input = input_spec(&frame, &input_column, self.input_shape.clone()).await?;
+        let input = input_spec(&frame, &input_column, self.options.input_shape.clone()).await?;
         // Hold at most ~256 MiB of examples in the shuffle buffer (pixels are bytes, tensor
         // values f32).
         let bytes = match input.kind {
@@ -443,7 +274,7 @@ impl ModelBuilder {
         };
         let cap = (256 << 20) / bytes.max(1);
         options.shuffle_buffer = options.shuffle_buffer.min(cap.max(options.batch_size));
-        let architecture = self.architecture();
+        let architecture = self.architecture()?;
         // Fail on a bad architecture before reading any data.
         Classifier::<burn::backend::Flex>::new(
             &architecture,
@@ -452,7 +283,7 @@ impl ModelBuilder {
             &Default::default(),
             0,
         )?;
-        let validation = match &self.validation_query {
+        let validation = match &self.options.validation_query {
             Some(sql) => Some(
                 session
                     .sql(sql)

@@ -59,6 +59,9 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The names [`Self::parse`] reads.
+    pub const NAMES: &[&str] = &["relu", "tanh", "sigmoid", "gelu"];
+
     /// Parses `relu`, `tanh`, `sigmoid` or `gelu`.
     pub fn parse(name: &str) -> Result<Self, MlError> {
         match name.to_ascii_lowercase().as_str() {
@@ -189,20 +192,4 @@ pub struct TrainOptions {
 
 fn one_worker() -> usize {
     1
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            epochs: 5,
-            batch_size: 64,
-            learning_rate: 0.001,
-            optimizer: OptimizerSpec::Adam,
-            seed: 42,
-            early_stopping_patience: 0,
-            shuffle_buffer: usize::MAX,
-            device: "cpu".into(),
-            workers: 1,
-        }
-    }
 }
