@@ -84,9 +84,11 @@ async fn trainers(
     let mut out = Vec::new();
     for i in 0..n {
         let session = quiver_sql::session(SessionOptions::default())?;
+        let progress = std::sync::Arc::clone(session.progress());
         let service = TrainerService::new(
             format!("bench{i}"),
             LocalTrialRunner::new(session, 1, "cpu")?,
+            progress,
             tls.cloned(),
         );
         let inboxes = service.inboxes();

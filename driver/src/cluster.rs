@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_core::serde::scheduler::ExecutorMetadata;
 use ballista_scheduler::cluster::BallistaCluster;
@@ -16,6 +17,7 @@ use ballista_scheduler::scheduler_process::create_scheduler;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
 use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures::FutureExt;
 use quiver_engine::{QuiverError, Result, SessionOptions};
@@ -162,6 +164,10 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
         executor_timeout_seconds: EXECUTOR_TIMEOUT_SECONDS,
         expire_dead_executor_interval_seconds: 5,
         no_executors_grace_period_seconds: EXECUTOR_TIMEOUT_SECONDS,
+        // Quiver's `quiver.*` settings pass from a client's session to its tasks.
+        override_config_producer: Some(Arc::new(|| {
+            quiver_engine::session::with_quiver_config(SessionConfig::new_with_ballista())
+        })),
         override_session_builder: Some(Arc::new(move |config| {
             quiver_sql::cluster::planner_state(&session, config).map_err(DataFusionError::from)
         })),

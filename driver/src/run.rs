@@ -9,7 +9,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use quiver_engine::progress::ProgressSnapshot;
-use quiver_engine::{LogSink, Progress, QuiverError, Result, Session};
+use quiver_engine::{LogSink, Progress, QuiverError, Result, Session, Skipped};
 
 use std::io::Write;
 
@@ -116,6 +116,7 @@ pub(crate) async fn run_all_until(
     for (i, statement) in statements.into_iter().enumerate() {
         let text = statement.to_string();
         let started = Instant::now();
+        let statement_id = session.begin_statement();
         let before = session.progress().snapshot();
         if session.log_sink().is_some() {
             session.log(&format!("> {}", short(&text)));
@@ -143,7 +144,7 @@ pub(crate) async fn run_all_until(
             ))
         }
         .await;
-        let work = match ticker {
+        let mut work = match ticker {
             Some(ticker) => ticker.stop(),
             None => session.progress().snapshot().since(&before),
         };
@@ -172,32 +173,44 @@ pub(crate) async fn run_all_until(
                     .map_err(datafusion::error::DataFusionError::from)?,
             }
         }
+        // Executors count the images they skip for the statement: all of them are reported.
+        let skipped = quiver_sql::take_skipped_images(session, &statement_id).await;
+        if let Ok((skipped, _)) = &skipped {
+            work.images_skipped = skipped.count;
+        }
         session.log(&format!(
             "{} ({:.2}s)",
             summary(&work),
             started.elapsed().as_secs_f64()
         ));
-        report_skipped(session, &before, work.images_skipped);
+        match skipped {
+            Ok((skipped, missing)) => report_skipped(session, &skipped, &missing),
+            Err(e) => session.log(&format!("  the skipped images cannot be listed: {e}")),
+        }
     }
     Ok(())
 }
 
 /// Lists the undecodable images a statement skipped, with their files and reasons, so that
-/// they can be fixed or removed.
-fn report_skipped(session: &Session, before: &ProgressSnapshot, count: u64) {
-    let skipped = session.progress().skipped_since(before);
-    for image in &skipped {
+/// they can be fixed or removed; and the executors whose skipped images are unknown.
+fn report_skipped(session: &Session, skipped: &Skipped, missing: &[String]) {
+    for image in &skipped.images {
         let file = image
             .file
             .as_deref()
             .unwrap_or("(bytes not read by read_images)");
         session.log(&format!("  skipped {file}: {}", image.reason));
     }
-    if count > skipped.len() as u64 {
+    let listed = skipped.images.len() as u64;
+    if skipped.count > listed {
         session.log(&format!(
-            "  ... and {} more (the first {} are listed)",
-            count - skipped.len() as u64,
-            quiver_engine::progress::SKIPPED_KEPT
+            "  ... and {} more (the first {listed} are listed)",
+            skipped.count - listed
+        ));
+    }
+    for executor in missing {
+        session.log(&format!(
+            "  executor {executor} did not answer: the images it skipped are not listed"
         ));
     }
 }

@@ -16,7 +16,7 @@ pub mod store;
 pub mod time;
 
 pub use error::{QuiverError, Result};
-pub use progress::{Progress, SkippedImage};
+pub use progress::{Progress, Skipped, SkippedImage};
 pub use session::{LogSink, Session, SessionOptions};
 pub use store::{S3Options, StoreRegistry, resolve_location, store_base, store_url};
 /// Re-exported for URL handling.

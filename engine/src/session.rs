@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use datafusion::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder};
@@ -41,6 +42,68 @@ impl Default for SessionOptions {
 /// Receives the log lines of long-running work (a training run's epochs, for example).
 pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Quiver's settings that travel with a query's tasks to the executors (`quiver.*`).
+///
+/// Written out rather than with DataFusion's `extensions_options!`, whose entries lack the
+/// `quiver.` prefix, so that Ballista (which ships a session's settings as its entries) could
+/// not set them again on the scheduler and the executors.
+#[derive(Debug, Clone, Default)]
+pub struct QuiverConfig {
+    /// The statement the query belongs to: executors file what they record for the client
+    /// (skipped images) under it.
+    pub statement_id: String,
+}
+
+impl ConfigExtension for QuiverConfig {
+    const PREFIX: &'static str = "quiver";
+}
+
+impl ExtensionOptions for QuiverConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> datafusion::error::Result<()> {
+        match key {
+            "statement_id" => {
+                self.statement_id = value.to_string();
+                Ok(())
+            }
+            other => datafusion::common::config_err!("unknown setting 'quiver.{other}'"),
+        }
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        vec![ConfigEntry {
+            key: "quiver.statement_id".into(),
+            value: Some(self.statement_id.clone()),
+            description: "the statement a query belongs to (set by the client)",
+        }]
+    }
+}
+
+/// `config` with [`QuiverConfig`]: a session's, the scheduler's and an executor's config all
+/// need it, or the `quiver.*` settings are dropped on the way to the executors.
+pub fn with_quiver_config(config: SessionConfig) -> SessionConfig {
+    config.with_option_extension(QuiverConfig::default())
+}
+
+/// The statement a query with `options` belongs to (empty before [`Session::begin_statement`]).
+pub fn statement_id(options: &ConfigOptions) -> &str {
+    options
+        .extensions
+        .get::<QuiverConfig>()
+        .map_or("", |c| c.statement_id.as_str())
+}
+
 /// A Quiver session: runs SQL and DataFrame queries over any registered store.
 #[derive(Clone)]
 pub struct Session {
@@ -78,7 +141,7 @@ impl Session {
             default_store.set_path(&path);
         }
         let progress = Arc::new(Progress::default());
-        let mut config = SessionConfig::new()
+        let mut config = with_quiver_config(SessionConfig::new())
             .with_information_schema(true)
             .with_extension(Arc::clone(&progress));
         if let Some(n) = options.target_partitions {
@@ -143,6 +206,23 @@ impl Session {
         &self.progress
     }
 
+    /// Starts a statement: what the queries planned from now on record for it (skipped images,
+    /// on this process and on executors) is filed under the id this returns.
+    pub fn begin_statement(&self) -> String {
+        let id = crate::time::unique_id();
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .get_mut::<QuiverConfig>()
+            .expect("every session has QuiverConfig")
+            .statement_id
+            .clone_from(&id);
+        id
+    }
+
     /// Plans one SQL statement (DDL and COPY run at once, queries when collected).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
         Ok(self.ctx.sql(sql).await?)
@@ -175,6 +255,22 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ballista ships a session's settings as `entries()` and sets them again with `set`: the
+    /// statement id must survive that trip.
+    #[test]
+    fn the_statement_id_survives_being_shipped_as_settings() {
+        let session = Session::try_new(SessionOptions::default()).unwrap();
+        let id = session.begin_statement();
+        let sent = session.context().state().config().options().entries();
+        let mut received = with_quiver_config(SessionConfig::new());
+        for entry in sent {
+            if let Some(value) = entry.value {
+                let _ = received.options_mut().set(&entry.key, &value);
+            }
+        }
+        assert_eq!(statement_id(received.options()), id);
+    }
 
     #[tokio::test]
     async fn runs_sql_and_resolves_the_default_store() {

@@ -12,6 +12,26 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Nanoseconds since the Unix epoch, now (0 if the clock is before it).
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// An id no other process on any machine makes: the time in hex, the process and a counter
+/// (`187e0c2b9a1f3c00-4242-0`).
+pub fn unique_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{:x}-{}-{}",
+        now_nanos(),
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// `seconds` since the Unix epoch as UTC to the second: `2026-11-27T01:02:03Z`.
 pub fn utc_timestamp(seconds: f64) -> String {
     chrono::DateTime::from_timestamp(seconds.floor() as i64, 0)

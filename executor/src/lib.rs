@@ -122,6 +122,7 @@ fn flight_service(
 /// Starts the trainer service, training in `session`, on the executor's bind host; returns its
 /// port.
 async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) -> Result<u16> {
+    let progress = Arc::clone(session.progress());
     let slots = LocalTrialRunner::new(session, options.slots, &options.device)?;
     let listener =
         tokio::net::TcpListener::bind((options.bind_host.as_str(), options.trainer_port))
@@ -135,7 +136,8 @@ async fn start_trainer(options: &ExecutorOptions, id: &str, session: Session) ->
                 )
             })?;
     let port = listener.local_addr()?.port();
-    let router = TrainerService::new(id.to_string(), slots, options.tls.clone()).router()?;
+    let router =
+        TrainerService::new(id.to_string(), slots, progress, options.tls.clone()).router()?;
     let id = id.to_string();
     tokio::spawn(async move {
         if let Err(e) = router
@@ -317,7 +319,9 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         override_function_registry: Some(Arc::new(registry)),
         override_runtime_producer: Some(Arc::new(move |_| Ok(Arc::clone(&runtime)))),
         override_config_producer: Some(Arc::new(move || {
-            let config = SessionConfig::new_with_ballista().with_information_schema(true);
+            let config =
+                quiver_engine::session::with_quiver_config(SessionConfig::new_with_ballista())
+                    .with_information_schema(true);
             match &tls {
                 Some(tls) => tls.session_config(config),
                 None => config,

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use quiver_engine::{QuiverError, Result};
+use quiver_engine::{Progress, QuiverError, Result};
 use quiver_operators::experiment::{LocalTrialRunner, TrialRunner, TrialTask};
 use quiver_operators::ml::collective::Ring;
 use quiver_operators::ml::{EpochMetrics, MlError, TrainHooks};
 use quiver_sql::cluster::proto::trainer_server::{Trainer, TrainerServer};
 use quiver_sql::cluster::proto::{
-    AbortWritesReply, AbortWritesRequest, RingDone, RingFrame, TrialControl, TrialEvent,
-    trial_control, trial_event,
+    AbortWritesReply, AbortWritesRequest, RingDone, RingFrame, SkippedImages, SkippedImagesRequest,
+    TrialControl, TrialEvent, trial_control, trial_event,
 };
 use quiver_sql::reply::{EventStream, stream_reply};
 use quiver_sql::tls::Tls;
@@ -28,16 +28,25 @@ use quiver_engine::err;
 /// An executor's trainer: its slots, each with its share of the cores or its GPU.
 pub struct TrainerService {
     trials: Arc<LocalTrialRunner>,
+    /// The executor's counters, where its tasks file the images they skip.
+    progress: Arc<Progress>,
     id: String,
     tls: Option<Tls>,
     inboxes: RingInboxes,
 }
 
 impl TrainerService {
-    /// A trainer named `id` over `trials`' slots, reaching other trainers with `tls`.
-    pub fn new(id: String, trials: LocalTrialRunner, tls: Option<Tls>) -> Self {
+    /// A trainer named `id` over `trials`' slots, reaching other trainers with `tls`; it hands
+    /// out the skipped images filed in `progress`.
+    pub fn new(
+        id: String,
+        trials: LocalTrialRunner,
+        progress: Arc<Progress>,
+        tls: Option<Tls>,
+    ) -> Self {
         Self {
             trials: Arc::new(trials),
+            progress,
             id,
             tls,
             inboxes: RingInboxes::default(),
@@ -91,6 +100,14 @@ impl Trainer for TrainerService {
             writers_stopped: stopped as u32,
             files_removed: 0,
         }))
+    }
+
+    async fn take_skipped_images(
+        &self,
+        request: Request<SkippedImagesRequest>,
+    ) -> std::result::Result<Response<SkippedImages>, Status> {
+        let statement = request.into_inner().statement_id;
+        Ok(Response::new(self.progress.take_skipped(&statement).into()))
     }
 
     async fn ring(

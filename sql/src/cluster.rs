@@ -29,7 +29,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::LogicalPlanNode;
 use futures::TryStreamExt;
-use quiver_engine::{QuiverError, Result, Session, SessionOptions};
+use quiver_engine::{QuiverError, Result, Session, SessionOptions, Skipped, SkippedImage};
 use quiver_operators::TfRecordFormatFactory;
 
 use crate::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
@@ -38,6 +38,39 @@ use crate::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     tonic::include_proto!("quiver.cluster.v1");
+}
+
+impl From<Skipped> for proto::SkippedImages {
+    fn from(skipped: Skipped) -> Self {
+        Self {
+            count: skipped.count,
+            images: skipped
+                .images
+                .into_iter()
+                .map(|i| proto::SkippedImage {
+                    file: i.file,
+                    reason: i.reason,
+                })
+                .collect(),
+            missing: Vec::new(),
+        }
+    }
+}
+
+impl From<proto::SkippedImages> for Skipped {
+    fn from(reply: proto::SkippedImages) -> Self {
+        Self {
+            count: reply.count,
+            images: reply
+                .images
+                .into_iter()
+                .map(|i| SkippedImage {
+                    file: i.file,
+                    reason: i.reason,
+                })
+                .collect(),
+        }
+    }
 }
 use crate::create_model::CreateModel;
 use crate::tls::Tls;
@@ -156,6 +189,24 @@ impl ClusterClient {
                 _ => err!(QuiverError::Cluster, "{}", e.message()),
             })?;
         Ok(reply.into_inner().files_removed)
+    }
+
+    /// Collects from the executors (through the driver) the images statement `statement_id`
+    /// skipped; also names the executors that did not answer.
+    pub async fn take_skipped_images(&self, statement_id: &str) -> Result<(Skipped, Vec<String>)> {
+        let mut client = self.coordinator().await?;
+        let reply = client
+            .take_skipped_images(proto::SkippedImagesRequest {
+                statement_id: statement_id.to_string(),
+            })
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => self.unreachable(&e),
+                _ => err!(QuiverError::Cluster, "{}", e.message()),
+            })?
+            .into_inner();
+        let missing = reply.missing.clone();
+        Ok((reply.into(), missing))
     }
 
     fn unreachable(&self, e: &dyn std::fmt::Display) -> QuiverError {

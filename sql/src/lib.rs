@@ -48,7 +48,7 @@ use quiver_operators::{
     TfRecordOptions,
 };
 
-pub use statements::{Statement, execute, parse};
+pub use statements::{Statement, execute, parse, take_skipped_images};
 pub use write::{collect, collect_until};
 
 /// Names of the table functions Quiver registers.

@@ -16,7 +16,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
-use quiver_engine::{QuiverError, Result, Session};
+use quiver_engine::{QuiverError, Result, Session, Skipped};
 use quiver_operators::ml::ModelBuilder;
 
 use crate::create_model::{CreateModel, model_type, parse_create, run_experiment};
@@ -183,6 +183,20 @@ impl VisitorMut for QueryArguments {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The undecodable images that statement `id` (see [`Session::begin_statement`]) skipped with
+/// `image_decode(..., 'null')`: in this process and, on a cluster session, on every executor;
+/// also the executors that did not answer. They are forgotten where they were kept.
+pub async fn take_skipped_images(session: &Session, id: &str) -> Result<(Skipped, Vec<String>)> {
+    let mut skipped = session.progress().take_skipped(id);
+    let mut missing = Vec::new();
+    if let Some(client) = crate::cluster::client_of(session) {
+        let (remote, unanswered) = client.take_skipped_images(id).await?;
+        skipped.merge(remote);
+        missing = unanswered;
+    }
+    Ok((skipped, missing))
 }
 
 /// Runs one statement; DDL, COPY, CREATE MODEL and CREATE EXPERIMENT run at once, queries

@@ -205,6 +205,25 @@ def test_a_failed_distributed_copy_names_the_file_and_leaves_nothing(cluster, sa
         assert listing(out) == [], listing(out)
 
 
+def test_skipped_images_on_executors_are_listed_by_the_client(cluster, samples, fixtures, tmp_path):
+    """image_decode(..., 'null') on the executors: the client lists every skipped file with its
+    reason, once per statement (a second run lists them again, not twice)."""
+    src = tmp_path / "images"
+    shutil.copytree(os.path.join(samples, "photos", "train"), src)
+    folders = sorted(os.listdir(src))
+    bad = [src / folders[1] / "m_truncated.jpg", src / folders[-2] / "m_not_an_image.jpg"]
+    shutil.copy(os.path.join(fixtures, "bad", "broken", "truncated.jpg"), bad[0])
+    shutil.copy(os.path.join(fixtures, "bad", "broken", "not_an_image.jpg"), bad[1])
+    for attempt in range(2):
+        out = tmp_path / f"out{attempt}"
+        proc = cluster.sql(f"COPY (SELECT label, image_decode(content, 'null') AS image "
+                           f"FROM read_images('{src}/')) TO '{out}/' STORED AS TFRECORD")
+        assert rows(proc) == [{"count": len(image_files(src))}], proc.stdout
+        assert "skipped 2 undecodable images" in proc.stderr, proc.stderr + cluster.tail()
+        for b in bad:
+            assert proc.stderr.count(f"skipped file://{b}: cannot decode image") == 1, proc.stderr
+
+
 def test_queries_spread_over_both_executors(cluster, samples):
     src = os.path.join(samples, "photos", "train")
     proc = cluster.sql(f"SELECT label, count(*) AS n, sum(image_width(content)) AS w "

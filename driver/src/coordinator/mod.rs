@@ -5,21 +5,23 @@
 
 use std::sync::Arc;
 
-use quiver_engine::Session;
 use quiver_engine::SessionOptions;
 use quiver_engine::store::objects::get_bytes;
+use quiver_engine::{Session, Skipped};
 use quiver_operators::experiment::TrialTask;
 use quiver_operators::experiment::trials::TRIAL_WEIGHTS;
 use quiver_operators::ml::{MlError, ModelBuilder, ModelCard, TrainHooks};
 use quiver_sql::cluster::proto::coordinator_server::Coordinator;
+use quiver_sql::cluster::proto::trainer_client::TrainerClient;
 use quiver_sql::cluster::proto::{
-    AbortWritesReply, AbortWritesRequest, HelloReply, HelloRequest, StatementEvent,
-    StatementRequest, statement_event,
+    AbortWritesReply, AbortWritesRequest, HelloReply, HelloRequest, SkippedImages,
+    SkippedImagesRequest, StatementEvent, StatementRequest, statement_event,
 };
 use quiver_sql::create_model::CreateModel;
 use quiver_sql::reply::{EventStream, stream_reply};
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use quiver_engine::err;
@@ -44,6 +46,29 @@ impl CoordinatorService {
             directory,
             tls,
         }
+    }
+}
+
+impl CoordinatorService {
+    /// Calls every live executor's trainer; returns each executor's id and reply (an
+    /// unreachable one's is an Unavailable status).
+    async fn ask_executors<T, F, Fut>(&self, call: F) -> Vec<(String, Result<T, Status>)>
+    where
+        F: Fn(TrainerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let executors = (self.directory)().await;
+        let calls = executors.iter().map(|executor| {
+            let call = &call;
+            async move {
+                let reply = match connect_trainer(&executor.address, self.tls.as_ref()).await {
+                    Ok(client) => call(client).await.map(Response::into_inner),
+                    Err(e) => Err(Status::unavailable(e.to_string())),
+                };
+                (executor.id.clone(), reply)
+            }
+        });
+        futures::future::join_all(calls).await
     }
 }
 
@@ -153,35 +178,26 @@ impl Coordinator for CoordinatorService {
         } = request.into_inner();
         log::info!("aborting the TFRecord write {write_id} to {destination}");
         // Every live executor stops its writers of the write and waits for them ...
-        let executors = (self.directory)().await;
-        let stops = executors.iter().map(|executor| {
-            let request = AbortWritesRequest {
-                destination: destination.clone(),
-                write_id: write_id.clone(),
-            };
-            async move {
-                let client = connect_trainer(&executor.address, self.tls.as_ref()).await;
-                let reply = match client {
-                    Ok(mut client) => client.abort_writes(request).await,
-                    Err(e) => Err(Status::unavailable(e.to_string())),
-                };
-                match reply {
-                    Ok(reply) => Ok(reply.into_inner().writers_stopped),
-                    // A lost executor writes nothing any more.
-                    Err(e) if e.code() == Code::Unavailable => {
-                        log::warn!("executor {} is unreachable: {}", executor.id, e.message());
-                        Ok(0)
-                    }
-                    Err(e) => Err(format!("executor {}: {}", executor.id, e.message())),
-                }
-            }
-        });
+        let request = AbortWritesRequest {
+            destination: destination.clone(),
+            write_id: write_id.clone(),
+        };
+        let replies = self
+            .ask_executors(|mut client| {
+                let request = request.clone();
+                async move { client.abort_writes(request).await }
+            })
+            .await;
         let mut writers_stopped = 0;
         let mut running = Vec::new();
-        for stop in futures::future::join_all(stops).await {
-            match stop {
-                Ok(n) => writers_stopped += n,
-                Err(e) => running.push(e),
+        for (executor, reply) in replies {
+            match reply {
+                Ok(reply) => writers_stopped += reply.writers_stopped,
+                // A lost executor writes nothing any more.
+                Err(e) if e.code() == Code::Unavailable => {
+                    log::warn!("executor {executor} is unreachable: {}", e.message());
+                }
+                Err(e) => running.push(format!("executor {executor}: {}", e.message())),
             }
         }
         // ... then, unless a writer may still upload, the write's staging folder is removed.
@@ -205,6 +221,33 @@ impl Coordinator for CoordinatorService {
             writers_stopped,
             files_removed: removed as u64,
         }))
+    }
+
+    async fn take_skipped_images(
+        &self,
+        request: Request<SkippedImagesRequest>,
+    ) -> std::result::Result<Response<SkippedImages>, Status> {
+        let request = request.into_inner();
+        let replies = self
+            .ask_executors(|mut client| {
+                let request = request.clone();
+                async move { client.take_skipped_images(request).await }
+            })
+            .await;
+        let mut skipped = Skipped::default();
+        let mut missing = Vec::new();
+        for (executor, reply) in replies {
+            match reply {
+                Ok(reply) => skipped.merge(reply.into()),
+                Err(e) => {
+                    log::warn!("executor {executor} did not list its skipped images: {e}");
+                    missing.push(executor);
+                }
+            }
+        }
+        let mut reply = SkippedImages::from(skipped);
+        reply.missing = missing;
+        Ok(Response::new(reply))
     }
 
     async fn run_experiment(

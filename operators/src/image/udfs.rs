@@ -269,6 +269,8 @@ impl ImageFunc {
 /// Evaluated arguments of one batch, with typed per-row access.
 struct Args {
     arrays: Vec<ArrayRef>,
+    /// The statement skipped images are filed under.
+    statement: String,
 }
 
 impl Args {
@@ -385,7 +387,8 @@ impl ScalarUDFImpl for ImageFunc {
                 *array = cast(array, &target)?;
             }
         }
-        let args = Args { arrays };
+        let statement = quiver_engine::session::statement_id(&args.config_options).to_string();
+        let args = Args { arrays, statement };
         let images = match expected[0] {
             Arg::Image => Some(ImageArray::try_new(args.arrays[0].as_ref())?),
             Arg::ImageOrBytes if is_image_type(args.arrays[0].data_type()) => {
@@ -489,7 +492,7 @@ impl ImageFunc {
                     Err(e @ ImageError::Decode { .. }) if skip_errors => {
                         if let Some(p) = &self.progress {
                             let file = source.and_then(|i| args.str(i, row));
-                            p.add_image_skipped(file, &e.to_string());
+                            p.add_image_skipped(&args.statement, file, &e.to_string());
                         }
                         return Ok(None);
                     }

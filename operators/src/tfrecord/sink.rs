@@ -632,7 +632,8 @@ impl ExecutionPlan for TfRecordSinkExec {
                     // This write's staging folder, and any that writes of processes that died
                     // left behind (nothing in them changed for STALE_AFTER).
                     let url = &write.config.object_store_url;
-                    let stale_before = staging::now_nanos().saturating_sub(STALE_AFTER.as_nanos());
+                    let stale_before =
+                        quiver_engine::time::now_nanos().saturating_sub(STALE_AFTER.as_nanos());
                     staging::remove_staging(
                         store,
                         &write.dir(),

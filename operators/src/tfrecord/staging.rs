@@ -20,6 +20,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use quiver_engine::time::now_nanos;
 use tokio::sync::Notify;
 
 /// The folder under a destination that holds staged shards.
@@ -41,23 +42,9 @@ pub fn is_staged(path: &str) -> bool {
     path.split('/').any(|part| part == STAGING_DIR)
 }
 
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-}
-
 /// A unique name for a staging folder or file: the time, the process and a counter.
 pub fn staging_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:x}-{}-{}",
-        now_nanos(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    quiver_engine::time::unique_id()
 }
 
 /// Whether `name` has the shape [`staging_id`] gives: a hex time, a process and a counter.
