@@ -2,9 +2,10 @@
 data, batch size and optimizer as benches/train/run.sh gives Quiver.
 
     python reference.py IMAGE_DIR --model dnn|cnn --epochs N --threads T [--test DIR]
+        [--hidden 512,256,128] [--seeds 42]
 
 Reads the same PNG folder (split/label/*.png) with Pillow, scales to [0, 1], and trains with
-model.fit (Adam, lr 0.001, batch 64, shuffled). Prints JSON: the seconds taken to load the
+model.fit (Adam, lr 0.001, batch 64, shuffled), once per seed. Prints a line of JSON per seed: the seconds taken to load the
 training folder, images/s and seconds of each epoch, the accuracy of the last epoch on the training data and, with --test, the accuracy on that
 folder after each epoch (evaluated outside the timed part).
 """
@@ -35,20 +36,30 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--test")
+    ap.add_argument("--hidden", default="512,256,128", help="the DNN's hidden layer sizes")
+    ap.add_argument("--seeds", default="42", help="a run per seed, e.g. 1,2,3")
     args = ap.parse_args()
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    tf.keras.utils.set_random_seed(42)
     started = time.perf_counter()
     x, y, classes = load(args.images)
     load_seconds = time.perf_counter() - started
     test = load(args.test) if args.test else None
+    hidden = [int(u) for u in args.hidden.split(",")]
+    for seed in (int(s) for s in args.seeds.split(",")):
+        tf.keras.utils.set_random_seed(seed)
+        print(json.dumps({"seed": seed, **fit(args, x, y, classes, test, hidden), "load_seconds": load_seconds}),
+              flush=True)
+
+
+def fit(args, x, y, classes, test, hidden):
+    import tensorflow as tf
     layers = tf.keras.layers
     if args.model == "dnn":
         model = tf.keras.Sequential([layers.Input(x.shape[1:]), layers.Flatten()]
-                                    + [l for u in (512, 256, 128) for l in (layers.Dense(u, "relu"), layers.Dropout(0.2))]
+                                    + [l for u in hidden for l in (layers.Dense(u, "relu"), layers.Dropout(0.2))]
                                     + [layers.Dense(classes)])
     else:
         model = tf.keras.Sequential([layers.Input(x.shape[1:])]
@@ -69,8 +80,8 @@ def main():
 
     rates, seconds, test_accuracy = [], [], []
     history = model.fit(x, y, batch_size=64, epochs=args.epochs, shuffle=True, verbose=0, callbacks=[Timer()])
-    print(json.dumps({"images": len(x), "load_seconds": load_seconds, "images_per_second": rates, "seconds": seconds,
-                      "accuracy": history.history["accuracy"][-1], "test_accuracy": test_accuracy}))
+    return {"images": len(x), "images_per_second": rates, "seconds": seconds,
+            "accuracy": history.history["accuracy"][-1], "test_accuracy": test_accuracy}
 
 
 if __name__ == "__main__":

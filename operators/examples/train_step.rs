@@ -51,7 +51,8 @@ fn main() {
     };
     let device = Default::default();
     let mut model =
-        Classifier::<B>::new(&architecture, &input, 10, &device, 42).expect("a valid model");
+        Classifier::<B>::new(&architecture, &input, 10, &device, 42, Default::default())
+            .expect("a valid model");
     let mut optimizer = FastAdam::new(1e-7).init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = StdRng::seed_from_u64(7);

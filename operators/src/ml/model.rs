@@ -1,22 +1,22 @@
 //! The classifiers as Burn modules: one module type for DNNs and CNNs, built from an
 //! [`Architecture`] and an [`InputSpec`].
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::nn::activation::{Activation as ActivationLayer, ActivationConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::Rng;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::conv::ConvBackend;
 
 use super::MlError;
-use super::spec::{Activation, Architecture, InputSpec};
+use super::spec::{Activation, Architecture, Initializer, InputSpec};
 use quiver_engine::{bail, err};
 
 /// A DNN or CNN classifier producing one logit per class.
@@ -30,34 +30,23 @@ pub struct Classifier<B: Backend> {
     activation: ActivationLayer<B>,
 }
 
-/// Burn's backends draw initial weights from one process-wide RNG: seeding it and building a
-/// model happen under this lock, so that models built concurrently (parallel trials) each get
-/// the weights of their own seed.
-static BACKEND_RNG: Mutex<()> = Mutex::new(());
-
 impl<B: Backend> Classifier<B> {
-    /// Builds a classifier with weights initialised from `seed`.
+    /// Builds a classifier with weights drawn by `initializer` from `seed` (the model's own
+    /// generator, so that models built concurrently each get the weights of their seed) and
+    /// zero biases.
     pub fn new(
         architecture: &Architecture,
         input: &InputSpec,
         classes: usize,
         device: &B::Device,
         seed: u64,
+        initializer: Initializer,
     ) -> Result<Self, MlError> {
-        let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
-        B::seed(device, seed);
-        let model = Self::build(architecture, input, classes, device)?;
-        // Burn initialises parameters lazily, on first use: draw them now, under the lock.
-        model.visit(&mut Materialise);
-        Ok(model)
-    }
-
-    fn build(
-        architecture: &Architecture,
-        input: &InputSpec,
-        classes: usize,
-        device: &B::Device,
-    ) -> Result<Self, MlError> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut weights = |shape: Vec<usize>, fan_in: usize, fan_out: usize| {
+            let values = initializer.draw(shape.iter().product(), fan_in, fan_out, &mut rng);
+            TensorData::new(values, shape)
+        };
         let (convs, flat, dense_units, activation, dropout) = match architecture {
             Architecture::DnnClassifier {
                 hidden_units,
@@ -91,11 +80,14 @@ impl<B: Backend> Classifier<B> {
                             input.shape
                         );
                     }
-                    convs.push(
-                        Conv2dConfig::new([channels, filters], [*kernel_size, *kernel_size])
-                            .with_padding(PaddingConfig2d::Same)
-                            .init(device),
-                    );
+                    let k = *kernel_size;
+                    let mut conv = Conv2dConfig::new([channels, filters], [k, k])
+                        .with_padding(PaddingConfig2d::Same)
+                        .init(device);
+                    let shape = vec![filters, channels, k, k];
+                    conv.weight = param(weights(shape, channels * k * k, filters * k * k), device);
+                    conv.bias = Some(param(TensorData::zeros::<f32, _>([filters]), device));
+                    convs.push(conv);
                     channels = filters;
                     h /= 2;
                     w /= 2;
@@ -110,10 +102,16 @@ impl<B: Backend> Classifier<B> {
                  inputs, {classes} classes)"
             );
         }
+        let mut linear = |inputs: usize, outputs: usize| {
+            let mut layer = LinearConfig::new(inputs, outputs).init(device);
+            layer.weight = param(weights(vec![inputs, outputs], inputs, outputs), device);
+            layer.bias = Some(param(TensorData::zeros::<f32, _>([outputs]), device));
+            layer
+        };
         let mut dense = Vec::with_capacity(dense_units.len());
         let mut width = flat;
         for &units in dense_units {
-            dense.push(LinearConfig::new(width, units).init(device));
+            dense.push(linear(width, units));
             width = units;
         }
         let activation = match activation {
@@ -126,20 +124,16 @@ impl<B: Backend> Classifier<B> {
             convs,
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             dense,
-            output: LinearConfig::new(width, classes).init(device),
+            output: linear(width, classes),
             dropout: DropoutConfig::new(*dropout).init(),
             activation: activation.init(device),
         })
     }
 }
 
-/// Initialises every lazily initialised parameter it visits.
-struct Materialise;
-
-impl<B: Backend> ModuleVisitor<B> for Materialise {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        param.val();
-    }
+/// A parameter holding `data`.
+fn param<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::from_data(data, device))
 }
 
 impl<B: ConvBackend> Classifier<B> {

@@ -11,7 +11,7 @@ use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::Classifier;
 use super::registry::{ModelCard, Registry, validate_name};
-use super::spec::{Activation, Architecture, InputKind, OptimizerSpec, TrainOptions};
+use super::spec::{Activation, Architecture, Initializer, InputKind, OptimizerSpec, TrainOptions};
 use super::train::{TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
 use quiver_engine::{bail, err};
@@ -47,6 +47,10 @@ quiver_engine::options! {
         optimizer: String = "adam".into(), OneOf(&["adam", "sgd"]);
         /// SGD momentum.
         momentum: f64 = 0.9, Rate;
+        /// Adam's epsilon, added to the root of the second moment (Keras's default).
+        adam_epsilon: f64 = 1e-7, Positive;
+        /// How initial weights are drawn (biases start at zero), as Keras names the schemes.
+        initializer: String = "glorot_uniform".into(), OneOf(Initializer::NAMES);
         /// Seed of weight initialisation, shuffling and dropout.
         seed: u64 = 42, count(0);
         /// Stop after this many epochs without improvement of the monitored loss (0: never).
@@ -74,8 +78,8 @@ quiver_engine::options! {
 
 impl ModelOptions {
     /// The options of the training loop.
-    pub fn train_options(&self) -> TrainOptions {
-        TrainOptions {
+    pub fn train_options(&self) -> Result<TrainOptions, MlError> {
+        Ok(TrainOptions {
             epochs: self.epochs,
             batch_size: self.batch_size,
             learning_rate: self.learning_rate,
@@ -84,14 +88,17 @@ impl ModelOptions {
                     momentum: self.momentum,
                 }
             } else {
-                OptimizerSpec::Adam
+                OptimizerSpec::Adam {
+                    epsilon: self.adam_epsilon,
+                }
             },
             seed: self.seed,
             early_stopping_patience: self.early_stopping_patience,
             shuffle_buffer: self.shuffle_buffer.unwrap_or(usize::MAX),
             device: self.device.clone(),
             workers: self.workers,
-        }
+            initializer: Initializer::parse(&self.initializer)?,
+        })
     }
 }
 
@@ -229,7 +236,7 @@ impl ModelBuilder {
         run_url: &Url,
         hooks: TrainHooks,
     ) -> Result<Fitted, MlError> {
-        let mut options = self.options.train_options();
+        let mut options = self.options.train_options()?;
         let workers = hooks.collective.as_ref().map_or(1, |r| r.world());
         if options.workers != workers {
             bail!(
@@ -282,6 +289,7 @@ impl ModelBuilder {
             labels.labels.len(),
             &Default::default(),
             0,
+            Default::default(),
         )?;
         let validation = match &self.options.validation_query {
             Some(sql) => Some(
@@ -311,6 +319,7 @@ impl ModelBuilder {
                     labels.labels.len(),
                     &Default::default(),
                     0,
+                    Default::default(),
                 )?;
                 let model = load_weights(model, outcome.weights.clone(), "the trained model")?;
                 Some(evaluate_model(&model, v, &input, &labels, options.batch_size).await?)

@@ -74,6 +74,7 @@ fn build<B: ConvBackend>(
         card.labels.labels.len(),
         device,
         0,
+        Default::default(),
     )?;
     load_weights(model, weights, what)
 }

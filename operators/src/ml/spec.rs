@@ -1,6 +1,7 @@
 //! What a model is, as stored in `model.json`: architecture, input spec, label map and training
 //! options. Plain serde types, independent of the backend.
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
@@ -156,13 +157,84 @@ pub fn compare_labels(a: &str, b: &str, integer: bool) -> std::cmp::Ordering {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum OptimizerSpec {
-    /// Adam with β1 = 0.9, β2 = 0.999, ε = 1e-7 (Keras' defaults).
-    Adam,
+    /// Adam with β1 = 0.9, β2 = 0.999 (Keras' defaults).
+    Adam {
+        /// Added to the root of the second moment (Keras: 1e-7).
+        #[serde(default = "keras_epsilon")]
+        epsilon: f64,
+    },
     /// Stochastic gradient descent with (heavy-ball) momentum.
     Sgd {
         /// Momentum factor; 0 disables it.
         momentum: f64,
     },
+}
+
+fn keras_epsilon() -> f64 {
+    1e-7
+}
+
+/// How a layer's initial weights are drawn (its biases start at zero), named as in Keras.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Initializer {
+    /// Uniform in ±sqrt(6 / (fan_in + fan_out)), Keras's default.
+    #[default]
+    GlorotUniform,
+    /// Normal with standard deviation sqrt(2 / fan_in), truncated at two deviations.
+    HeNormal,
+    /// Uniform in ±sqrt(6 / fan_in).
+    HeUniform,
+}
+
+impl Initializer {
+    /// The names [`Self::parse`] reads.
+    pub const NAMES: &[&str] = &["glorot_uniform", "he_normal", "he_uniform"];
+
+    /// Parses `glorot_uniform`, `he_normal` or `he_uniform`.
+    pub fn parse(name: &str) -> Result<Self, MlError> {
+        match name.to_ascii_lowercase().as_str() {
+            "glorot_uniform" => Ok(Self::GlorotUniform),
+            "he_normal" => Ok(Self::HeNormal),
+            "he_uniform" => Ok(Self::HeUniform),
+            other => Err(err!(
+                MlError::Option,
+                "initializer '{other}' is not one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+
+    /// `n` initial weights of a layer whose weights each have `fan_in` inputs and `fan_out`
+    /// outputs (a convolution's count its kernel's positions), drawn from `rng`.
+    pub fn draw(self, n: usize, fan_in: usize, fan_out: usize, rng: &mut impl Rng) -> Vec<f32> {
+        let limit = match self {
+            Self::GlorotUniform => (6.0 / (fan_in + fan_out) as f64).sqrt(),
+            Self::HeUniform => (6.0 / fan_in as f64).sqrt(),
+            Self::HeNormal => 0.0,
+        };
+        match self {
+            Self::GlorotUniform | Self::HeUniform => (0..n)
+                .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * limit) as f32)
+                .collect(),
+            Self::HeNormal => {
+                // Keras widens the deviation so that the truncated draws have the wanted one.
+                let std = (2.0 / fan_in as f64).sqrt() / 0.879_625_661_034_239_8;
+                (0..n)
+                    .map(|_| {
+                        loop {
+                            // Box-Muller; draws beyond two deviations are drawn again.
+                            let (u, v) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+                            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                            if z.abs() <= 2.0 {
+                                break (z * std) as f32;
+                            }
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Options of one training run.
@@ -188,8 +260,51 @@ pub struct TrainOptions {
     /// Executors training the model together, each on its share of every batch.
     #[serde(default = "one_worker")]
     pub workers: usize,
+    /// How the initial weights were drawn.
+    #[serde(default)]
+    pub initializer: Initializer,
 }
 
 fn one_worker() -> usize {
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Each scheme has Keras's variance (2 / (fan_in + fan_out) for Glorot, 2 / fan_in for
+    /// He), zero mean, and He-normal's draws stay within two of Keras's widened deviations.
+    #[test]
+    fn initializers_draw_with_keras_s_variance() {
+        let (fan_in, fan_out, n) = (300, 100, 200_000);
+        for (init, variance) in [
+            (Initializer::GlorotUniform, 2.0 / 400.0),
+            (Initializer::HeUniform, 2.0 / 300.0),
+            (Initializer::HeNormal, 2.0 / 300.0),
+        ] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let w = init.draw(n, fan_in, fan_out, &mut rng);
+            let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+            let var = w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            assert!(mean.abs() < 0.001, "{init:?}: mean {mean}");
+            assert!(
+                (var / variance - 1.0).abs() < 0.02,
+                "{init:?}: variance {var}"
+            );
+            let bound = match init {
+                Initializer::GlorotUniform => (6.0f64 / 400.0).sqrt(),
+                Initializer::HeUniform => (6.0f64 / 300.0).sqrt(),
+                Initializer::HeNormal => 2.0 * (2.0f64 / 300.0).sqrt() / 0.879_625_661_034_239_8,
+            };
+            assert!(
+                w.iter().all(|&x| (x as f64).abs() <= bound + 1e-6),
+                "{init:?}"
+            );
+        }
+        let a = Initializer::GlorotUniform.draw(5, 3, 3, &mut rand::rngs::StdRng::seed_from_u64(1));
+        let b = Initializer::GlorotUniform.draw(5, 3, 3, &mut rand::rngs::StdRng::seed_from_u64(1));
+        assert_eq!(a, b, "the same seed draws the same weights");
+    }
 }

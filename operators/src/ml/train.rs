@@ -230,6 +230,7 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + 
         classes,
         &device,
         options.seed,
+        options.initializer,
     )?;
     let run = RunSpec {
         architecture: job.architecture.clone(),
@@ -240,8 +241,8 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + 
     let leader = job.hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
     let resumed = resume_state(job, &run, leader).await?;
     match options.optimizer {
-        OptimizerSpec::Adam => {
-            let optimizer = FastAdam::new(1e-7).init::<B, Classifier<B>>();
+        OptimizerSpec::Adam { epsilon } => {
+            let optimizer = FastAdam::new(epsilon as f32).init::<B, Classifier<B>>();
             epochs(train, validation, job, device, model, optimizer, resumed).await
         }
         OptimizerSpec::Sgd { momentum } => {
