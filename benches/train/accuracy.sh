@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of accuracy, Quiver (CPU) against Keras on the same cores and the same PNG folders.
 #
-#   bash benches/train/accuracy.sh --parity [--dev]
+#   bash benches/train/accuracy.sh --parity [--runs "500:5 1000:3 3000:2 10000:1"] [--dev]
 # Keras parity on small data, where initialisation and the optimizer's details matter most:
 # Fashion-MNIST training sets of 500, 1,000, 3,000 and 10,000 images (the first of each class),
 # 5, 3, 2 and 1 epochs, the DNN [256, 128] and the CNN of benches/train/run.sh, batch 64, Adam
@@ -16,10 +16,10 @@
 # and decode the images; Keras's Pillow load of the training folder plus its epochs).
 source "$(dirname "$0")/../../scripts/env.sh"
 cd "$QUIVER_ROOT"
-target=0.85; epochs=3; dev=0; parity=0
+target=0.85; epochs=3; dev=0; parity=0; runs="500:5 1000:3 3000:2 10000:1"
 while [ $# -gt 0 ]; do
   case $1 in --target) target=$2; shift 2;; --epochs) epochs=$2; shift 2;; --dev) dev=1; shift;;
-    --parity) parity=1; shift;; *) echo "unknown $1" >&2; exit 2;; esac
+    --parity) parity=1; shift;; --runs) runs=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
 done
 quiver_install_packages
 quiver_install_refenv
@@ -31,7 +31,7 @@ if [ "$parity" = 1 ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   results="$work/results.jsonl"
-  for run in 500:5 1000:3 3000:2 10000:1; do
+  for run in $runs; do
     size=${run%:*}; n_epochs=${run#*:}
     train="$work/train-$size"
     for class in "$data/fashion/train"/*/; do
