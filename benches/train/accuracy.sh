@@ -36,7 +36,7 @@ if [ "$parity" = 1 ]; then
     train="$work/train-$size"
     for class in "$data/fashion/train"/*/; do
       mkdir -p "$train/$(basename "$class")"
-      find "$class" -type f | sort | head -n $((size / 10)) | xargs cp -l -t "$train/$(basename "$class")"
+      find "$class" -type f | sort | sed -n "1,$((size / 10))p" | xargs cp -t "$train/$(basename "$class")"
     done
     for model in dnn cnn; do
       if [ $model = dnn ]; then layers="model_type = 'dnn_classifier', hidden_units = [256, 128]"
