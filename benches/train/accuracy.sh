@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of accuracy, Quiver (CPU) against Keras on the same cores and the same PNG folders.
 #
-#   bash benches/train/accuracy.sh --parity [--runs "500:5 1000:3 3000:2 10000:1"] [--dev]
+#   bash benches/train/accuracy.sh --parity [--runs "500:5 1000:3 3000:2 10000:1"] [--seeds "1 2 3"] [--dev]
 # Keras parity on small data, where initialisation and the optimizer's details matter most:
 # Fashion-MNIST training sets of 500, 1,000, 3,000 and 10,000 images (the first of each class),
 # 5, 3, 2 and 1 epochs, the DNN [256, 128] and the CNN of benches/train/run.sh, batch 64, Adam
@@ -16,10 +16,10 @@
 # and decode the images; Keras's Pillow load of the training folder plus its epochs).
 source "$(dirname "$0")/../../scripts/env.sh"
 cd "$QUIVER_ROOT"
-target=0.85; epochs=3; dev=0; parity=0; runs="500:5 1000:3 3000:2 10000:1"
+target=0.85; epochs=3; dev=0; parity=0; runs="500:5 1000:3 3000:2 10000:1"; seeds="1 2 3"
 while [ $# -gt 0 ]; do
   case $1 in --target) target=$2; shift 2;; --epochs) epochs=$2; shift 2;; --dev) dev=1; shift;;
-    --parity) parity=1; shift;; --runs) runs=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
+    --parity) parity=1; shift;; --runs) runs=$2; shift 2;; --seeds) seeds=$2; shift 2;; *) echo "unknown $1" >&2; exit 2;; esac
 done
 quiver_install_packages
 quiver_install_refenv
@@ -41,7 +41,7 @@ if [ "$parity" = 1 ]; then
     for model in dnn cnn; do
       if [ $model = dnn ]; then layers="model_type = 'dnn_classifier', hidden_units = [256, 128]"
       else layers="model_type = 'cnn_classifier', conv_filters = [32, 64], dense_units = [128]"; fi
-      for seed in 1 2 3; do
+      for seed in $seeds; do
         quiver_log "Quiver: $model, $size images, $n_epochs epochs, seed $seed"
         name="m${size}_${model}_$seed"
         "$QUIVER" --store "$work/store" sql "CREATE MODEL $name OPTIONS ($layers, epochs = $n_epochs,
@@ -51,9 +51,9 @@ if [ "$parity" = 1 ]; then
         tail -1 "$work/store/training/$name/v1/metrics.jsonl" |
           "$REFENV/bin/python" -c "import json, sys; r = json.load(sys.stdin); print(json.dumps({'engine': 'quiver', 'size': $size, 'epochs': $n_epochs, 'model': '$model', 'seed': $seed, 'accuracy': r['val_accuracy']}))" >> "$results"
       done
-      quiver_log "Keras: $model, $size images, $n_epochs epochs, seeds 1-3"
+      quiver_log "Keras: $model, $size images, $n_epochs epochs, seeds $seeds"
       "$REFENV/bin/python" benches/train/reference.py "$train" --model $model --epochs $n_epochs \
-        --threads "$(nproc)" --test "$test" --hidden 256,128 --seeds 1,2,3 2>/dev/null |
+        --threads "$(nproc)" --test "$test" --hidden 256,128 --seeds "${seeds// /,}" 2>/dev/null |
         "$REFENV/bin/python" -c "import json, sys
 for line in sys.stdin:
     r = json.loads(line)
@@ -64,7 +64,7 @@ for line in sys.stdin:
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 print("\nKeras parity: test accuracy on 2,000 held-out Fashion-MNIST images, batch 64, Adam 1e-3, dropout 0.2")
-print(f"{'model':6} {'images':>7} {'epochs':>6}  {'quiver seeds 1/2/3':>20} {'mean':>7}  {'keras seeds 1/2/3':>20} {'mean':>7} {'gap':>7}")
+print(f"{'model':6} {'images':>7} {'epochs':>6}  {'quiver, by seed':>20} {'mean':>7}  {'keras, by seed':>20} {'mean':>7} {'gap':>7}")
 keys = sorted({(r["model"], r["size"], r["epochs"]) for r in runs}, key=lambda k: (k[0], k[1]))
 for model, size, epochs in keys:
     acc = {e: [r["accuracy"] for r in sorted(runs, key=lambda r: r["seed"])
