@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -28,7 +28,7 @@ use super::MlError;
 use super::adam::{AdamBackend, FastAdam};
 use super::collective::Ring;
 use super::conv::ConvBackend;
-use super::data::{BatchStream, WholeInput, batch_dims};
+use super::data::{Batch, BatchStream, WholeInput, batch_dims};
 use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
@@ -380,109 +380,110 @@ pub(crate) fn load_weights<B: Backend>(
     Ok(model)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn epochs<
-    B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend,
-    O: Optimizer<Classifier<B>, B>,
->(
-    train: &DataFrame,
-    validation: Option<&DataFrame>,
-    job: &TrainJob,
+/// What every step of a run shares: the job, the device, the loss, the batch shape and the
+/// gang a data-parallel worker trains with.
+struct Steps<'a, B: Backend> {
+    job: &'a TrainJob,
     device: B::Device,
-    mut model: Classifier<B>,
-    mut optimizer: O,
-    resumed: Option<CheckpointState>,
-) -> Result<TrainOutcome, MlError> {
-    let options = &job.options;
-    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-    let mut state = CheckpointState {
-        epoch: 0,
-        history: Vec::new(),
-        best_loss: f64::INFINITY,
-        epochs_without_improvement: 0,
-        seed: options.seed,
-    };
-    let resumed_after = resumed.as_ref().map(|s| s.epoch);
-    if let Some(saved) = resumed {
-        let dir = checkpoint_dir(job, saved.epoch);
-        // Burn's own record keeps the parameter ids the optimizer state is keyed by.
-        model = model.load_record(checkpoint_record(job, &dir, "model.bin", &device).await?);
-        let record = checkpoint_record(job, &dir, "optimizer.bin", &device).await?;
-        optimizer = optimizer.load_record(record);
-        job.log(&format!(
-            "resuming {} after epoch {}",
-            job.run_url, saved.epoch
-        ));
-        state = saved;
-    }
-    let ring = job.hooks.collective.clone();
-    let (rank, world) = ring.as_ref().map_or((0, 1), |r| (r.rank(), r.world()));
-    let leader = rank == 0;
-    if let Some(ring) = &ring {
-        // Rank 0's weights, and the epoch it resumed after, become every worker's.
-        let mut flat = job.compute(|| flat_weights(&model));
-        flat.push(state.epoch as f32);
-        ring.broadcast(&mut flat).await?;
-        let first = flat.pop().expect("pushed") as usize;
-        if first != state.epoch {
-            bail!(
-                MlError::Checkpoint,
-                "worker {rank} found {} at epoch {} but worker 0 at epoch {first}",
-                job.run_url,
-                state.epoch
-            );
+    loss_fn: CrossEntropyLoss<B>,
+    /// Channels, height, width of one example.
+    dims: [usize; 3],
+    ring: Option<Arc<Ring>>,
+}
+
+/// The loss, correct predictions and examples of one step over the whole (global) batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct StepStats {
+    loss: f64,
+    hits: i64,
+    examples: usize,
+}
+
+impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, B> {
+    fn new(job: &'a TrainJob, device: B::Device) -> Self {
+        Self {
+            loss_fn: CrossEntropyLossConfig::new().init(&device),
+            dims: batch_dims(&job.input),
+            ring: job.hooks.collective.clone(),
+            job,
+            device,
         }
-        model = job.compute(|| set_weights(model, &flat));
     }
-    let mut events = EventFile::new(unix_now());
-    for summary in &job.hooks.summaries {
-        events.plugin_summary(unix_now(), 0, summary);
+
+    /// One optimizer step on `batch` (this worker's share of it), dropout masks from `rng`;
+    /// a gang's workers sum their gradients first, so that the step is the one a single
+    /// worker takes on the whole batch.
+    async fn step<O: Optimizer<Classifier<B>, B>>(
+        &self,
+        model: Classifier<B>,
+        optimizer: &mut O,
+        batch: Batch,
+        rng: &mut StdRng,
+    ) -> Result<(Classifier<B>, StepStats), MlError> {
+        let job = self.job;
+        let [c, h, w] = self.dims;
+        let mut n = batch.len;
+        let (mut grads, mut loss, mut hits) = (GradientsParams::new(), 0.0, 0);
+        if n > 0 {
+            let x = Tensor::<B, 4>::from_data(
+                TensorData::new(batch.features, [n, c, h, w]),
+                &self.device,
+            );
+            let y =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &self.device);
+            (grads, loss, hits) = job.compute(|| {
+                let logits = model.forward_train(x, rng);
+                let loss = self.loss_fn.forward(logits.clone(), y.clone());
+                let hits = logits
+                    .argmax(1)
+                    .flatten::<1>(0, 1)
+                    .equal(y)
+                    .int()
+                    .sum()
+                    .into_scalar()
+                    .elem::<i64>();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                (grads, loss.into_scalar().elem::<f64>(), hits)
+            });
+        }
+        if let Some(ring) = &self.ring {
+            // Sum n-weighted gradients, loss, hits and examples over the workers.
+            let mut flat = job.compute(|| flat_gradients(&model, grads, n as f32));
+            flat.extend([(loss * n as f64) as f32, hits as f32, n as f32]);
+            ring.all_reduce_sum(&mut flat).await?;
+            let total = flat.pop().expect("pushed").max(1.0);
+            hits = flat.pop().expect("pushed") as i64;
+            loss = flat.pop().expect("pushed") as f64 / total as f64;
+            n = total as usize;
+            grads = job.compute(|| gradients_from_flat(&model, &flat, 1.0 / total));
+        }
+        let model = job.compute(|| optimizer.step(job.options.learning_rate, model, grads));
+        Ok((
+            model,
+            StepStats {
+                loss,
+                hits,
+                examples: n,
+            },
+        ))
     }
-    for m in &state.history {
-        log_epoch(&mut events, m);
-    }
-    // A resumed run rewrites its event file (with the whole history) instead of starting a
-    // second one, which TensorBoard would show as repeated steps.
-    let mut previous: Vec<String> = list(&job.store, &job.run_dir)
-        .await?
-        .files
-        .into_iter()
-        .filter(|f| f.starts_with("events.out.tfevents.") && f.ends_with(".quiver"))
-        .collect();
-    previous.sort();
-    let events_path = job.run_dir.clone().join(
-        previous
-            .pop()
-            .unwrap_or_else(|| format!("events.out.tfevents.{}.quiver", unix_now() as u64)),
-    );
-    let [c, h, w] = batch_dims(&job.input);
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let (mut stopped_early, mut stopped_by_scheduler) = (false, false);
-    let whole = Arc::new(OnceLock::new());
-    let mut upcoming =
-        (state.epoch < options.epochs).then(|| read_ahead(train, job, state.epoch + 1, &whole));
-    while state.epoch < options.epochs {
-        let epoch = state.epoch + 1;
-        fault::point_async(
-            "epoch_start",
-            &format!("{}/rank-{rank}/epoch-{epoch}", job.run_dir),
-        )
-        .await?;
-        let mut dropout_rng =
-            StdRng::seed_from_u64(epoch_seed(options, epoch).wrapping_add(rank as u64));
-        // The epoch's time includes any wait for its input.
-        let started = Instant::now();
-        // Every worker reads the same shuffled stream and trains on its share of each batch.
-        let mut batches = upcoming
-            .take()
-            .expect("the next epoch is read ahead")
-            .stream()
-            .await?
-            .shard(rank, world);
-        let mut input_seconds = started.elapsed().as_secs_f64();
-        // The next epoch's input is read and decoded while this one trains.
-        upcoming = (epoch < options.epochs).then(|| read_ahead(train, job, epoch + 1, &whole));
-        let bar = progress_bar(epoch, options.epochs, leader && job.hooks.log.is_none());
+
+    /// Trains one epoch on `batches`, showing progress; returns the model and the epoch's
+    /// metrics without validation. `started` is when the epoch began waiting for its input,
+    /// `input_seconds` how long it has waited so far.
+    async fn epoch<O: Optimizer<Classifier<B>, B>>(
+        &self,
+        mut model: Classifier<B>,
+        optimizer: &mut O,
+        mut batches: BatchStream,
+        epoch: usize,
+        started: Instant,
+        mut input_seconds: f64,
+    ) -> Result<(Classifier<B>, EpochMetrics), MlError> {
+        let (job, options) = (self.job, &self.job.options);
+        let rank = self.ring.as_ref().map_or(0, |r| r.rank());
+        let mut rng = StdRng::seed_from_u64(epoch_seed(options, epoch).wrapping_add(rank as u64));
+        let bar = progress_bar(epoch, options.epochs, rank == 0 && job.hooks.log.is_none());
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
         loop {
@@ -491,52 +492,19 @@ async fn epochs<
                 break;
             };
             input_seconds += waited.elapsed().as_secs_f64();
-            let mut n = batch.len;
-            let (mut grads, mut loss, mut hits) = (GradientsParams::new(), 0.0, 0);
-            if n > 0 {
-                let x = Tensor::<B, 4>::from_data(
-                    TensorData::new(batch.features, [n, c, h, w]),
-                    &device,
-                );
-                let y = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &device);
-                (grads, loss, hits) = job.compute(|| {
-                    let logits = model.forward_train(x, &mut dropout_rng);
-                    let loss = loss_fn.forward(logits.clone(), y.clone());
-                    let hits = logits
-                        .argmax(1)
-                        .flatten::<1>(0, 1)
-                        .equal(y)
-                        .int()
-                        .sum()
-                        .into_scalar()
-                        .elem::<i64>();
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    (grads, loss.into_scalar().elem::<f64>(), hits)
-                });
-            }
-            if let Some(ring) = &ring {
-                // Sum n-weighted gradients, loss, hits and examples over the workers, so that
-                // the step is the one a single worker takes on the whole batch.
-                let mut flat = job.compute(|| flat_gradients(&model, grads, n as f32));
-                flat.extend([(loss * n as f64) as f32, hits as f32, n as f32]);
-                ring.all_reduce_sum(&mut flat).await?;
-                let total = flat.pop().expect("pushed").max(1.0);
-                hits = flat.pop().expect("pushed") as i64;
-                loss = flat.pop().expect("pushed") as f64 / total as f64;
-                n = total as usize;
-                grads = job.compute(|| gradients_from_flat(&model, &flat, 1.0 / total));
-            }
-            model = job.compute(|| optimizer.step(options.learning_rate, model, grads));
-            if !loss.is_finite() {
+            let stats;
+            (model, stats) = self.step(model, optimizer, batch, &mut rng).await?;
+            if !stats.loss.is_finite() {
                 bail!(
                     MlError::Training,
-                    "the loss became {loss} in epoch {epoch}: lower the learning_rate"
+                    "the loss became {} in epoch {epoch}: lower the learning_rate",
+                    stats.loss
                 );
             }
-            loss_sum += loss * n as f64;
-            correct += hits;
-            seen += n as u64;
-            bar.inc(n as u64);
+            loss_sum += stats.loss * stats.examples as f64;
+            correct += stats.hits;
+            seen += stats.examples as u64;
+            bar.inc(stats.examples as u64);
             if let Some(progress) = &job.hooks.progress {
                 progress.store(seen, Ordering::Relaxed);
             }
@@ -561,82 +529,230 @@ async fn epochs<
         if seen == 0 {
             return Err(MlError::Input("the training query returned no rows".into()));
         }
-        // (loss, accuracy) on the validation query.
-        let mut val = match validation {
-            Some(frame) if leader => {
-                let v = evaluate_model(
-                    &model.valid(),
-                    frame,
-                    &job.input,
-                    &job.labels,
-                    options.batch_size,
-                )
-                .await?;
-                Some((v.loss, v.accuracy))
-            }
-            _ => None,
-        };
-        if let (Some(ring), Some(_)) = (&ring, validation) {
-            // Rank 0 validates; every worker needs the same numbers for early stopping.
-            let mut shared = val.map_or([0.0; 2], |(l, a)| [l as f32, a as f32]);
-            ring.broadcast(&mut shared).await?;
-            val = Some((shared[0] as f64, shared[1] as f64));
-        }
         let metrics = EpochMetrics {
             epoch,
             loss: loss_sum / seen as f64,
             accuracy: correct as f64 / seen as f64,
-            val_loss: val.map(|v| v.0),
-            val_accuracy: val.map(|v| v.1),
+            val_loss: None,
+            val_accuracy: None,
             examples: seen,
             seconds,
             input_seconds,
             examples_per_second: seen as f64 / seconds,
         };
+        Ok((model, metrics))
+    }
+
+    /// (loss, accuracy) on the validation query: worker 0 evaluates, and every worker of a gang
+    /// gets its numbers (early stopping needs them everywhere).
+    async fn validate(
+        &self,
+        model: &Classifier<B>,
+        validation: Option<&DataFrame>,
+    ) -> Result<Option<(f64, f64)>, MlError> {
+        let Some(frame) = validation else {
+            return Ok(None);
+        };
+        let options = &self.job.options;
+        let mut val = match &self.ring {
+            Some(ring) if ring.rank() != 0 => None,
+            _ => {
+                let v = evaluate_model(
+                    &model.valid(),
+                    frame,
+                    &self.job.input,
+                    &self.job.labels,
+                    options.batch_size,
+                )
+                .await?;
+                Some((v.loss, v.accuracy))
+            }
+        };
+        if let Some(ring) = &self.ring {
+            let mut shared = val.map_or([0.0; 2], |(l, a)| [l as f32, a as f32]);
+            ring.broadcast(&mut shared).await?;
+            val = Some((shared[0] as f64, shared[1] as f64));
+        }
+        Ok(val)
+    }
+}
+
+impl CheckpointState {
+    /// Before the first epoch.
+    fn new(seed: u64) -> Self {
+        Self {
+            epoch: 0,
+            history: Vec::new(),
+            best_loss: f64::INFINITY,
+            epochs_without_improvement: 0,
+            seed,
+        }
+    }
+
+    /// Records a finished epoch: its metrics, and whether the monitored loss (validation loss,
+    /// else training loss) improved.
+    fn record(&mut self, metrics: EpochMetrics) {
+        let monitored = metrics.val_loss.unwrap_or(metrics.loss);
+        if monitored < self.best_loss {
+            self.best_loss = monitored;
+            self.epochs_without_improvement = 0;
+        } else {
+            self.epochs_without_improvement += 1;
+        }
+        self.epoch = metrics.epoch;
+        self.history.push(metrics);
+    }
+}
+
+/// Writes epoch `state.epoch`'s checkpoint (weights and optimizer first, `state.json`, the
+/// marker, last), then `metrics.jsonl` and the event file.
+async fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
+    job: &TrainJob,
+    model: &Classifier<B>,
+    optimizer: &O,
+    state: &CheckpointState,
+    events: (&EventFile, &Path),
+) -> Result<(), MlError> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let dir = checkpoint_dir(job, state.epoch);
+    let weights = recorder
+        .record(model.clone().into_record(), ())
+        .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the model: {e}"))?;
+    put_bytes(&job.store, &dir.clone().join("model.bin"), weights).await?;
+    let optim = recorder
+        .record(optimizer.to_record(), ())
+        .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the optimizer: {e}"))?;
+    put_bytes(&job.store, &dir.clone().join("optimizer.bin"), optim).await?;
+    put_bytes(
+        &job.store,
+        &dir.clone().join("state.json"),
+        serde_json::to_vec_pretty(state)?,
+    )
+    .await?;
+    let mut lines = Vec::new();
+    for m in &state.history {
+        serde_json::to_writer(&mut lines, m)?;
+        lines.push(b'\n');
+    }
+    put_bytes(
+        &job.store,
+        &job.run_dir.clone().join("metrics.jsonl"),
+        lines,
+    )
+    .await?;
+    put_bytes(&job.store, events.1, events.0.bytes().to_vec()).await?;
+    fault::point_async(
+        "checkpoint",
+        &format!("{}/epoch-{}", job.run_dir, state.epoch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Trains the epochs a resumed run has left (a fresh run all of them), with a checkpoint after
+/// each; stops early on `early_stopping_patience` or when the epoch hook says so.
+async fn epochs<
+    B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend,
+    O: Optimizer<Classifier<B>, B>,
+>(
+    train: &DataFrame,
+    validation: Option<&DataFrame>,
+    job: &TrainJob,
+    device: B::Device,
+    mut model: Classifier<B>,
+    mut optimizer: O,
+    resumed: Option<CheckpointState>,
+) -> Result<TrainOutcome, MlError> {
+    let options = &job.options;
+    let mut state = CheckpointState::new(options.seed);
+    let resumed_after = resumed.as_ref().map(|s| s.epoch);
+    if let Some(saved) = resumed {
+        let dir = checkpoint_dir(job, saved.epoch);
+        // Burn's own record keeps the parameter ids the optimizer state is keyed by.
+        model = model.load_record(checkpoint_record(job, &dir, "model.bin", &device).await?);
+        let record = checkpoint_record(job, &dir, "optimizer.bin", &device).await?;
+        optimizer = optimizer.load_record(record);
+        job.log(&format!(
+            "resuming {} after epoch {}",
+            job.run_url, saved.epoch
+        ));
+        state = saved;
+    }
+    let steps = Steps::<B>::new(job, device);
+    let (rank, world) = steps
+        .ring
+        .as_ref()
+        .map_or((0, 1), |r| (r.rank(), r.world()));
+    let leader = rank == 0;
+    if let Some(ring) = &steps.ring {
+        // Rank 0's weights, and the epoch it resumed after, become every worker's.
+        let mut flat = job.compute(|| flat_weights(&model));
+        flat.push(state.epoch as f32);
+        ring.broadcast(&mut flat).await?;
+        let first = flat.pop().expect("pushed") as usize;
+        if first != state.epoch {
+            bail!(
+                MlError::Checkpoint,
+                "worker {rank} found {} at epoch {} but worker 0 at epoch {first}",
+                job.run_url,
+                state.epoch
+            );
+        }
+        model = job.compute(|| set_weights(model, &flat));
+    }
+    let mut events = EventFile::new(unix_now());
+    for summary in &job.hooks.summaries {
+        events.plugin_summary(unix_now(), 0, summary);
+    }
+    for m in &state.history {
+        log_epoch(&mut events, m);
+    }
+    let events_path = events_path(job).await?;
+    let (mut stopped_early, mut stopped_by_scheduler) = (false, false);
+    let whole = Arc::new(OnceLock::new());
+    let mut upcoming =
+        (state.epoch < options.epochs).then(|| read_ahead(train, job, state.epoch + 1, &whole));
+    while state.epoch < options.epochs {
+        let epoch = state.epoch + 1;
+        fault::point_async(
+            "epoch_start",
+            &format!("{}/rank-{rank}/epoch-{epoch}", job.run_dir),
+        )
+        .await?;
+        // The epoch's time includes any wait for its input.
+        let started = Instant::now();
+        // Every worker reads the same shuffled stream and trains on its share of each batch.
+        let batches = upcoming
+            .take()
+            .expect("the next epoch is read ahead")
+            .stream()
+            .await?
+            .shard(rank, world);
+        let input_seconds = started.elapsed().as_secs_f64();
+        // The next epoch's input is read and decoded while this one trains.
+        upcoming = (epoch < options.epochs).then(|| read_ahead(train, job, epoch + 1, &whole));
+        let mut metrics;
+        (model, metrics) = steps
+            .epoch(
+                model,
+                &mut optimizer,
+                batches,
+                epoch,
+                started,
+                input_seconds,
+            )
+            .await?;
+        if let Some((loss, accuracy)) = steps.validate(&model, validation).await? {
+            (metrics.val_loss, metrics.val_accuracy) = (Some(loss), Some(accuracy));
+        }
         if leader {
             job.log(&describe(&metrics, options.epochs));
         }
         log_epoch(&mut events, &metrics);
-        let monitored = metrics.val_loss.unwrap_or(metrics.loss);
-        if monitored < state.best_loss {
-            state.best_loss = monitored;
-            state.epochs_without_improvement = 0;
-        } else {
-            state.epochs_without_improvement += 1;
-        }
-        state.epoch = epoch;
-        state.history.push(metrics);
+        state.record(metrics);
         // Rank 0 alone writes the run folder; the other workers hold the same model.
         if leader {
-            // The checkpoint: weights and optimizer first, state.json (the marker) last.
-            let dir = checkpoint_dir(job, epoch);
-            let weights = recorder
-                .record(model.clone().into_record(), ())
-                .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the model: {e}"))?;
-            put_bytes(&job.store, &dir.clone().join("model.bin"), weights).await?;
-            let optim = recorder
-                .record(optimizer.to_record(), ())
-                .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the optimizer: {e}"))?;
-            put_bytes(&job.store, &dir.clone().join("optimizer.bin"), optim).await?;
-            put_bytes(
-                &job.store,
-                &dir.clone().join("state.json"),
-                serde_json::to_vec_pretty(&state)?,
-            )
-            .await?;
-            let mut lines = Vec::new();
-            for m in &state.history {
-                serde_json::to_writer(&mut lines, m)?;
-                lines.push(b'\n');
-            }
-            put_bytes(
-                &job.store,
-                &job.run_dir.clone().join("metrics.jsonl"),
-                lines,
-            )
-            .await?;
-            put_bytes(&job.store, &events_path, events.bytes().to_vec()).await?;
-            fault::point_async("checkpoint", &format!("{}/epoch-{epoch}", job.run_dir)).await?;
+            save_checkpoint(job, &model, &optimizer, &state, (&events, &events_path)).await?;
         }
         if options.early_stopping_patience > 0
             && state.epochs_without_improvement >= options.early_stopping_patience
@@ -664,6 +780,23 @@ async fn epochs<
         stopped_early,
         stopped_by_scheduler,
     })
+}
+
+/// The run's event file: a resumed run rewrites its event file (with the whole history)
+/// instead of starting a second one, which TensorBoard would show as repeated steps.
+async fn events_path(job: &TrainJob) -> Result<Path, MlError> {
+    let mut previous: Vec<String> = list(&job.store, &job.run_dir)
+        .await?
+        .files
+        .into_iter()
+        .filter(|f| f.starts_with("events.out.tfevents.") && f.ends_with(".quiver"))
+        .collect();
+    previous.sort();
+    Ok(job.run_dir.clone().join(
+        previous
+            .pop()
+            .unwrap_or_else(|| format!("events.out.tfevents.{}.quiver", unix_now() as u64)),
+    ))
 }
 
 /// Seeding per epoch makes dropout and shuffling after a resume equal an uninterrupted run.
@@ -852,4 +985,106 @@ fn gradients_from_flat<B: AutodiffBackend>(
     let mut split = Split(flat, GradientsParams::new(), scale);
     model.visit(&mut split);
     split.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::ModelOptions;
+    use crate::ml::spec::{Activation, InputKind};
+
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn job() -> TrainJob {
+        TrainJob {
+            architecture: Architecture::DnnClassifier {
+                hidden_units: vec![4],
+                activation: Activation::Relu,
+                dropout: 0.0,
+            },
+            input: InputSpec {
+                column: "x".into(),
+                kind: InputKind::Tensor,
+                shape: vec![3],
+                scale: 1.0,
+            },
+            labels: LabelMap {
+                column: "label".into(),
+                integer: true,
+                labels: vec!["0".into(), "1".into(), "2".into()],
+            },
+            options: ModelOptions::default().train_options().unwrap(),
+            store: Arc::new(object_store::memory::InMemory::new()),
+            run_dir: Path::from("run"),
+            run_url: "memory:///run/".into(),
+            hooks: TrainHooks::default(),
+        }
+    }
+
+    /// From all-zero weights every logit is 0: the loss is ln(3) for 3 classes, and only the
+    /// output biases have gradients (1/3 less each class's share of the labels), so Adam's
+    /// first step moves each of them by the learning rate against its gradient's sign.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_step_from_zero_weights_has_loss_ln_3_and_moves_the_biases_by_the_learning_rate() {
+        let job = job();
+        let model = Classifier::<B>::new(
+            &job.architecture,
+            &job.input,
+            3,
+            &Default::default(),
+            1,
+            Default::default(),
+        )
+        .unwrap();
+        let zeros = vec![0.0; flat_weights(&model).len()];
+        let model = set_weights(model, &zeros);
+        let mut optimizer = FastAdam::new(1e-7).init::<B, Classifier<B>>();
+        let steps = Steps::<B>::new(&job, Default::default());
+        let batch = Batch {
+            features: vec![0.5, -1.0, 2.0, 1.0, 0.0, -0.5],
+            labels: vec![0, 2],
+            len: 2,
+        };
+        let (model, stats) = steps
+            .step(model, &mut optimizer, batch, &mut StdRng::seed_from_u64(0))
+            .await
+            .unwrap();
+        assert!((stats.loss - 3f64.ln()).abs() < 1e-6, "{stats:?}");
+        assert_eq!(stats.examples, 2);
+        let after = flat_weights(&model);
+        let lr = job.options.learning_rate as f32;
+        let (rest, biases) = after.split_at(after.len() - 3);
+        assert!(rest.iter().all(|&w| w == 0.0), "{rest:?}");
+        for (got, want) in biases.iter().zip([lr, -lr, lr]) {
+            assert!((got - want).abs() < 1e-6 * lr + 1e-9, "{biases:?}");
+        }
+    }
+
+    #[test]
+    fn epochs_without_improvement_count_from_the_best_monitored_loss() {
+        let mut state = CheckpointState::new(7);
+        let metrics = |epoch, loss, val_loss| EpochMetrics {
+            epoch,
+            loss,
+            accuracy: 0.5,
+            val_loss,
+            val_accuracy: None,
+            examples: 10,
+            seconds: 1.0,
+            input_seconds: 0.0,
+            examples_per_second: 10.0,
+        };
+        state.record(metrics(1, 1.0, None));
+        state.record(metrics(2, 0.5, Some(2.0)));
+        assert_eq!(
+            (state.best_loss, state.epochs_without_improvement),
+            (1.0, 1)
+        );
+        state.record(metrics(3, 0.9, Some(0.8)));
+        assert_eq!(
+            (state.best_loss, state.epochs_without_improvement),
+            (0.8, 0)
+        );
+        assert_eq!((state.epoch, state.history.len(), state.seed), (3, 3, 7));
+    }
 }
