@@ -16,17 +16,20 @@
 //! # Ok(()) }
 //! ```
 
+pub mod asha;
+pub mod display;
 pub mod hparams;
+pub mod records;
 pub mod runner;
 pub mod space;
 pub mod spec;
 pub mod tables;
 pub mod trials;
 
-pub use runner::{
+pub use records::{
     ExperimentDir, ExperimentFile, ExperimentReport, Experiments, TrialRecord, TrialStatus,
-    run_experiment,
 };
+pub use runner::run_experiment;
 pub use space::{DifferentialEvolution, Domain, Params, SearchSpace};
 pub use spec::{ExperimentBuilder, ExperimentOptions, ExperimentSpec, Objective, Search};
 pub use tables::ExperimentTableFunc;

@@ -1,276 +1,37 @@
-//! Running an experiment: proposes trials, runs them on a trial runner's slots (retrying failures from
-//! their last checkpoint), stops poor ones early with ASHA, writes everything to the shared
-//! store as it happens, shows a live table of trials, and registers the best trial's model.
+//! Running an experiment (the scheduling and the trials): proposes trials, runs them on a
+//! trial runner's slots (retrying failures from their last checkpoint), stops poor ones early
+//! with ASHA ([`super::asha`]), writes the records ([`super::records`]) to the shared store as
+//! it happens, reports progress ([`super::display`]), and registers the best trial's model.
 //!
 //! Layout under `<store>/experiments/<name>/`: `experiment.json` (spec and status),
 //! `events.out.tfevents.*` (the HParams plugin's experiment summary) and per trial
 //! `trials/<trial>/{params.json, log.txt, checkpoints/, metrics.jsonl, events.out.tfevents.*,
 //! weights.safetensors, result.json}`, `result.json` written last.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::FutureExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use object_store::ObjectStore;
-use object_store::path::Path;
-use quiver_engine::{LogSink, Session};
-use serde::{Deserialize, Serialize};
-use url::Url;
+use quiver_engine::Session;
 
 use super::trials::{LocalTrialRunner, Slot, TRIAL_WEIGHTS, TrialOutput, TrialRunner, TrialTask};
-use quiver_engine::store::objects::{exists, get_bytes, list, put_bytes};
-use quiver_engine::time::{unix_now, utc_timestamp};
+use quiver_engine::store::objects::{get_bytes, put_bytes};
+use quiver_engine::time::unix_now;
 
+use super::asha::Asha;
+use super::display::{Display, TrialLog, params_text};
 use super::hparams::{HParamDomain, experiment_summary, session_start};
+use super::records::{
+    ExperimentDir, ExperimentFile, ExperimentReport, Experiments, TrialParams, TrialRecord,
+    TrialStatus, best_trial,
+};
 use super::space::{DifferentialEvolution, Domain, Params};
-use super::spec::{AshaSettings, ExperimentBuilder, ExperimentSpec, Objective, Search};
+use super::spec::{ExperimentBuilder, ExperimentSpec, Search};
 use crate::ml::events::EventFile;
 use crate::ml::{EpochMetrics, MlError, ModelCard, OptionValue, TrainHooks, registry};
 use quiver_engine::{bail, err};
-
-/// How a trial ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrialStatus {
-    /// Trained every epoch.
-    Completed,
-    /// Stopped early by the scheduler.
-    Stopped,
-    /// Failed on every attempt; re-running the experiment tries it again.
-    Failed,
-}
-
-impl TrialStatus {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Stopped => "stopped",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// `params.json`: a trial's identity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrialParams {
-    /// `trial-0003`.
-    pub trial: String,
-    /// Evolutionary search's generation (0 otherwise).
-    pub generation: usize,
-    /// The searched hyperparameters.
-    pub params: Params,
-}
-
-/// `result.json`: how a trial ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrialRecord {
-    /// `trial-0003`.
-    pub trial: String,
-    /// Evolutionary search's generation (0 otherwise).
-    pub generation: usize,
-    /// The searched hyperparameters.
-    pub params: Params,
-    /// How it ended.
-    pub status: TrialStatus,
-    /// The objective metric after its last epoch.
-    pub objective: Option<f64>,
-    /// Metrics of every epoch.
-    pub history: Vec<EpochMetrics>,
-    /// Attempts it took (1 without failures).
-    pub attempts: usize,
-    /// Seconds since the Unix epoch when it first started.
-    pub started_at: f64,
-    /// Seconds since the Unix epoch when it ended.
-    pub finished_at: f64,
-    /// The slot of its last attempt.
-    pub slot: String,
-    /// The last attempt's error, for failed trials.
-    pub error: Option<String>,
-    /// The folder of its last checkpoint.
-    pub checkpoint: Option<String>,
-    /// The trained model (version 0), for trial runners that produce one.
-    pub model: Option<ModelCard>,
-}
-
-/// `experiment.json`: the experiment as given, and where it stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExperimentFile {
-    /// Its name.
-    pub name: String,
-    /// `dnn_classifier` or `cnn_classifier`.
-    pub model_type: String,
-    /// The options as given.
-    pub options: Vec<(String, OptionValue)>,
-    /// The training query.
-    pub query: String,
-    /// `running`, `completed` or `failed`.
-    pub status: String,
-    /// What is optimised.
-    pub objective: Objective,
-    /// Trials finished (completed, stopped or failed).
-    pub trials_finished: usize,
-    /// The best trial so far.
-    pub best_trial: Option<String>,
-    /// Its objective value.
-    pub best_value: Option<f64>,
-    /// The registry folder of the best trial's model.
-    pub model: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub created_at: f64,
-    /// Seconds since the Unix epoch.
-    pub updated_at: f64,
-    /// Quiver's version.
-    pub quiver_version: String,
-}
-
-/// What an experiment run produced.
-#[derive(Debug, Clone)]
-pub struct ExperimentReport {
-    /// `experiment.json` as it was left.
-    pub file: ExperimentFile,
-    /// Every trial, in trial order.
-    pub trials: Vec<TrialRecord>,
-    /// The folder of the experiment.
-    pub url: String,
-}
-
-/// An experiment's folder in the store.
-#[derive(Debug, Clone)]
-pub struct ExperimentDir {
-    /// The store.
-    pub store: Arc<dyn ObjectStore>,
-    /// `experiments/<name>` in it.
-    pub dir: Path,
-    /// The folder's URL.
-    pub url: Url,
-}
-
-/// The `experiments/` folder of a store.
-#[derive(Debug, Clone)]
-pub struct Experiments {
-    store: Arc<dyn ObjectStore>,
-    root: Path,
-    url: Url,
-}
-
-impl Experiments {
-    /// `experiments/` in the session's default store.
-    pub fn new(session: &Session) -> Result<Self, MlError> {
-        let (store, root, url) = session.default_folder("experiments/")?;
-        Ok(Self { store, root, url })
-    }
-
-    /// The folder of experiment `name`.
-    pub fn dir(&self, name: &str) -> Result<ExperimentDir, MlError> {
-        crate::ml::registry::validate_name(name)?;
-        Ok(ExperimentDir {
-            store: Arc::clone(&self.store),
-            dir: self.root.clone().join(name),
-            url: self
-                .url
-                .join(&format!("{name}/"))
-                .map_err(|e| err!(MlError::Option, "bad experiment name '{name}': {e}"))?,
-        })
-    }
-
-    /// Names of the experiments, sorted.
-    pub async fn names(&self) -> Result<Vec<String>, MlError> {
-        let mut names = list(&self.store, &self.root).await?.dirs;
-        names.sort();
-        Ok(names)
-    }
-}
-
-impl ExperimentDir {
-    fn path(&self, file: &str) -> Path {
-        self.dir.clone().join(file)
-    }
-
-    /// The folder of one trial.
-    pub fn trial_dir(&self, trial: &str) -> Path {
-        self.dir.clone().join("trials").clone().join(trial)
-    }
-
-    fn trial_url(&self, trial: &str) -> Result<Url, MlError> {
-        self.url
-            .join(&format!("trials/{trial}/"))
-            .map_err(|e| MlError::Option(e.to_string()))
-    }
-
-    async fn read_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &Path,
-    ) -> Result<Option<T>, MlError> {
-        match get_bytes(&self.store, path).await? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                err!(
-                    MlError::Checkpoint,
-                    "{}/{path} is unreadable: {e}",
-                    self.store
-                )
-            }),
-            None => Ok(None),
-        }
-    }
-
-    async fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), MlError> {
-        Ok(put_bytes(&self.store, path, serde_json::to_vec_pretty(value)?).await?)
-    }
-
-    /// `experiment.json`, if the experiment exists.
-    pub async fn file(&self) -> Result<Option<ExperimentFile>, MlError> {
-        self.read_json(&self.path("experiment.json")).await
-    }
-
-    /// The trial ids that have a folder, sorted.
-    pub async fn trial_ids(&self) -> Result<Vec<String>, MlError> {
-        let mut ids = list(&self.store, &self.dir.clone().join("trials"))
-            .await?
-            .dirs;
-        ids.sort();
-        Ok(ids)
-    }
-
-    /// A trial's `params.json`.
-    pub async fn params(&self, trial: &str) -> Result<Option<TrialParams>, MlError> {
-        self.read_json(&self.trial_dir(trial).clone().join("params.json"))
-            .await
-    }
-
-    /// A trial's `result.json`, once it has ended.
-    pub async fn result(&self, trial: &str) -> Result<Option<TrialRecord>, MlError> {
-        self.read_json(&self.trial_dir(trial).clone().join("result.json"))
-            .await
-    }
-
-    /// The epochs a trial has finished so far (its `metrics.jsonl`).
-    pub async fn progress(&self, trial: &str) -> Result<Vec<EpochMetrics>, MlError> {
-        let path = self.trial_dir(trial).clone().join("metrics.jsonl");
-        let Some(bytes) = get_bytes(&self.store, &path).await? else {
-            return Ok(Vec::new());
-        };
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(MlError::from))
-            .collect()
-    }
-
-    /// A trial's log so far.
-    pub async fn log(&self, trial: &str) -> Result<Option<Vec<u8>>, MlError> {
-        Ok(get_bytes(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await?)
-    }
-
-    /// Whether a trial has started (its log exists), without reading the log.
-    pub async fn started(&self, trial: &str) -> Result<bool, MlError> {
-        Ok(exists(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await?)
-    }
-}
 
 /// Runs (or resumes) `spec` on `runner`'s slots and registers the best trial's model.
 pub async fn run_experiment(
@@ -388,27 +149,6 @@ pub async fn run_experiment(
         trials,
         url: exp.url.to_string(),
     })
-}
-
-/// The completed trial with the best objective (stopped trials only when none completed).
-pub fn best_trial<'a>(trials: &'a [TrialRecord], objective: &Objective) -> Option<&'a TrialRecord> {
-    let best_of = |status: TrialStatus| {
-        trials
-            .iter()
-            .filter(|t| t.status == status)
-            .filter_map(|t| t.objective.map(|v| (t, objective.score(v))))
-            .filter(|(_, s)| s.is_finite())
-            // The first of equals wins, so ties go to the lower trial id.
-            .fold(
-                None,
-                |best: Option<(&TrialRecord, f64)>, (t, s)| match best {
-                    Some((_, b)) if b >= s => best,
-                    _ => Some((t, s)),
-                },
-            )
-            .map(|(t, _)| t)
-    };
-    best_of(TrialStatus::Completed).or_else(|| best_of(TrialStatus::Stopped))
 }
 
 /// Registers the best trial's model under `name`, once: a resumed experiment finds the version
@@ -778,274 +518,6 @@ impl Runner {
     }
 }
 
-/// `name=value` pairs of a trial's hyperparameters.
-pub fn params_text(params: &Params) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", plain(v)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A value without the quotes SQL puts around strings.
-pub fn plain(v: &OptionValue) -> String {
-    match v {
-        OptionValue::Str(s) => s.clone(),
-        OptionValue::Num(n) => format!("{}", (n * 1e10).round() / 1e10),
-        other => other.to_string(),
-    }
-}
-
-/// A trial's `log.txt`: lines kept in memory and written to the store every few seconds
-/// (object stores cannot append), so that it can be followed while the trial runs.
-struct TrialLog {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    text: Mutex<String>,
-    dirty: AtomicBool,
-}
-
-impl TrialLog {
-    async fn open(store: &Arc<dyn ObjectStore>, path: Path) -> Result<Self, MlError> {
-        let text = get_bytes(store, &path)
-            .await?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        Ok(Self {
-            store: Arc::clone(store),
-            path,
-            text: Mutex::new(text),
-            dirty: AtomicBool::new(false),
-        })
-    }
-
-    fn line(&self, line: &str) {
-        let mut text = self.text.lock().expect("log lock");
-        text.push_str(&format!("{} {line}\n", utc_timestamp(unix_now())));
-        self.dirty.store(true, Ordering::Release);
-    }
-
-    async fn flush(&self) -> Result<(), MlError> {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let text = self.text.lock().expect("log lock").clone();
-        Ok(put_bytes(&self.store, &self.path, text.into_bytes()).await?)
-    }
-}
-
-/// Asynchronous successive halving: at each rung (`grace_period * reduction_factor^k`
-/// epochs) a trial goes on only if its objective is at least the `1 - 1/reduction_factor`
-/// quantile of the values recorded at that rung before it. Decisions depend on the order
-/// trials reach a rung, as in every asynchronous scheduler.
-#[derive(Debug, Clone)]
-pub struct Asha {
-    rungs: Vec<usize>,
-    reduction_factor: usize,
-    objective: Objective,
-    recorded: Arc<Mutex<BTreeMap<usize, Vec<f64>>>>,
-}
-
-impl Asha {
-    /// Rungs below `max_epochs`.
-    pub fn new(settings: AshaSettings, max_epochs: usize, objective: Objective) -> Self {
-        let mut rungs = Vec::new();
-        let mut epoch = settings.grace_period;
-        while epoch < max_epochs {
-            rungs.push(epoch);
-            epoch *= settings.reduction_factor;
-        }
-        Self {
-            rungs,
-            reduction_factor: settings.reduction_factor,
-            objective,
-            recorded: Arc::default(),
-        }
-    }
-
-    /// Records an epoch's result; `false` stops the trial.
-    pub fn report(&self, m: &EpochMetrics) -> bool {
-        let Some(value) = self.objective.value(m) else {
-            return true;
-        };
-        if !self.rungs.contains(&m.epoch) {
-            return true;
-        }
-        let score = self.objective.score(value);
-        let mut recorded = self.recorded.lock().expect("asha lock");
-        let rung = recorded.entry(m.epoch).or_default();
-        let keep = quantile(rung, 1.0 - 1.0 / self.reduction_factor as f64)
-            .is_none_or(|cutoff| score >= cutoff);
-        rung.push(score);
-        keep
-    }
-
-    /// Records the rungs a trial of an earlier run passed.
-    pub fn replay(&self, history: &[EpochMetrics]) {
-        for m in history {
-            self.report(m);
-        }
-    }
-}
-
-/// The `q` quantile of `values` with linear interpolation (numpy's default); `None` if empty.
-fn quantile(values: &[f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
-}
-
-/// The live table of trials: one line per trial on a terminal, a log line per event otherwise.
-#[derive(Clone)]
-struct Display {
-    multi: MultiProgress,
-    header: ProgressBar,
-    bars: Arc<Mutex<BTreeMap<String, (ProgressBar, String)>>>,
-    terminal: bool,
-    metric: String,
-    epochs: usize,
-    planned: usize,
-    finished: Arc<AtomicU64>,
-    /// Where lines go instead of stderr (the live table is hidden then).
-    log: Option<LogSink>,
-}
-
-impl Display {
-    fn new(spec: &ExperimentSpec, planned: usize, log: Option<LogSink>) -> Self {
-        let terminal = log.is_none() && std::io::stderr().is_terminal();
-        let multi = MultiProgress::with_draw_target(if terminal {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        });
-        let header = multi.add(ProgressBar::new(planned as u64));
-        header.set_style(
-            ProgressStyle::with_template("experiment {prefix} [{bar:20}] {pos}/{len} trials {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        header.set_prefix(spec.name.clone());
-        Self {
-            multi,
-            header,
-            bars: Arc::default(),
-            terminal,
-            metric: spec.objective.metric.clone(),
-            epochs: spec.max_epochs,
-            planned,
-            finished: Arc::default(),
-            log,
-        }
-    }
-
-    /// One line of the experiment's log, above the live table.
-    fn line(&self, text: &str) {
-        match &self.log {
-            Some(sink) => sink(text),
-            None => self.multi.suspend(|| eprintln!("{text}")),
-        }
-    }
-
-    fn started(&self, trial: &str, params: &Params, slot: &Slot, progress: Arc<AtomicU64>) {
-        let text = params_text(params);
-        if !self.terminal {
-            self.line(&format!("{trial} started on {slot}: {text}"));
-            return;
-        }
-        let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("  {prefix} {spinner} {msg} ({pos} examples)")
-                .expect("valid template"),
-        );
-        bar.set_prefix(trial.to_string());
-        bar.set_message(format!("running  epoch 1/{} {text}", self.epochs));
-        bar.enable_steady_tick(Duration::from_millis(250));
-        // Examples of the current epoch, refreshed while the trial runs.
-        let ticker = bar.clone();
-        tokio::spawn(async move {
-            while !ticker.is_finished() {
-                ticker.set_position(progress.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        self.bars
-            .lock()
-            .expect("display lock")
-            .insert(trial.to_string(), (bar, text));
-    }
-
-    fn epoch(&self, trial: &str, m: &EpochMetrics) {
-        let value =
-            super::spec::metric(m, &self.metric).map_or("-".to_string(), |v| format!("{v:.4}"));
-        match self.bars.lock().expect("display lock").get(trial) {
-            Some((bar, text)) if self.terminal => bar.set_message(format!(
-                "running  epoch {}/{} {} {value} {text}",
-                m.epoch + 1,
-                self.epochs,
-                self.metric
-            )),
-            _ => self.line(&format!(
-                "{trial} epoch {}/{}: {} {value}",
-                m.epoch, self.epochs, self.metric
-            )),
-        }
-    }
-
-    fn failed_attempt(&self, trial: &str, attempt: usize, error: &MlError) {
-        self.line(&format!("{trial} attempt {attempt} failed: {error}"));
-    }
-
-    fn done_before(&self, record: &TrialRecord) {
-        self.line(&format!(
-            "{} {} in an earlier run: skipped",
-            record.trial,
-            record.status.as_str()
-        ));
-        self.count();
-    }
-
-    fn finished(&self, record: &TrialRecord) {
-        let value = record
-            .objective
-            .map_or("-".to_string(), |v| format!("{v:.4}"));
-        let line = format!(
-            "{:<9} {} {value} after {} epoch(s), {:.1}s {}",
-            record.status.as_str(),
-            self.metric,
-            record.history.len(),
-            record.finished_at - record.started_at,
-            params_text(&record.params)
-        );
-        match self.bars.lock().expect("display lock").get(&record.trial) {
-            Some((bar, _)) if self.terminal => {
-                bar.set_style(
-                    ProgressStyle::with_template("  {prefix} {msg}").expect("valid template"),
-                );
-                bar.finish_with_message(line);
-            }
-            _ => self.line(&format!("{} {line}", record.trial)),
-        }
-        self.count();
-    }
-
-    fn count(&self) {
-        let done = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
-        self.header.set_position(done);
-        if !self.terminal {
-            self.line(&format!("{done}/{} trials finished", self.planned));
-        }
-    }
-
-    fn finish(&self) {
-        self.header.finish();
-    }
-}
-
 impl ExperimentBuilder {
     /// Runs (or resumes) the experiment over `query` on this process's trial runner: one slot per
     /// parallel trial on the `device` option's device.
@@ -1081,6 +553,10 @@ impl ExperimentBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use crate::experiment::spec::{AshaSettings, Objective};
 
     use async_trait::async_trait;
     use quiver_engine::SessionOptions;
@@ -1408,13 +884,6 @@ mod tests {
         assert!(asha.report(&epoch(2, 0.5))); // loss 0.5
         assert!(asha.report(&epoch(2, 0.8))); // loss 0.2: better
         assert!(!asha.report(&epoch(2, 0.1))); // loss 0.9: worse than the median
-    }
-
-    #[test]
-    fn quantiles_interpolate_like_numpy() {
-        assert_eq!(quantile(&[], 0.5), None);
-        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
-        assert!((quantile(&[1.0, 2.0], 2.0 / 3.0).unwrap() - 1.6666667).abs() < 1e-6);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use datafusion::common::{ScalarValue, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 
-use super::runner::{ExperimentDir, Experiments, TrialRecord, best_trial, plain};
+use super::display::plain;
+use super::records::{ExperimentDir, Experiments, TrialRecord, best_trial};
 use super::space::Domain;
 use super::spec::{ExperimentBuilder, metric};
 use crate::ml::{EpochMetrics, MlError, OptionValue};
