@@ -418,7 +418,7 @@ impl BatchStream {
         Ok(Self {
             partitions,
             next_partition: 0,
-            buffer: Vec::with_capacity(buffer_size),
+            buffer: Vec::new(),
             buffer_size,
             rng,
             spec: spec.clone(),

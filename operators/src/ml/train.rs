@@ -992,6 +992,7 @@ mod tests {
     use super::*;
     use crate::ml::ModelOptions;
     use crate::ml::spec::{Activation, InputKind};
+    use object_store::memory::InMemory;
 
     type B = burn::backend::Autodiff<burn::backend::Flex>;
 
@@ -1058,6 +1059,67 @@ mod tests {
         for (got, want) in biases.iter().zip([lr, -lr, lr]) {
             assert!((got - want).abs() < 1e-6 * lr + 1e-9, "{biases:?}");
         }
+    }
+
+    /// 40 examples of 3 floats in 3 classes, as a query.
+    fn examples() -> DataFrame {
+        use datafusion::arrow::array::{Float32Builder, Int64Array, ListBuilder};
+        use datafusion::arrow::record_batch::RecordBatch;
+        let mut x = ListBuilder::new(Float32Builder::new());
+        for i in 0..40 {
+            x.values()
+                .append_slice(&[i as f32 / 40.0, (i % 3) as f32, (i * 7 % 5) as f32]);
+            x.append(true);
+        }
+        let labels = Int64Array::from_iter_values((0..40).map(|i| i % 3));
+        let batch = RecordBatch::try_from_iter([
+            ("x", Arc::new(x.finish()) as _),
+            ("label", Arc::new(labels) as _),
+        ])
+        .unwrap();
+        datafusion::prelude::SessionContext::new()
+            .read_batch(batch)
+            .unwrap()
+    }
+
+    /// Stopped after epoch 1 (the epoch hook says stop) and run again, training resumes from
+    /// the checkpoint (weights, Adam's moments, the epoch, dropout and shuffling seeds) and ends
+    /// with the weights of an uninterrupted run, to the bit.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
+        let fresh = |store: Arc<dyn ObjectStore>| {
+            let mut job = job();
+            job.architecture = Architecture::DnnClassifier {
+                hidden_units: vec![8],
+                activation: Activation::Relu,
+                dropout: 0.3,
+            };
+            job.options.epochs = 2;
+            job.options.batch_size = 8;
+            job.store = store;
+            job
+        };
+        let straight = train(&examples(), None, &fresh(Arc::new(InMemory::new())))
+            .await
+            .unwrap();
+        assert_eq!(straight.resumed_after, None);
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut first = fresh(Arc::clone(&store));
+        first.hooks.on_epoch = Some(Arc::new(|_| Box::pin(async { false })));
+        let stopped = train(&examples(), None, &first).await.unwrap();
+        assert!(stopped.stopped_by_scheduler && stopped.history.len() == 1);
+        let resumed = train(&examples(), None, &fresh(store)).await.unwrap();
+        assert_eq!(resumed.resumed_after, Some(1));
+        let scores = |h: &[EpochMetrics]| {
+            h.iter()
+                .map(|m| (m.epoch, m.loss, m.accuracy, m.examples))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(scores(&resumed.history), scores(&straight.history));
+        assert!(
+            resumed.weights == straight.weights,
+            "the resumed run ends elsewhere"
+        );
     }
 
     #[test]
