@@ -1022,13 +1022,9 @@ mod tests {
         }
     }
 
-    /// From all-zero weights every logit is 0: the loss is ln(3) for 3 classes, and only the
-    /// output biases have gradients (1/3 less each class's share of the labels), so Adam's
-    /// first step moves each of them by the learning rate against its gradient's sign.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_step_from_zero_weights_has_loss_ln_3_and_moves_the_biases_by_the_learning_rate() {
-        let job = job();
-        let model = Classifier::<B>::new(
+    /// `job`'s classifier (3 classes) with seed 1's initial weights.
+    fn model(job: &TrainJob) -> Classifier<B> {
+        Classifier::<B>::new(
             &job.architecture,
             &job.input,
             3,
@@ -1036,7 +1032,16 @@ mod tests {
             1,
             Default::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// From all-zero weights every logit is 0: the loss is ln(3) for 3 classes, and only the
+    /// output biases have gradients (1/3 less each class's share of the labels), so Adam's
+    /// first step moves each of them by the learning rate against its gradient's sign.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_step_from_zero_weights_has_loss_ln_3_and_moves_the_biases_by_the_learning_rate() {
+        let job = job();
+        let model = model(&job);
         let zeros = vec![0.0; flat_weights(&model).len()];
         let model = set_weights(model, &zeros);
         let mut optimizer = FastAdam::new(1e-7).init::<B, Classifier<B>>();
@@ -1118,16 +1123,7 @@ mod tests {
         assert_eq!(scores(&resumed.history), scores(&straight.history));
         let job = fresh(Arc::new(InMemory::new()));
         let weights = |bytes: &[u8]| {
-            let model = Classifier::<B>::new(
-                &job.architecture,
-                &job.input,
-                3,
-                &Default::default(),
-                0,
-                Default::default(),
-            )
-            .unwrap();
-            flat_weights(&load_weights(model, bytes.to_vec(), "a run's weights").unwrap())
+            flat_weights(&load_weights(model(&job), bytes.to_vec(), "a run's weights").unwrap())
         };
         let (a, b) = (weights(&resumed.weights), weights(&straight.weights));
         let diff = a
