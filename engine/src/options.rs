@@ -314,6 +314,24 @@ impl<T: TryFrom<u32>> Kind for Count<T> {
     }
 }
 
+/// One of a few whole numbers.
+pub struct Among(pub &'static [usize]);
+
+impl Kind for Among {
+    type Out = usize;
+    fn parse(&self, key: &str, value: &OptionValue) -> Result<usize, String> {
+        let n = Number.parse(key, value)?;
+        match self.0.iter().find(|&&m| m as f64 == n) {
+            Some(&m) => Ok(m),
+            None => Err(format!("{key} must be one of {}, not {n}", self.accepts())),
+        }
+    }
+    fn accepts(&self) -> String {
+        let items: Vec<_> = self.0.iter().map(usize::to_string).collect();
+        items.join(", ")
+    }
+}
+
 /// A list of values of one kind, such as `[512, 256]`.
 pub struct ListOf<K>(pub K);
 

@@ -66,7 +66,7 @@ fn main() {
         let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..10)).collect();
         let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [batch, 1, 28, 28]), &device);
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
-        let logits = model.forward_train(x, &mut rng);
+        let (logits, _) = model.forward_train(x, &mut rng);
         let loss = loss_fn.forward(logits, y);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(0.001, model, grads);

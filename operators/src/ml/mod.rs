@@ -1,4 +1,4 @@
-//! Machine learning: DNN and CNN image classifiers on Burn, streamed training data, the training
+//! Machine learning: DNN, CNN and ResNet image classifiers on Burn, streamed training data, the training
 //! loop with checkpoints and metrics, evaluation, the model registry and `predict`.
 //!
 //! [`ModelBuilder`] takes the same options as SQL's `CREATE MODEL ... OPTIONS (...)`:
@@ -27,6 +27,7 @@ pub mod model;
 pub mod options;
 pub mod predict;
 pub mod registry;
+pub mod resnet;
 pub mod spec;
 pub mod train;
 

@@ -1,7 +1,7 @@
-//! The classifiers as Burn modules: one module type for DNNs and CNNs, built from an
+//! The classifiers as Burn modules: a DNN or CNN ([`Layers`]) or a [`ResNet`], built from an
 //! [`Architecture`] and an [`InputSpec`].
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::activation::{Activation as ActivationLayer, ActivationConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -12,16 +12,30 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use std::collections::HashMap;
 
 use super::conv::ConvBackend;
+use super::resnet::{Mode, ResNet, Running};
 
 use super::MlError;
 use super::spec::{Activation, Architecture, Initializer, InputSpec};
 use quiver_engine::{bail, err};
 
-/// A DNN or CNN classifier producing one logit per class.
+/// A classifier producing one logit per class. Its weights are saved without the variant's
+/// name, so that a ResNet's carry torchvision's names.
+// Moved once per training step, next to a step's megabytes of tensors.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub struct Classifier<B: Backend> {
+pub enum Classifier<B: Backend> {
+    /// A DNN or CNN.
+    Layers(Layers<B>),
+    /// A residual network with batch normalisation.
+    ResNet(ResNet<B>),
+}
+
+/// A DNN or CNN: convolution blocks, then dense layers.
+#[derive(Module, Debug)]
+pub struct Layers<B: Backend> {
     convs: Vec<Conv2d<B>>,
     pool: MaxPool2d,
     dense: Vec<Linear<B>>,
@@ -47,12 +61,85 @@ impl<B: Backend> Classifier<B> {
             let values = initializer.draw(shape.iter().product(), fan_in, fan_out, &mut rng);
             TensorData::new(values, shape)
         };
+        if classes < 2 {
+            bail!(
+                MlError::Option,
+                "a classifier needs at least 2 classes (got {classes})"
+            );
+        }
+        if let Architecture::ResnetClassifier { depth } = architecture {
+            let [channels, ..] = chw(architecture, input)?;
+            return Ok(Self::ResNet(ResNet::new(
+                *depth,
+                channels,
+                classes,
+                &mut weights,
+                device,
+            )));
+        }
+        Layers::new(architecture, input, classes, device, &mut weights).map(Self::Layers)
+    }
+
+    /// The running averages of batch normalisation (none without it).
+    pub fn running(&self) -> Running<B> {
+        match self {
+            Self::Layers(_) => Vec::new(),
+            Self::ResNet(net) => net.running(),
+        }
+    }
+
+    /// The model with the running averages of a training-mode pass.
+    pub fn with_running(self, running: Running<B>) -> Self {
+        if running.is_empty() {
+            return self;
+        }
+        struct Replace<B: Backend>(HashMap<burn::module::ParamId, Tensor<B, 1>>);
+        impl<B: Backend> ModuleMapper<B> for Replace<B> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                match self.0.remove(&param.id) {
+                    Some(value) => {
+                        param.map(|old| value.reshape(old.dims()).set_require_grad(false))
+                    }
+                    None => param,
+                }
+            }
+        }
+        self.map(&mut Replace(running.into_iter().collect()))
+    }
+}
+
+/// `(channels, height, width)` of the input of a convolutional `architecture`.
+fn chw(architecture: &Architecture, input: &InputSpec) -> Result<[usize; 3], MlError> {
+    input.chw().ok_or_else(|| {
+        err!(
+            MlError::Option,
+            "{} needs an image or a [height, width, channels] tensor input; column '{}' has \
+             shape {:?} (set input_shape)",
+            architecture.model_type(),
+            input.column,
+            input.shape
+        )
+    })
+}
+
+impl<B: Backend> Layers<B> {
+    fn new(
+        architecture: &Architecture,
+        input: &InputSpec,
+        classes: usize,
+        device: &B::Device,
+        weights: &mut impl FnMut(Vec<usize>, usize, usize) -> TensorData,
+    ) -> Result<Self, MlError> {
         let (convs, flat, dense_units, activation, dropout) = match architecture {
             Architecture::DnnClassifier {
                 hidden_units,
                 activation,
                 dropout,
             } => (Vec::new(), input.len(), hidden_units, activation, dropout),
+            Architecture::ResnetClassifier { .. } => unreachable!("built by Classifier::new"),
             Architecture::CnnClassifier {
                 conv_filters,
                 kernel_size,
@@ -60,15 +147,7 @@ impl<B: Backend> Classifier<B> {
                 activation,
                 dropout,
             } => {
-                let [mut channels, mut h, mut w] = input.chw().ok_or_else(|| {
-                    err!(
-                        MlError::Option,
-                        "cnn_classifier needs an image or a [height, width, channels] tensor \
-                         input; column '{}' has shape {:?} (set input_shape)",
-                        input.column,
-                        input.shape
-                    )
-                })?;
+                let [mut channels, mut h, mut w] = chw(architecture, input)?;
                 let mut convs = Vec::with_capacity(conv_filters.len());
                 for &filters in conv_filters {
                     if h < 2 || w < 2 {
@@ -95,12 +174,8 @@ impl<B: Backend> Classifier<B> {
                 (convs, channels * h * w, dense_units, activation, dropout)
             }
         };
-        if flat == 0 || classes < 2 {
-            bail!(
-                MlError::Option,
-                "a classifier needs a non-empty input and at least 2 classes (got {flat} \
-                 inputs, {classes} classes)"
-            );
+        if flat == 0 {
+            bail!(MlError::Option, "a classifier needs a non-empty input");
         }
         let mut linear = |inputs: usize, outputs: usize| {
             let mut layer = LinearConfig::new(inputs, outputs).init(device);
@@ -138,17 +213,39 @@ fn param<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -> Pa
 
 impl<B: ConvBackend> Classifier<B> {
     /// Logits `[batch, classes]` for a batch `[batch, channels, height, width]` (DNNs flatten
-    /// it), without dropout.
+    /// it) in inference mode: no dropout, batch normalisation with the running averages.
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.forward_with(input, |x| x)
+        match self {
+            Self::Layers(layers) => layers.forward_with(input, |x| x),
+            Self::ResNet(net) => net.forward(input, &mut Mode::Inference),
+        }
     }
 
-    /// Logits with dropout, its masks drawn from `rng` (the run's own generator, so that
-    /// concurrent runs stay reproducible).
-    pub fn forward_train(&self, input: Tensor<B, 4>, rng: &mut StdRng) -> Tensor<B, 2> {
+    /// Logits in training mode, and the running averages that the pass updated (apply them
+    /// with [`Self::with_running`]): dropout masks drawn from `rng` (the run's own generator,
+    /// so that concurrent runs stay reproducible), batch normalisation with the batch's
+    /// statistics.
+    pub fn forward_train(
+        &self,
+        input: Tensor<B, 4>,
+        rng: &mut StdRng,
+    ) -> (Tensor<B, 2>, Running<B>) {
+        match self {
+            Self::Layers(layers) => (layers.forward_train(input, rng), Vec::new()),
+            Self::ResNet(net) => {
+                let mut running = Vec::new();
+                let logits = net.forward(input, &mut Mode::Training(&mut running));
+                (logits, running)
+            }
+        }
+    }
+}
+
+impl<B: ConvBackend> Layers<B> {
+    fn forward_train(&self, input: Tensor<B, 4>, rng: &mut StdRng) -> Tensor<B, 2> {
         let p = self.dropout.prob;
         if p <= 0.0 {
-            return self.forward(input);
+            return self.forward_with(input, |x| x);
         }
         let scale = (1.0 / (1.0 - p)) as f32;
         // Dropped where a uniform u32 falls below p (one 32-bit draw per value).

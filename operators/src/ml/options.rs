@@ -17,14 +17,18 @@ use super::{MlError, registry};
 use quiver_engine::{bail, err};
 
 pub use quiver_engine::options::OptionValue;
-use quiver_engine::options::{Checked, ListOf, Maybe, OneOf, Options, Positive, Rate, Text, count};
+use quiver_engine::options::{
+    Among, Checked, ListOf, Maybe, OneOf, Options, Positive, Rate, Text, count,
+};
 
 quiver_engine::options! {
     /// Options of `CREATE MODEL ... OPTIONS (...)` and [`ModelBuilder::option`].
     pub struct ModelOptions {
-        /// The network: a dense network or a small convolutional one.
+        /// The network: a dense network, a small convolutional one or a residual network.
         model_type: String = "dnn_classifier".into(),
-            OneOf(&["dnn_classifier", "cnn_classifier"]);
+            OneOf(&["dnn_classifier", "cnn_classifier", "resnet_classifier"]);
+        /// ResNet depth: 18 and 34 stack basic blocks, 50 bottlenecks.
+        depth: usize = 18, Among(super::resnet::DEPTHS);
         /// DNN hidden layer sizes.
         hidden_units: Vec<usize> = vec![512, 256, 128], ListOf(count(1));
         /// CNN filters per conv block.
@@ -111,8 +115,8 @@ pub struct ModelBuilder {
 }
 
 impl ModelBuilder {
-    /// A model named `name` of `model_type` (`dnn_classifier` or `cnn_classifier`) with
-    /// default options.
+    /// A model named `name` of `model_type` (`dnn_classifier`, `cnn_classifier` or
+    /// `resnet_classifier`) with default options.
     pub fn new(name: &str, model_type: &str) -> Result<Self, MlError> {
         validate_name(name)?;
         let mut builder = Self {
@@ -163,20 +167,20 @@ impl ModelBuilder {
     fn architecture(&self) -> Result<Architecture, MlError> {
         let o = &self.options;
         let activation = Activation::parse(&o.activation)?;
-        Ok(if o.model_type == "cnn_classifier" {
-            Architecture::CnnClassifier {
+        Ok(match o.model_type.as_str() {
+            "cnn_classifier" => Architecture::CnnClassifier {
                 conv_filters: o.conv_filters.clone(),
                 kernel_size: o.kernel_size,
                 dense_units: o.dense_units.clone(),
                 activation,
                 dropout: o.dropout,
-            }
-        } else {
-            Architecture::DnnClassifier {
+            },
+            "resnet_classifier" => Architecture::ResnetClassifier { depth: o.depth },
+            _ => Architecture::DnnClassifier {
                 hidden_units: o.hidden_units.clone(),
                 activation,
                 dropout: o.dropout,
-            }
+            },
         })
     }
 

@@ -33,6 +33,12 @@ pub enum Architecture {
         /// Dropout rate after the convolutions and after each dense layer.
         dropout: f64,
     },
+    /// A residual network with batch normalisation, as torchvision's `resnet18`, `resnet34`
+    /// and `resnet50`.
+    ResnetClassifier {
+        /// 18, 34 (basic blocks) or 50 (bottlenecks).
+        depth: usize,
+    },
 }
 
 impl Architecture {
@@ -41,6 +47,7 @@ impl Architecture {
         match self {
             Self::DnnClassifier { .. } => "dnn_classifier",
             Self::CnnClassifier { .. } => "cnn_classifier",
+            Self::ResnetClassifier { .. } => "resnet_classifier",
         }
     }
 }

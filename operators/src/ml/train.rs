@@ -14,7 +14,7 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use burn_store::{ModuleSnapshot, SafetensorsStore};
+use burn_store::{ApplyError, ModuleSnapshot, SafetensorsStore};
 use datafusion::dataframe::DataFrame;
 use futures::future::BoxFuture;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -345,9 +345,10 @@ fn checkpoint_dir(job: &TrainJob, epoch: usize) -> Path {
         .join(format!("epoch-{epoch:04}"))
 }
 
-/// Model weights as safetensors bytes.
-pub(crate) fn weights_bytes<B: Backend>(model: &Classifier<B>) -> Result<Vec<u8>, MlError> {
-    let mut store = SafetensorsStore::from_bytes(None);
+/// Model weights as safetensors bytes, named without the [`Classifier`] variant (a ResNet's as
+/// torchvision names them).
+pub fn weights_bytes<B: Backend>(model: &Classifier<B>) -> Result<Vec<u8>, MlError> {
+    let mut store = SafetensorsStore::from_bytes(None).skip_enum_variants(true);
     model
         .save_into(&mut store)
         .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the weights: {e}"))?;
@@ -356,25 +357,49 @@ pub(crate) fn weights_bytes<B: Backend>(model: &Classifier<B>) -> Result<Vec<u8>
         .map_err(|e| err!(MlError::Checkpoint, "cannot serialise the weights: {e}"))
 }
 
-/// Loads safetensors weights into a freshly built model.
-pub(crate) fn load_weights<B: Backend>(
+/// Loads safetensors weights into a freshly built model. Tensors the model does not have
+/// (torch's `num_batches_tracked`) are ignored; a missing tensor or a shape that differs is
+/// refused, naming the tensors and both shapes.
+pub fn load_weights<B: Backend>(
     mut model: Classifier<B>,
     bytes: Vec<u8>,
     what: &str,
 ) -> Result<Classifier<B>, MlError> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .skip_enum_variants(true)
+        .validate(false)
+        .allow_partial(true);
     let applied = model.load_from(&mut store).map_err(|e| {
         err!(
             MlError::Checkpoint,
             "cannot load the weights of {what}: {e}"
         )
     })?;
-    if !applied.missing.is_empty() || !applied.errors.is_empty() {
+    let mut problems: Vec<String> = applied
+        .errors
+        .iter()
+        .map(|e| match e {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "tensor '{path}' has shape {:?} in the file, the model needs {:?}",
+                found.as_slice(),
+                expected.as_slice()
+            ),
+            other => other.to_string(),
+        })
+        .collect();
+    if !applied.missing.is_empty() {
+        let missing: Vec<&str> = applied.missing.iter().map(|(p, _)| p.as_str()).collect();
+        problems.push(format!("missing tensors {}", missing.join(", ")));
+    }
+    if !problems.is_empty() {
         bail!(
             MlError::Checkpoint,
-            "the weights of {what} do not fit the model: missing {:?}, errors {:?}",
-            applied.missing,
-            applied.errors
+            "the weights of {what} do not fit the model: {}",
+            problems.join("; ")
         );
     }
     Ok(model)
@@ -424,6 +449,7 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
         let [c, h, w] = self.dims;
         let mut n = batch.len;
         let (mut grads, mut loss, mut hits) = (GradientsParams::new(), 0.0, 0);
+        let mut running = Vec::new();
         if n > 0 {
             let x = Tensor::<B, 4>::from_data(
                 TensorData::new(batch.features, [n, c, h, w]),
@@ -431,8 +457,8 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
             );
             let y =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels, [n]), &self.device);
-            (grads, loss, hits) = job.compute(|| {
-                let logits = model.forward_train(x, rng);
+            (grads, loss, hits, running) = job.compute(|| {
+                let (logits, running) = model.forward_train(x, rng);
                 let loss = self.loss_fn.forward(logits.clone(), y.clone());
                 let hits = logits
                     .argmax(1)
@@ -443,21 +469,41 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
                     .into_scalar()
                     .elem::<i64>();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
-                (grads, loss.into_scalar().elem::<f64>(), hits)
+                (grads, loss.into_scalar().elem::<f64>(), hits, running)
             });
         }
         if let Some(ring) = &self.ring {
-            // Sum n-weighted gradients, loss, hits and examples over the workers.
+            // Sum n-weighted gradients, running averages, loss, hits and examples over the
+            // workers: each normalises with its own batch statistics, and all keep the
+            // example-weighted mean of their running averages.
             let mut flat = job.compute(|| flat_gradients(&model, grads, n as f32));
+            if running.is_empty() {
+                running = model.running();
+            }
+            let gradients = flat.len();
+            for (_, value) in &running {
+                flat.extend(value.to_data().iter::<f32>().map(|v| v * n as f32));
+            }
             flat.extend([(loss * n as f64) as f32, hits as f32, n as f32]);
             ring.all_reduce_sum(&mut flat).await?;
             let total = flat.pop().expect("pushed").max(1.0);
             hits = flat.pop().expect("pushed") as i64;
             loss = flat.pop().expect("pushed") as f64 / total as f64;
             n = total as usize;
-            grads = job.compute(|| gradients_from_flat(&model, &flat, 1.0 / total));
+            let mut averages = &flat[gradients..];
+            for (_, value) in running.iter_mut() {
+                let (mine, rest) = averages.split_at(value.dims()[0]);
+                averages = rest;
+                let mean: Vec<f32> = mine.iter().map(|v| v / total).collect();
+                *value = Tensor::from_data(TensorData::new(mean, value.dims()), &self.device);
+            }
+            grads = job.compute(|| gradients_from_flat(&model, &flat[..gradients], 1.0 / total));
         }
-        let model = job.compute(|| optimizer.step(job.options.learning_rate, model, grads));
+        let model = job.compute(|| {
+            optimizer
+                .step(job.options.learning_rate, model, grads)
+                .with_running(running)
+        });
         Ok((
             model,
             StepStats {
@@ -934,8 +980,9 @@ fn set_weights<B: Backend>(model: Classifier<B>, flat: &[f32]) -> Classifier<B> 
     model.map(&mut Assign(flat))
 }
 
-/// The gradients of every float parameter of `model` times `scale`, flattened as
-/// [`flat_weights`] orders them (zeros for parameters without a gradient).
+/// The gradients of every trained float parameter of `model` times `scale`, flattened as
+/// [`flat_weights`] orders them (zeros for parameters without a gradient; frozen ones and
+/// running averages left out).
 fn flat_gradients<B: AutodiffBackend>(
     model: &Classifier<B>,
     mut grads: GradientsParams,
@@ -944,6 +991,9 @@ fn flat_gradients<B: AutodiffBackend>(
     struct Collect<'a>(&'a mut GradientsParams, Vec<f32>, f32);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.is_require_grad() {
+                return;
+            }
             match self.0.remove::<B::InnerBackend, D>(param.id) {
                 Some(grad) => self
                     .1
@@ -970,6 +1020,9 @@ fn gradients_from_flat<B: AutodiffBackend>(
     struct Split<'a>(&'a [f32], GradientsParams, f32);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Split<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.is_require_grad() {
+                return;
+            }
             let inner = param.val().inner();
             let shape = inner.shape();
             let (values, rest) = self.0.split_at(shape.num_elements());
@@ -1092,13 +1145,26 @@ mod tests {
     /// with the weights of an uninterrupted run, to the bit.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
+        resumes_exactly(Architecture::DnnClassifier {
+            hidden_units: vec![8],
+            activation: Activation::Relu,
+            dropout: 0.3,
+        })
+        .await;
+    }
+
+    /// The same for a ResNet, whose batch norms' running averages are part of the weights.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_resumed_resnet_ends_with_the_weights_and_running_averages_of_an_uninterrupted_one() {
+        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }).await;
+    }
+
+    async fn resumes_exactly(architecture: Architecture) {
         let fresh = |store: Arc<dyn ObjectStore>| {
             let mut job = job();
-            job.architecture = Architecture::DnnClassifier {
-                hidden_units: vec![8],
-                activation: Activation::Relu,
-                dropout: 0.3,
-            };
+            job.architecture = architecture.clone();
+            // A 1x3 one-channel image for the ResNet, 3 floats for the DNN.
+            job.input.shape = vec![1, 3, 1];
             job.options.epochs = 2;
             job.options.batch_size = 8;
             job.store = store;

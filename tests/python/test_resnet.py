@@ -1,0 +1,182 @@
+"""Quiver's ResNet against an independent implementation: the same network built as an ONNX graph
+(torchvision's layout: a 7x7 stride-2 stem, 3x3 max pooling, basic blocks or v1.5 bottlenecks,
+1x1 projection shortcuts, global average pooling, `fc`) and run by onnxruntime. The weights are
+made here, named as torchvision's state dict names them (num_batches_tracked included) and
+saved with safetensors; Quiver loads the file as it is and must give the same logits within
+1e-4 (relative) in inference mode (running averages) and training mode (batch statistics), and
+the running averages torch would keep after that training-mode pass."""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.numpy import save_file
+
+from conftest import QUIVER, run
+
+EXAMPLE = os.path.join(os.path.dirname(QUIVER), "examples", "resnet_logits")
+MOMENTUM = 0.1
+
+
+class Builder:
+    """Builds the ONNX graph and the torchvision-named weights of one ResNet together."""
+
+    def __init__(self, rng, training):
+        self.rng, self.training = rng, training
+        self.nodes, self.inits, self.weights = [], [], {}
+        self.norms = []  # (torchvision name, elements per channel, ONNX batch mean/var outputs)
+        self.count = 0
+
+    def name(self):
+        self.count += 1
+        return f"t{self.count}"
+
+    def tensor(self, name, array):
+        self.weights[name] = array
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def conv(self, x, prefix, cin, cout, k, stride, hw):
+        w = self.rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k)).astype(np.float32)
+        out = self.name()
+        p = k // 2
+        self.nodes.append(helper.make_node("Conv", [x, self.tensor(prefix + ".weight", w)], [out],
+                                           kernel_shape=[k, k], strides=[stride, stride],
+                                           pads=[p, p, p, p]))
+        h, w_ = hw
+        return out, ((h + 2 * p - k) // stride + 1, (w_ + 2 * p - k) // stride + 1)
+
+    def bn(self, x, prefix, c, hw, batch):
+        r = self.rng
+        params = [self.tensor(prefix + ".weight", r.uniform(0.5, 1.5, c).astype(np.float32)),
+                  self.tensor(prefix + ".bias", r.normal(0, 0.1, c).astype(np.float32)),
+                  self.tensor(prefix + ".running_mean", r.normal(0, 0.1, c).astype(np.float32)),
+                  self.tensor(prefix + ".running_var", r.uniform(0.5, 1.5, c).astype(np.float32))]
+        self.weights[prefix + ".num_batches_tracked"] = np.array(0, dtype=np.int64)
+        out = self.name()
+        if self.training:
+            # ONNX's momentum weighs the old value; its running variance is the biased one.
+            mean, var = self.name(), self.name()
+            self.nodes.append(helper.make_node("BatchNormalization", [x] + params,
+                                               [out, mean, var], epsilon=1e-5,
+                                               momentum=1 - MOMENTUM, training_mode=1))
+            self.norms.append((prefix, batch * hw[0] * hw[1], mean, var))
+        else:
+            self.nodes.append(helper.make_node("BatchNormalization", [x] + params, [out],
+                                               epsilon=1e-5))
+        return out
+
+    def op(self, kind, inputs, **attrs):
+        out = self.name()
+        self.nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+        return out
+
+
+def resnet(depth, channels, classes, size, batch, training, seed):
+    """The ONNX model (input "x", output "logits", then each norm's running mean and variance
+    in training mode), its weights by torchvision name, and the norms (name, count, outputs)."""
+    blocks, bottleneck = {18: ([2, 2, 2, 2], False), 34: ([3, 4, 6, 3], False),
+                          50: ([3, 4, 6, 3], True)}[depth]
+    g = Builder(np.random.default_rng(seed), training)
+    hw = (size, size)
+    x, hw = g.conv("x", "conv1", channels, 64, 7, 2, hw)
+    x = g.op("Relu", [g.bn(x, "bn1", 64, hw, batch)])
+    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    hw = ((hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1)
+    expansion = 4 if bottleneck else 1
+    inputs = 64
+    for stage, (width, count) in enumerate(zip([64, 128, 256, 512], blocks)):
+        for i in range(count):
+            p = f"layer{stage + 1}.{i}"
+            stride = 2 if stage > 0 and i == 0 else 1
+            outputs = width * expansion
+            if bottleneck:
+                y, _ = g.conv(x, p + ".conv1", inputs, width, 1, 1, hw)
+                y = g.op("Relu", [g.bn(y, p + ".bn1", width, hw, batch)])
+                y, out_hw = g.conv(y, p + ".conv2", width, width, 3, stride, hw)
+                y = g.op("Relu", [g.bn(y, p + ".bn2", width, out_hw, batch)])
+                y, _ = g.conv(y, p + ".conv3", width, outputs, 1, 1, out_hw)
+                y = g.bn(y, p + ".bn3", outputs, out_hw, batch)
+            else:
+                y, out_hw = g.conv(x, p + ".conv1", inputs, width, 3, stride, hw)
+                y = g.op("Relu", [g.bn(y, p + ".bn1", width, out_hw, batch)])
+                y, _ = g.conv(y, p + ".conv2", width, width, 3, 1, out_hw)
+                y = g.bn(y, p + ".bn2", width, out_hw, batch)
+            shortcut = x
+            if stride != 1 or inputs != outputs:
+                shortcut, _ = g.conv(x, p + ".downsample.0", inputs, outputs, 1, stride, hw)
+                shortcut = g.bn(shortcut, p + ".downsample.1", outputs, out_hw, batch)
+            x = g.op("Relu", [g.op("Add", [y, shortcut])])
+            inputs, hw = outputs, out_hw
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])])
+    fc_w = g.rng.normal(0, 1 / np.sqrt(inputs), (classes, inputs)).astype(np.float32)
+    fc_b = g.rng.normal(0, 0.1, classes).astype(np.float32)
+    g.nodes.append(helper.make_node("Gemm", [x, g.tensor("fc.weight", fc_w),
+                                             g.tensor("fc.bias", fc_b)], ["logits"], transB=1))
+    outputs = ["logits"] + [o for _, _, mean, var in g.norms for o in (mean, var)]
+    graph = helper.make_graph(
+        g.nodes, f"resnet{depth}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    return model, g.weights, g.norms
+
+
+def relative(a, b):
+    return float(np.abs(np.asarray(a) - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("depth,channels,size,batch", [(18, 3, 64, 4), (50, 3, 96, 4),
+                                                       (18, 1, 32, 8)])
+def test_resnet_logits_match_onnxruntime_in_both_modes(depth, channels, size, batch, tmp_path):
+    classes = 5
+    images = np.random.default_rng(7).uniform(0, 1, (batch, channels, size, size))
+    images = images.astype(np.float32)
+    outputs = {}
+    for mode in ("inference", "training"):
+        model, weights, norms = resnet(depth, channels, classes, size, batch,
+                                       mode == "training", seed=depth)
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        outputs[mode] = session.run(None, {"x": images})
+    weights_path, images_path = tmp_path / "resnet.safetensors", tmp_path / "images.f32"
+    save_file(weights, str(weights_path))
+    images.tofile(images_path)
+    proc = run([EXAMPLE, str(depth), str(classes), str(weights_path), str(images_path),
+                str(batch), str(channels), str(size), str(size)], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ours = json.loads(proc.stdout)
+    # Measured: ~1e-6 in inference mode; in training mode f32 rounding grows through the
+    # batch statistics of 50 layers to 6e-5 (ResNet-50) and 8e-6 (ResNet-18).
+    for mode in ("inference", "training"):
+        difference = relative(ours[mode], outputs[mode][0])
+        assert difference < 1e-4, (mode, difference)
+    # Training mode must differ from inference mode, or the comparison shows nothing.
+    assert relative(outputs["training"][0], outputs["inference"][0]) > 0.01
+    # Running averages as torch updates them: ONNX's mean, and the unbiased batch variance.
+    running = ours["running"]
+    assert len(running) == 2 * len(norms)
+    for i, (name, count, _, _) in enumerate(norms):
+        old_var = weights[name + ".running_var"]
+        onnx_mean, onnx_var = outputs["training"][1 + 2 * i], outputs["training"][2 + 2 * i]
+        batch_var = (onnx_var - (1 - MOMENTUM) * old_var) / MOMENTUM
+        torch_var = (1 - MOMENTUM) * old_var + MOMENTUM * batch_var * count / (count - 1)
+        assert relative(running[name + ".running_mean"], onnx_mean) < 1e-4, name
+        assert relative(running[name + ".running_var"], torch_var) < 1e-4, name
+
+
+def test_resnet_weights_with_a_wrong_shape_or_a_missing_tensor_are_refused(tmp_path):
+    _, weights, _ = resnet(18, 3, 5, 32, 1, False, seed=1)
+    weights["layer2.0.conv1.weight"] = weights["layer2.0.conv1.weight"][:, :32]
+    del weights["layer3.1.bn2.running_var"]
+    weights_path, images_path = tmp_path / "resnet.safetensors", tmp_path / "images.f32"
+    save_file(weights, str(weights_path))
+    np.zeros((1, 3, 32, 32), np.float32).tofile(images_path)
+    proc = run([EXAMPLE, "18", "5", str(weights_path), str(images_path), "1", "3", "32", "32"],
+               timeout=300)
+    assert proc.returncode != 0
+    assert ("tensor 'layer2.0.conv1.weight' has shape [128, 32, 3, 3] in the file, the model "
+            "needs [128, 64, 3, 3]") in proc.stderr, proc.stderr
+    assert "missing tensors layer3.1.bn2.running_var" in proc.stderr, proc.stderr
