@@ -1,8 +1,8 @@
-//! Times training steps (forward, backward, Adam) of the benchmark DNN and CNN on the CPU, on
-//! random 28x28 images: the kernels alone, without Quiver's input pipeline, for profiling
-//! (`perf record`) next to `benches/train/run.sh`.
+//! Times training steps (forward, backward, Adam) of the benchmark DNN, CNN and ResNets on the
+//! CPU, on random images (28x28x1 unless given): the kernels alone, without Quiver's input
+//! pipeline, for profiling (`perf record`) next to `benches/train/run.sh`.
 //!
-//!     cargo run --example train_step -- [dnn|cnn] [batch] [steps]
+//!     cargo run --example train_step -- [dnn|cnn|resnet18|resnet50] [batch] [steps] [side] [channels]
 
 use std::time::Instant;
 
@@ -23,6 +23,8 @@ fn main() {
     let model_type = args.first().map_or("cnn", String::as_str);
     let batch: usize = args.get(1).map_or(64, |b| b.parse().expect("batch size"));
     let steps: usize = args.get(2).map_or(50, |s| s.parse().expect("step count"));
+    let side: usize = args.get(3).map_or(28, |s| s.parse().expect("image side"));
+    let channels: usize = args.get(4).map_or(1, |s| s.parse().expect("channels"));
     let architecture = match model_type {
         "dnn" => Architecture::DnnClassifier {
             hidden_units: vec![512, 256, 128],
@@ -36,17 +38,20 @@ fn main() {
             activation: Activation::Relu,
             dropout: 0.2,
         },
+        "resnet18" | "resnet34" | "resnet50" => Architecture::ResnetClassifier {
+            depth: model_type[6..].parse().expect("a depth"),
+        },
         _ if model_type.starts_with("conv") => Architecture::DnnClassifier {
             hidden_units: vec![],
             activation: Activation::Relu,
             dropout: 0.0,
         },
-        other => panic!("model type '{other}' is not dnn or cnn"),
+        other => panic!("model type '{other}' is not dnn, cnn or resnet18/34/50"),
     };
     let input = InputSpec {
         column: "image".into(),
         kind: InputKind::Image,
-        shape: vec![28, 28, 1],
+        shape: vec![side, side, channels],
         scale: 1.0 / 255.0,
     };
     let device = Default::default();
@@ -62,9 +67,14 @@ fn main() {
         if step == warmup {
             started = Instant::now();
         }
-        let pixels: Vec<f32> = (0..batch * 784).map(|_| rng.random()).collect();
+        let pixels: Vec<f32> = (0..batch * channels * side * side)
+            .map(|_| rng.random())
+            .collect();
         let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..10)).collect();
-        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [batch, 1, 28, 28]), &device);
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(pixels, [batch, channels, side, side]),
+            &device,
+        );
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
         let (logits, _) = model.forward_train(x, &mut rng);
         let loss = loss_fn.forward(logits, y);

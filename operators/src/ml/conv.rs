@@ -1,4 +1,5 @@
-//! The CNN's convolution: stride 1, 'same' padding, odd square kernels.
+//! The classifiers' convolutions: square kernels with any stride and zero padding (the CNN's
+//! are stride 1 with 'same' padding, a ResNet's also stride 2 and 1x1).
 //!
 //! On the CPU, Burn flex's generic convolution spends most of a training step in its backward
 //! pass permuting tensors element by element (the weight gradient swaps the batch and channel
@@ -24,21 +25,23 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Backends that run [`ConvBackend::conv2d_same`] and [`ConvBackend::conv_relu_pool`]; the
+/// Backends that run [`ConvBackend::conv`] and [`ConvBackend::conv_relu_pool`]; the
 /// defaults are Burn's own ops.
 pub trait ConvBackend: Backend {
-    /// `x` `[n, c, h, w]` convolved with `weight` `[f, c, k, k]` (k odd, zero padding k/2,
-    /// stride 1) plus `bias` `[f]`: `[n, f, h, w]`.
-    fn conv2d_same(
+    /// `x` `[n, c, h, w]` convolved with `weight` `[f, c, k, k]` at `stride` with zero padding
+    /// `pad` on every side, plus `bias` `[f]`: `[n, f, (h + 2 pad - k) / stride + 1, ..]`.
+    fn conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
     ) -> FloatTensor<Self> {
-        burn_conv2d_same::<Self>(x, weight, bias)
+        burn_conv2d::<Self>(x, weight, bias, stride, pad)
     }
 
-    /// The CNN's block with ReLU: 2x2 max pooling (stride 2) of `relu(conv2d_same(x, weight,
-    /// bias))`, `[n, f, h / 2, w / 2]`.
+    /// The CNN's block with ReLU: 2x2 max pooling (stride 2) of `relu(conv(x, weight, bias,
+    /// 1, k / 2))` for an odd `k`, `[n, f, h / 2, w / 2]`.
     fn conv_relu_pool(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -48,18 +51,19 @@ pub trait ConvBackend: Backend {
     }
 }
 
-/// [`ConvBackend::conv2d_same`] through Burn's own convolution.
-fn burn_conv2d_same<B: Backend>(
+/// [`ConvBackend::conv`] through Burn's own convolution.
+fn burn_conv2d<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: FloatTensor<B>,
+    stride: usize,
+    pad: usize,
 ) -> FloatTensor<B> {
-    let pad = weight.shape().dims::<4>()[2] / 2;
     B::conv2d(
         x,
         weight,
         Some(bias),
-        ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
+        ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1),
     )
 }
 
@@ -69,29 +73,37 @@ fn burn_conv_relu_pool<B: ConvBackend>(
     weight: FloatTensor<B>,
     bias: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    let y = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::conv2d_same(x, weight, bias)));
+    let pad = weight.shape().dims::<4>()[2] / 2;
+    let y =
+        Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::conv(x, weight, bias, 1, pad)));
     max_pool2d(relu(y), [2, 2], [2, 2], [0, 0], [1, 1], false)
         .into_primitive()
         .tensor()
 }
 
 impl ConvBackend for Flex {
-    fn conv2d_same(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        match Shapes::of(&x, &weight) {
+    fn conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        pad: usize,
+    ) -> FlexTensor {
+        match Shapes::of(&x, &weight, stride, pad) {
             Some(shapes) => forward(&shapes, &x, &weight, &bias),
-            None => burn_conv2d_same::<Self>(x, weight, bias),
+            None => burn_conv2d::<Self>(x, weight, bias, stride, pad),
         }
     }
 
     fn conv_relu_pool(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        match Shapes::of(&x, &weight).filter(Shapes::poolable) {
+        match Shapes::same(&x, &weight).filter(Shapes::poolable) {
             Some(shapes) => pooled_forward(&shapes, &x, &weight, &bias).0,
             None => burn_conv_relu_pool::<Self>(x, weight, bias),
         }
     }
 }
 
-/// The backward step of [`ConvBackend::conv2d_same`] and, with the pooling's winners,
+/// The backward step of [`ConvBackend::conv`] and, with the pooling's winners,
 /// [`ConvBackend::conv_relu_pool`] on flex.
 #[derive(Debug)]
 struct ConvBackward;
@@ -154,13 +166,15 @@ fn tracked<C: CheckpointStrategy>(
 }
 
 impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
-    fn conv2d_same(
+    fn conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
     ) -> FloatTensor<Self> {
-        let Some(shapes) = Shapes::of(&x.primitive, &weight.primitive) else {
-            return burn_conv2d_same::<Self>(x, weight, bias);
+        let Some(shapes) = Shapes::of(&x.primitive, &weight.primitive, stride, pad) else {
+            return burn_conv2d::<Self>(x, weight, bias, stride, pad);
         };
         let output = forward(&shapes, &x.primitive, &weight.primitive, &bias.primitive);
         tracked::<C>([&x, &weight, &bias], shapes, None, output)
@@ -171,7 +185,7 @@ impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let Some(shapes) = Shapes::of(&x.primitive, &weight.primitive).filter(Shapes::poolable)
+        let Some(shapes) = Shapes::same(&x.primitive, &weight.primitive).filter(Shapes::poolable)
         else {
             return burn_conv_relu_pool::<Self>(x, weight, bias);
         };
@@ -187,8 +201,8 @@ impl ConvBackend for burn::backend::Cuda {}
 #[cfg(feature = "cuda")]
 impl<C: CheckpointStrategy> ConvBackend for Autodiff<burn::backend::Cuda, C> {}
 
-/// The sizes of one convolution; `None` where this kernel does not apply (not f32, even
-/// kernel, channel mismatch), and Burn's convolution runs instead.
+/// The sizes of one convolution; `None` where this kernel does not apply (not f32, channel
+/// mismatch, not square, no output), and Burn's convolution runs instead.
 #[derive(Debug, Clone, Copy)]
 struct Shapes {
     n: usize,
@@ -197,16 +211,58 @@ struct Shapes {
     w: usize,
     f: usize,
     k: usize,
+    stride: usize,
+    pad: usize,
+    /// Output height and width.
+    ho: usize,
+    wo: usize,
 }
 
 impl Shapes {
-    fn of(x: &FlexTensor, weight: &FlexTensor) -> Option<Self> {
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+    fn of(x: &FlexTensor, weight: &FlexTensor, stride: usize, pad: usize) -> Option<Self> {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || stride == 0 {
             return None;
         }
         let [n, c, h, w] = x.shape().dims::<4>();
         let [f, wc, k, k2] = weight.shape().dims::<4>();
-        (wc == c && k == k2 && k % 2 == 1).then_some(Self { n, c, h, w, f, k })
+        let out = |side: usize| (side + 2 * pad).checked_sub(k).map(|d| d / stride + 1);
+        let (ho, wo) = (out(h)?, out(w)?);
+        (wc == c && k == k2).then_some(Self {
+            n,
+            c,
+            h,
+            w,
+            f,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+
+    /// Stride 1 and 'same' padding with an odd kernel.
+    fn same(x: &FlexTensor, weight: &FlexTensor) -> Option<Self> {
+        let k = weight.shape().dims::<4>()[2];
+        Self::of(x, weight, 1, k / 2).filter(|_| k % 2 == 1)
+    }
+
+    /// Stride 1 and an output the size of the input: each im2col row is the input plane
+    /// shifted.
+    fn is_same(&self) -> bool {
+        self.stride == 1 && self.k % 2 == 1 && self.pad == self.k / 2
+    }
+
+    /// A 1x1 convolution at stride 1 without padding: the im2col matrix is the image.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The input column that output column `ox` reads at kernel column `kx`, if inside.
+    fn column(&self, ox: usize, kx: usize) -> Option<usize> {
+        (ox * self.stride + kx)
+            .checked_sub(self.pad)
+            .filter(|&ix| ix < self.w)
     }
 
     /// Rows of an image's im2col matrix: one per (channel, kernel row, kernel column).
@@ -214,18 +270,24 @@ impl Shapes {
         self.c * self.k * self.k
     }
 
+    /// Input pixels per channel.
     fn hw(&self) -> usize {
         self.h * self.w
     }
 
-    /// Whether the image is at least 2x2, so that pooling leaves something.
+    /// Output pixels per channel: columns of the im2col matrix.
+    fn out(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Whether the output is at least 2x2, so that pooling leaves something.
     fn poolable(&self) -> bool {
-        self.h >= 2 && self.w >= 2
+        self.ho >= 2 && self.wo >= 2
     }
 
     /// Pooled outputs per channel.
     fn pooled(&self) -> usize {
-        (self.h / 2) * (self.w / 2)
+        (self.ho / 2) * (self.wo / 2)
     }
 }
 
@@ -242,7 +304,7 @@ fn convolve(
     cols: &mut [f32],
     z: &mut [f32],
 ) {
-    let (hw, ckk) = (s.hw(), s.ckk());
+    let (hw, ckk) = (s.out(), s.ckk());
     im2col(s, x, cols);
     // z[f, hw] = weight[f, ckk] · cols[ckk, hw]
     matmul(z, s.f, hw, ckk, (weight, ckk, 1), (cols, hw, 1), false);
@@ -262,16 +324,16 @@ fn forward(s: &Shapes, x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -
     let [x, weight, bias] = [x, weight, bias].map(FlexTensor::to_contiguous);
     let (x, weight, bias): (&[f32], &[f32], &[f32]) =
         (x.storage(), weight.storage(), bias.storage());
-    let (chw, fhw) = (s.c * s.hw(), s.f * s.hw());
+    let (chw, fhw) = (s.c * s.hw(), s.f * s.out());
     let mut out = vec![0.0f32; s.n * fhw];
     out.par_chunks_mut(fhw)
         .zip(x.par_chunks(chw))
         .with_min_len(images_per_thread(s))
         .for_each_init(
-            || vec![0.0f32; s.ckk() * s.hw()],
+            || vec![0.0f32; s.ckk() * s.out()],
             |cols, (out, x)| convolve(s, x, weight, Some(bias), cols, out),
         );
-    tensor(out, vec![s.n, s.f, s.h, s.w])
+    tensor(out, vec![s.n, s.f, s.ho, s.wo])
 }
 
 /// Added to a pooled output's winner where its ReLU is zero: no gradient flows back through
@@ -281,15 +343,15 @@ const NO_WINNER: u8 = 4;
 /// Max pooling 2x2 (stride 2) of `relu(z + bias)` for one image, with the window position
 /// (0..4, row-major) of each output's maximum, plus [`NO_WINNER`] where the ReLU is zero.
 fn relu_pool(s: &Shapes, z: &[f32], bias: &[f32], out: &mut [f32], winners: &mut [u8]) {
-    let (wo, ho) = (s.w / 2, s.h / 2);
+    let (wo, ho) = (s.wo / 2, s.ho / 2);
     let per_channel = wo * ho;
     let outputs = out
         .chunks_mut(per_channel)
         .zip(winners.chunks_mut(per_channel));
-    for ((zf, &b), (out, winners)) in z.chunks(s.hw()).zip(bias).zip(outputs) {
+    for ((zf, &b), (out, winners)) in z.chunks(s.out()).zip(bias).zip(outputs) {
         for oy in 0..ho {
-            let top = &zf[2 * oy * s.w..][..2 * wo];
-            let bottom = &zf[(2 * oy + 1) * s.w..][..2 * wo];
+            let top = &zf[2 * oy * s.wo..][..2 * wo];
+            let bottom = &zf[(2 * oy + 1) * s.wo..][..2 * wo];
             let out = &mut out[oy * wo..][..wo];
             let winners = &mut winners[oy * wo..][..wo];
             // Arithmetic rather than branches (the winners are unpredictable); ties go to the
@@ -328,13 +390,13 @@ fn pooled_forward(
         .zip(x.par_chunks(chw))
         .with_min_len(images_per_thread(s))
         .for_each_init(
-            || (vec![0.0f32; s.ckk() * s.hw()], vec![0.0f32; s.f * s.hw()]),
+            || (vec![0.0f32; s.ckk() * s.out()], vec![0.0f32; s.f * s.out()]),
             |(cols, z), ((out, winners), x)| {
                 convolve(s, x, weight, None, cols, z);
                 relu_pool(s, z, bias, out, winners);
             },
         );
-    (tensor(out, vec![s.n, s.f, s.h / 2, s.w / 2]), winners)
+    (tensor(out, vec![s.n, s.f, s.ho / 2, s.wo / 2]), winners)
 }
 
 /// The gradient arriving at a convolution.
@@ -350,19 +412,19 @@ impl Upstream<'_> {
     /// where needed.
     fn image<'s>(&'s self, s: &Shapes, i: usize, scratch: &'s mut [f32]) -> &'s [f32] {
         match self {
-            Self::Conv(grad) => &grad[i * s.f * s.hw()..][..s.f * s.hw()],
+            Self::Conv(grad) => &grad[i * s.f * s.out()..][..s.f * s.out()],
             Self::Pooled { grad, winners } => {
                 let pooled = s.f * s.pooled();
                 let (grad, winners) = (&grad[i * pooled..][..pooled], &winners[i * pooled..]);
-                let (wo, ho) = (s.w / 2, s.h / 2);
+                let (wo, ho) = (s.wo / 2, s.ho / 2);
                 scratch.fill(0.0);
                 let planes = grad.chunks(wo * ho).zip(winners.chunks(wo * ho));
-                for (plane, (grad, winners)) in scratch.chunks_mut(s.hw()).zip(planes) {
+                for (plane, (grad, winners)) in scratch.chunks_mut(s.out()).zip(planes) {
                     for (at, (&g, &winner)) in grad.iter().zip(winners).enumerate() {
                         // Without branches (winners are unpredictable): a zero ReLU stores 0.
                         let p = usize::from(winner & 3);
                         let (y, x) = (2 * (at / wo) + p / 2, 2 * (at % wo) + p % 2);
-                        plane[y * s.w + x] = g * f32::from(u8::from(winner < NO_WINNER));
+                        plane[y * s.wo + x] = g * f32::from(u8::from(winner < NO_WINNER));
                     }
                 }
                 scratch
@@ -381,7 +443,7 @@ fn backward(
 ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let (x, weight): (&[f32], &[f32]) = (x.storage(), weight.storage());
-    let (chw, hw, ckk) = (s.c * s.hw(), s.hw(), s.ckk());
+    let (chw, hw, ckk) = (s.c * s.hw(), s.out(), s.ckk());
     let mut dx = vec![0.0f32; if need_dx { s.n * chw } else { 0 }];
     let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
         dx.chunks_mut(chw).map(Some).collect()
@@ -441,8 +503,8 @@ fn backward(
     )
 }
 
-/// For each im2col row (channel c, kernel offset ky, kx): its index, the channel, the output
-/// range `[lo, hi)` that reads inside the channel's plane when the plane is read as one flat
+/// For each im2col row of a 'same' convolution (channel c, kernel offset ky, kx): its index,
+/// the channel, the output range `[lo, hi)` that reads inside the channel's plane when the plane is read as one flat
 /// array shifted by `shift`, and the output columns of each row that such a flat read would
 /// take from the neighbouring image row (they read padding instead).
 fn for_each_row(
@@ -470,9 +532,71 @@ fn for_each_row(
     }
 }
 
-/// cols[(c, ky, kx), (oy, ox)] = x[c, oy + ky - pad, ox + kx - pad], zero outside the image:
-/// one flat copy per row, then the wrapped columns zeroed.
+/// cols[(c, ky, kx), (oy, ox)] = x[c, oy * stride + ky - pad, ox * stride + kx - pad], zero
+/// outside the image.
 fn im2col(s: &Shapes, x: &[f32], cols: &mut [f32]) {
+    if s.is_pointwise() {
+        cols.copy_from_slice(x);
+    } else if s.is_same() {
+        im2col_same(s, x, cols);
+    } else {
+        for_each_line(s, |line, c, iy, kx| {
+            let out = &mut cols[line * s.wo..][..s.wo];
+            match iy {
+                Some(iy) => {
+                    let row = &x[(c * s.h + iy) * s.w..][..s.w];
+                    for (ox, v) in out.iter_mut().enumerate() {
+                        *v = s.column(ox, kx).map_or(0.0, |ix| row[ix]);
+                    }
+                }
+                None => out.fill(0.0),
+            }
+        });
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read
+/// from (`cols` may be overwritten).
+fn col2im(s: &Shapes, cols: &mut [f32], dx: &mut [f32]) {
+    if s.is_pointwise() {
+        dx.iter_mut().zip(cols.iter()).for_each(|(d, c)| *d += c);
+    } else if s.is_same() {
+        col2im_same(s, cols, dx);
+    } else {
+        for_each_line(s, |line, c, iy, kx| {
+            let Some(iy) = iy else { return };
+            let from = &cols[line * s.wo..][..s.wo];
+            let row = &mut dx[(c * s.h + iy) * s.w..][..s.w];
+            for (ox, v) in from.iter().enumerate() {
+                if let Some(ix) = s.column(ox, kx) {
+                    row[ix] += v;
+                }
+            }
+        });
+    }
+}
+
+/// For each line of the im2col matrix (row (c, ky, kx), output row oy): its index, the
+/// channel, the input row it reads (`None` in the padding) and the kernel column.
+fn for_each_line(s: &Shapes, mut visit: impl FnMut(usize, usize, Option<usize>, usize)) {
+    for c in 0..s.c {
+        for ky in 0..s.k {
+            for kx in 0..s.k {
+                let row = (c * s.k + ky) * s.k + kx;
+                for oy in 0..s.ho {
+                    let iy = (oy * s.stride + ky)
+                        .checked_sub(s.pad)
+                        .filter(|&iy| iy < s.h);
+                    visit(row * s.ho + oy, c, iy, kx);
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] at stride 1 with 'same' padding: one flat copy per row, then the wrapped
+/// columns zeroed.
+fn im2col_same(s: &Shapes, x: &[f32], cols: &mut [f32]) {
     let hw = s.hw();
     for_each_row(s, |row, c, lo, hi, shift, wrapped| {
         let out = &mut cols[row * hw..][..hw];
@@ -489,9 +613,9 @@ fn im2col(s: &Shapes, x: &[f32], cols: &mut [f32]) {
     });
 }
 
-/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read
-/// from. Zeroes the wrapped columns of `cols` (which read padding) on the way.
-fn col2im(s: &Shapes, cols: &mut [f32], dx: &mut [f32]) {
+/// [`col2im`] at stride 1 with 'same' padding. Zeroes the wrapped columns of `cols` (which
+/// read padding) on the way.
+fn col2im_same(s: &Shapes, cols: &mut [f32], dx: &mut [f32]) {
     let hw = s.hw();
     for_each_row(s, |row, c, lo, hi, shift, wrapped| {
         let from = &mut cols[row * hw..][..hw];
@@ -560,9 +684,15 @@ mod tests {
 
     type Ad = Autodiff<Flex>;
 
-    /// Checks the forward pass and all three gradients against Burn's own convolution, and
-    /// with `pooled` the fused block against Burn's convolution, ReLU and max pooling.
+    /// Checks the forward pass and all three gradients against Burn's own convolution at
+    /// stride 1 with 'same' padding, and with `pooled` the fused block against Burn's
+    /// convolution, ReLU and max pooling.
     fn compare(pooled: bool, n: usize, c: usize, h: usize, w: usize, f: usize, k: usize) {
+        compare_strided(pooled, [n, c, h, w, f, k], 1, k / 2);
+    }
+
+    /// [`compare`] at any stride and padding.
+    fn compare_strided(pooled: bool, [n, c, h, w, f, k]: [usize; 6], stride: usize, pad: usize) {
         let device = Default::default();
         let x = Tensor::<Ad, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
             .require_grad();
@@ -570,22 +700,17 @@ mod tests {
             .require_grad();
         let bias =
             Tensor::<Ad, 1>::random([f], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let op = if pooled {
-            Ad::conv_relu_pool
+        let [xp, wp] = [x.clone(), weight.clone()].map(|t| t.into_primitive().tensor());
+        let ours = Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(if pooled {
+            Ad::conv_relu_pool(xp, wp, bias.clone().into_primitive().tensor())
         } else {
-            Ad::conv2d_same
-        };
-        let ours = Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(op(
-            x.clone().into_primitive().tensor(),
-            weight.clone().into_primitive().tensor(),
-            bias.clone().into_primitive().tensor(),
-        )));
-        let pad = k / 2;
+            Ad::conv(xp, wp, bias.clone().into_primitive().tensor(), stride, pad)
+        }));
         let mut burn = burn::tensor::module::conv2d(
             x.clone(),
             weight.clone(),
             Some(bias.clone()),
-            ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
+            ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1),
         );
         if pooled {
             burn = max_pool2d(relu(burn), [2, 2], [2, 2], [0, 0], [1, 1], false);
@@ -623,6 +748,12 @@ mod tests {
             compare(pooled, 1, 2, 2, 3, 3, 5);
             compare(pooled, 2, 2, 4, 4, 3, 1);
         }
+        // A ResNet's: the 7x7 stem, strided 3x3 and 1x1 projections, 1x1 at stride 1.
+        compare_strided(false, [2, 3, 17, 16, 4, 7], 2, 3);
+        compare_strided(false, [2, 3, 9, 8, 5, 3], 2, 1);
+        compare_strided(false, [2, 4, 9, 9, 6, 1], 2, 0);
+        compare_strided(false, [2, 4, 5, 6, 3, 1], 1, 0);
+        compare_strided(false, [1, 2, 1, 1, 3, 3], 2, 1);
     }
 
     #[test]

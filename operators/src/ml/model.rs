@@ -288,8 +288,9 @@ impl<B: ConvBackend> Layers<B> {
                     input, weight, bias,
                 )))
             } else {
-                let y = Tensor::from_primitive(TensorPrimitive::Float(B::conv2d_same(
-                    input, weight, bias,
+                let pad = conv.kernel_size[0] / 2;
+                let y = Tensor::from_primitive(TensorPrimitive::Float(B::conv(
+                    input, weight, bias, 1, pad,
                 )));
                 self.pool.forward(self.activation.forward(y))
             };

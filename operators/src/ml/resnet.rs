@@ -13,7 +13,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+
+use super::conv::ConvBackend;
 
 /// torchvision's batch-norm epsilon.
 const EPSILON: f64 = 1e-5;
@@ -64,7 +66,7 @@ impl<B: Backend> Norm<B> {
                 x * scale + shift
             }
             Mode::Training(running) => {
-                let per_channel = |t: Tensor<B, 4>| t.mean_dim(0).mean_dim(2).mean_dim(3);
+                let per_channel = |t: Tensor<B, 4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
                 let mean = per_channel(x.clone());
                 let centered = x - mean.clone();
                 let var = per_channel(centered.clone().square());
@@ -118,6 +120,19 @@ fn conv<B: Backend>(
     conv
 }
 
+/// `conv` (no bias, padding k / 2) applied to `x` through [`ConvBackend::conv`].
+fn convolve<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [f, _, k, _] = conv.weight.dims();
+    let bias = Tensor::<B, 1>::zeros([f], &x.device());
+    Tensor::from_primitive(TensorPrimitive::Float(B::conv(
+        x.into_primitive().tensor(),
+        conv.weight.val().into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+        conv.stride[0],
+        k / 2,
+    )))
+}
+
 /// One layer of torchvision's `downsample` sequence: the 1x1 convolution, then its norm.
 #[derive(Module, Debug)]
 pub enum Shortcut<B: Backend> {
@@ -141,23 +156,25 @@ pub struct Block<B: Backend> {
     downsample: Vec<Shortcut<B>>,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: ConvBackend> Block<B> {
     fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 4> {
-        let mut y = relu(self.bn1.forward(self.conv1.forward(x.clone()), mode));
-        y = self.bn2.forward(self.conv2.forward(y), mode);
+        let mut y = relu(self.bn1.forward(convolve(&self.conv1, x.clone()), mode));
+        y = self.bn2.forward(convolve(&self.conv2, y), mode);
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(conv3.forward(relu(y)), mode);
+            y = bn3.forward(convolve(conv3, relu(y)), mode);
         }
         let mut shortcut = x;
         for layer in &self.downsample {
             shortcut = match layer {
-                Shortcut::Conv(conv) => conv.forward(shortcut),
+                Shortcut::Conv(conv) => convolve(conv, shortcut),
                 Shortcut::Norm(norm) => norm.forward(shortcut, mode),
             };
         }
         relu(y + shortcut)
     }
+}
 
+impl<B: Backend> Block<B> {
     fn norms(&self) -> impl Iterator<Item = &Norm<B>> {
         let shortcut = self.downsample.iter().filter_map(|l| match l {
             Shortcut::Norm(n) => Some(n),
@@ -192,6 +209,19 @@ pub struct ResNet<B: Backend> {
 
 /// The depths torchvision builds: blocks per stage and whether they are bottlenecks.
 pub const DEPTHS: &[usize] = &[18, 34, 50];
+
+impl<B: ConvBackend> ResNet<B> {
+    /// Logits `[batch, classes]` of images `[batch, channels, height, width]`.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 2> {
+        let x = relu(self.bn1.forward(convolve(&self.conv1, x), mode));
+        let mut x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+        for block in self.blocks() {
+            x = block.forward(x, mode);
+        }
+        let features: Tensor<B, 2> = x.mean_dim(3).mean_dim(2).flatten(1, 3);
+        features.matmul(self.fc.weight.val().transpose()) + self.fc.bias.val().unsqueeze()
+    }
+}
 
 impl<B: Backend> ResNet<B> {
     /// A ResNet of `depth` (18, 34 or 50) for `channels`-channel images and `classes` classes;
@@ -271,17 +301,6 @@ impl<B: Backend> ResNet<B> {
                 bias: Param::from_tensor(Tensor::zeros([classes], device)),
             },
         }
-    }
-
-    /// Logits `[batch, classes]` of images `[batch, channels, height, width]`.
-    pub fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 2> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x), mode));
-        let mut x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
-        for block in self.blocks() {
-            x = block.forward(x, mode);
-        }
-        let features: Tensor<B, 2> = x.mean_dim(2).mean_dim(3).flatten(1, 3);
-        features.matmul(self.fc.weight.val().transpose()) + self.fc.bias.val().unsqueeze()
     }
 
     fn blocks(&self) -> impl Iterator<Item = &Block<B>> {
