@@ -180,3 +180,33 @@ def test_resnet_weights_with_a_wrong_shape_or_a_missing_tensor_are_refused(tmp_p
     assert ("tensor 'layer2.0.conv1.weight' has shape [128, 32, 3, 3] in the file, the model "
             "needs [128, 64, 3, 3]") in proc.stderr, proc.stderr
     assert "missing tensors layer3.1.bn2.running_var" in proc.stderr, proc.stderr
+
+
+def test_resnet_trains_through_sql_and_infers_with_running_averages(samples, tmp_path):
+    """CREATE MODEL with model_type = 'resnet_classifier' on the faces folder (32 px): the
+    validation accuracy climbs once the running averages settle, ml_evaluate and predict()
+    (both in inference mode) agree, and the registered weights are torchvision's tensors with
+    the running averages that training kept."""
+    from safetensors.numpy import load_file
+    faces = os.path.join(samples, "faces")
+    query = ("SELECT image_resize(image_decode(content), 32, 32) AS image, label "
+             "FROM read_images('{}')")
+    test = query.format(f"{faces}/test/")
+    proc = run([QUIVER, "--store", str(tmp_path), "sql", "--format", "json", f"""
+        CREATE MODEL faces OPTIONS (model_type = 'resnet_classifier', depth = 18, epochs = 8,
+          batch_size = 16, seed = 7, validation_query = '{test.replace("'", "''")}')
+        AS {query.format(f"{faces}/train/")};
+        SELECT accuracy FROM ml_evaluate('faces', '{test.replace("'", "''")}') LIMIT 1;
+        SELECT avg(CASE WHEN predict('faces', image)['label'] = label THEN 1.0 ELSE 0.0 END)
+          AS acc FROM ({test})"""], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows[0]["val_accuracy"] >= 0.85, (rows, proc.stderr)
+    assert rows[1]["accuracy"] == rows[0]["val_accuracy"], rows
+    assert abs(rows[2]["acc"] - rows[1]["accuracy"]) < 1e-9, rows
+    model = json.load(open(tmp_path / "models" / "faces" / "1" / "model.json"))
+    assert model["architecture"] == {"type": "resnet_classifier", "depth": 18}, model
+    weights = load_file(str(tmp_path / "models" / "faces" / "1" / "model.safetensors"))
+    assert len(weights) == 102 and weights["fc.weight"].shape == (2, 512)
+    assert weights["conv1.weight"].shape == (64, 1, 7, 7)  # the faces are grey
+    assert not np.allclose(weights["layer4.1.bn2.running_var"], 1.0)
