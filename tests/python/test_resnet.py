@@ -210,3 +210,64 @@ def test_resnet_trains_through_sql_and_infers_with_running_averages(samples, tmp
     assert len(weights) == 102 and weights["fc.weight"].shape == (2, 512)
     assert weights["conv1.weight"].shape == (64, 1, 7, 7)  # the faces are grey
     assert not np.allclose(weights["layer4.1.bn2.running_var"], 1.0)
+
+
+def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnxruntime(
+        samples, tmp_path):
+    """weights = '<safetensors in torchvision's layout>' with epochs = 0 registers the weights
+    unchanged: predict() on the faces (25x25 grey PNGs, scaled to [0, 1]) gives onnxruntime's
+    probabilities for the same network. A file for 5 classes keeps its backbone and gets a new
+    2-class head; a file that is not there is named."""
+    from PIL import Image
+    from safetensors.numpy import load_file
+    faces = os.path.join(samples, "faces", "test")
+    files = sorted(os.path.join(faces, label, f) for label in os.listdir(faces)
+                   for f in os.listdir(os.path.join(faces, label)))
+    images = np.stack([np.asarray(Image.open(f), np.float32)[None] / 255.0 for f in files])
+    model, weights, _ = resnet(18, 1, 2, 25, len(files), False, seed=5)
+    logits = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, {"x": images})[0]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    save_file(weights, str(tmp_path / "two.safetensors"))
+    _, five, _ = resnet(18, 1, 5, 25, 1, False, seed=5)
+    save_file(five, str(tmp_path / "five.safetensors"))
+    query = f"SELECT image_decode(content) AS image, label, path FROM read_images('{faces}/')"
+    store = tmp_path / "store"
+
+    def sql(text, check=True):
+        proc = run([QUIVER, "--store", str(store), "sql", "--format", "json", text], timeout=600)
+        assert proc.returncode == 0 or not check, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")], proc
+
+    rows, _ = sql(f"""
+        CREATE MODEL imported OPTIONS (model_type = 'resnet_classifier', depth = 18,
+          input_column = 'image', weights = '{tmp_path}/two.safetensors', epochs = 0)
+        AS SELECT image, label FROM ({query});
+        SELECT path, predict('imported', image)['label'] AS label,
+          predict('imported', image)['probability'] AS probability FROM ({query})""")
+    assert rows[0]["version"] == 1 and rows[0]["epochs"] == 0, rows[0]
+    got = {r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1]: r for r in rows[1:]}
+    labels = ["face", "non_face"]
+    for i, f in enumerate(files):
+        row = got[f.rsplit("/", 2)[-2] + "/" + f.rsplit("/", 1)[-1]]
+        assert row["label"] == labels[int(expected[i].argmax())], (f, row, expected[i])
+        assert abs(row["probability"] - expected[i].max()) < 1e-4, (f, row, expected[i])
+    card = json.load(open(store / "models" / "imported" / "1" / "model.json"))
+    assert card["training"]["weights"] == f"{tmp_path}/two.safetensors", card["training"]
+
+    rows, proc = sql(f"""
+        CREATE MODEL headless OPTIONS (model_type = 'resnet_classifier', depth = 18,
+          input_column = 'image', weights = '{tmp_path}/five.safetensors', epochs = 0)
+        AS SELECT image, label FROM ({query})""")
+    assert "with a new head (fc.weight, fc.bias) for 2 classes" in proc.stderr, proc.stderr
+    saved = load_file(str(store / "models" / "headless" / "1" / "model.safetensors"))
+    assert saved["fc.weight"].shape == (2, 512)
+    assert np.array_equal(saved["layer3.1.conv2.weight"], five["layer3.1.conv2.weight"])
+
+    _, proc = sql(f"""
+        CREATE MODEL missing OPTIONS (model_type = 'resnet_classifier',
+          weights = '{tmp_path}/nowhere.safetensors', epochs = 0)
+        AS SELECT image, label FROM ({query})""", check=False)
+    assert proc.returncode != 0
+    assert f"weights '{tmp_path}/nowhere.safetensors' cannot be read" in proc.stderr, proc.stderr

@@ -80,6 +80,14 @@ impl<B: Backend> Classifier<B> {
         Layers::new(architecture, input, classes, device, &mut weights).map(Self::Layers)
     }
 
+    /// The names of the classification head's tensors.
+    pub fn head(&self) -> &'static [&'static str] {
+        match self {
+            Self::Layers(_) => &["output.weight", "output.bias"],
+            Self::ResNet(_) => &["fc.weight", "fc.bias"],
+        }
+    }
+
     /// The running averages of batch normalisation (none without it).
     pub fn running(&self) -> Running<B> {
         match self {

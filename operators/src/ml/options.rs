@@ -41,8 +41,8 @@ quiver_engine::options! {
         activation: String = "relu".into(), OneOf(Activation::NAMES);
         /// Dropout rate after each hidden layer.
         dropout: f64 = 0.2, Rate;
-        /// Passes over the training data.
-        epochs: usize = 5, count(1);
+        /// Passes over the training data; 0 registers the starting weights unchanged.
+        epochs: usize = 5, count(0);
         /// Examples per step; with `workers` > 1 the global batch.
         batch_size: usize = 64, count(1);
         /// Step size.
@@ -57,6 +57,10 @@ quiver_engine::options! {
         initializer: String = "glorot_uniform".into(), OneOf(Initializer::NAMES);
         /// Seed of weight initialisation, shuffling and dropout.
         seed: u64 = 42, count(0);
+        /// A safetensors file to start from instead of drawn weights (file://, s3://, a path:
+        /// any store Quiver reads; a ResNet's in torchvision's layout). A head for another
+        /// number of classes is drawn anew.
+        weights: Option<String> = None, Maybe(Text);
         /// Stop after this many epochs without improvement of the monitored loss (0: never).
         early_stopping_patience: usize = 0, count(0);
         /// Examples in the shuffle buffer; unset, as many as fit in 256 MiB (image folders
@@ -102,6 +106,7 @@ impl ModelOptions {
             device: self.device.clone(),
             workers: self.workers,
             initializer: Initializer::parse(&self.initializer)?,
+            weights: self.weights.clone(),
         })
     }
 }
@@ -304,7 +309,12 @@ impl ModelBuilder {
             ),
             None => None,
         };
+        let start = match &options.weights {
+            Some(location) => Some(read_weights(session, location).await?),
+            None => None,
+        };
         let job = TrainJob {
+            start,
             architecture: architecture.clone(),
             input: input.clone(),
             labels: labels.clone(),
@@ -355,6 +365,20 @@ impl ModelBuilder {
             stopped_by_scheduler: outcome.stopped_by_scheduler,
         })
     }
+}
+
+/// The bytes of the `weights` file at `location`.
+async fn read_weights(session: &Session, location: &str) -> Result<Vec<u8>, MlError> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        err!(MlError::Option, "weights '{location}' cannot be read: {e}")
+    };
+    let url = quiver_engine::store::resolve_location(location).map_err(|e| unreadable(&e))?;
+    let store = session.store_for(&url)?;
+    let path = quiver_engine::store::object_path(&url)?;
+    quiver_engine::store::objects::get_bytes(&store, &path)
+        .await
+        .map_err(|e| unreadable(&e))?
+        .ok_or_else(|| unreadable(&"no such file"))
 }
 
 /// A trained model that is not registered yet.

@@ -270,6 +270,9 @@ pub struct TrainOptions {
     /// How the initial weights were drawn.
     #[serde(default)]
     pub initializer: Initializer,
+    /// The safetensors file training started from, if not from drawn weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
 fn one_worker() -> usize {

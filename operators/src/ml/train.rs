@@ -56,6 +56,8 @@ pub struct TrainJob {
     pub run_url: String,
     /// Where the run reports to and computes on.
     pub hooks: TrainHooks,
+    /// The safetensors bytes of `options.weights`, which training starts from.
+    pub start: Option<Vec<u8>>,
 }
 
 /// Called after each epoch's checkpoint; resolving to `false` ends the run there (an early-
@@ -224,7 +226,7 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + 
 ) -> Result<TrainOutcome, MlError> {
     let options = &job.options;
     let classes = job.labels.labels.len();
-    let model = Classifier::<B>::new(
+    let mut model = Classifier::<B>::new(
         &job.architecture,
         &job.input,
         classes,
@@ -232,6 +234,17 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + 
         options.seed,
         options.initializer,
     )?;
+    if let (Some(bytes), Some(from)) = (&job.start, &options.weights) {
+        let redrawn;
+        (model, redrawn) = apply_weights(model, bytes.clone(), from, true)?;
+        job.log(&match &redrawn[..] {
+            [] => format!("starting from the weights of {from}"),
+            head => format!(
+                "starting from the weights of {from}, with a new head ({}) for {classes} classes",
+                head.join(", ")
+            ),
+        });
+    }
     let run = RunSpec {
         architecture: job.architecture.clone(),
         input: job.input.clone(),
@@ -361,10 +374,21 @@ pub fn weights_bytes<B: Backend>(model: &Classifier<B>) -> Result<Vec<u8>, MlErr
 /// (torch's `num_batches_tracked`) are ignored; a missing tensor or a shape that differs is
 /// refused, naming the tensors and both shapes.
 pub fn load_weights<B: Backend>(
-    mut model: Classifier<B>,
+    model: Classifier<B>,
     bytes: Vec<u8>,
     what: &str,
 ) -> Result<Classifier<B>, MlError> {
+    apply_weights(model, bytes, what, false).map(|(model, _)| model)
+}
+
+/// [`load_weights`]; with `new_head`, a classification head of another shape (another number
+/// of classes) keeps its drawn weights, and the names of its tensors are returned.
+fn apply_weights<B: Backend>(
+    mut model: Classifier<B>,
+    bytes: Vec<u8>,
+    what: &str,
+    new_head: bool,
+) -> Result<(Classifier<B>, Vec<String>), MlError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .skip_enum_variants(true)
         .validate(false)
@@ -375,9 +399,13 @@ pub fn load_weights<B: Backend>(
             "cannot load the weights of {what}: {e}"
         )
     })?;
-    let mut problems: Vec<String> = applied
-        .errors
-        .iter()
+    let head = model.head();
+    let (redrawn, errors): (Vec<_>, Vec<_>) = applied.errors.iter().partition(|e| {
+        new_head
+            && matches!(e, ApplyError::ShapeMismatch { path, .. } if head.contains(&path.as_str()))
+    });
+    let mut problems: Vec<String> = errors
+        .into_iter()
         .map(|e| match e {
             ApplyError::ShapeMismatch {
                 path,
@@ -402,7 +430,14 @@ pub fn load_weights<B: Backend>(
             problems.join("; ")
         );
     }
-    Ok(model)
+    let redrawn = redrawn
+        .into_iter()
+        .filter_map(|e| match e {
+            ApplyError::ShapeMismatch { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    Ok((model, redrawn))
 }
 
 /// What every step of a run shares: the job, the device, the loss, the batch shape and the
@@ -1072,6 +1107,7 @@ mod tests {
             run_dir: Path::from("run"),
             run_url: "memory:///run/".into(),
             hooks: TrainHooks::default(),
+            start: None,
         }
     }
 
