@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -76,10 +77,10 @@ fn main() {
             &device,
         );
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
-        let (logits, _) = model.forward_train(x, &mut rng);
+        let (logits, running) = model.forward_train(x, &mut rng);
         let loss = loss_fn.forward(logits, y);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(0.001, model, grads);
+        model = optimizer.step(0.001, model, grads).with_running(running);
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
@@ -87,5 +88,26 @@ fn main() {
         seconds * 1e3 / steps as f64,
         (steps * batch) as f64 / seconds,
         rayon::current_num_threads()
+    );
+    // Inference (as predict() runs it: no autodiff, batch norm on running averages).
+    let model = model.valid();
+    let pixels: Vec<f32> = (0..batch * channels * side * side)
+        .map(|_| rng.random())
+        .collect();
+    let x = Tensor::<Flex, 4>::from_data(
+        TensorData::new(pixels, [batch, channels, side, side]),
+        &device,
+    );
+    let mut started = Instant::now();
+    for step in 0..warmup + steps {
+        if step == warmup {
+            started = Instant::now();
+        }
+        model.forward(x.clone()).into_data();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{model_type} inference batch {batch}: {:.0} images/s",
+        (steps * batch) as f64 / seconds
     );
 }
