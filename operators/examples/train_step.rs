@@ -84,7 +84,7 @@ fn main() {
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "{model_type} batch {batch}: {:.2} ms/step, {:.0} images/s ({} threads)",
+        "{model_type} batch {batch}: {:.2} ms/step, {:.1} images/s ({} threads)",
         seconds * 1e3 / steps as f64,
         (steps * batch) as f64 / seconds,
         rayon::current_num_threads()
@@ -107,7 +107,7 @@ fn main() {
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "{model_type} inference batch {batch}: {:.0} images/s",
+        "{model_type} inference batch {batch}: {:.1} images/s",
         (steps * batch) as f64 / seconds
     );
 }

@@ -216,7 +216,7 @@ def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnx
         samples, tmp_path):
     """weights = '<safetensors in torchvision's layout>' with epochs = 0 registers the weights
     unchanged: predict() on the faces (25x25 grey PNGs, scaled to [0, 1]) gives onnxruntime's
-    probabilities for the same network. A file for 5 classes keeps its backbone and gets a new
+    label and probabilities (the whole vector) for the same network. A file for 5 classes keeps its backbone and gets a new
     2-class head; a file that is not there is named."""
     from PIL import Image
     from safetensors.numpy import load_file
@@ -245,7 +245,8 @@ def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnx
           input_column = 'image', weights = '{tmp_path}/two.safetensors', epochs = 0)
         AS SELECT image, label FROM ({query});
         SELECT path, predict('imported', image)['label'] AS label,
-          predict('imported', image)['probability'] AS probability FROM ({query})""")
+          predict('imported', image)['probability'] AS probability,
+          predict('imported', image)['probabilities'] AS probabilities FROM ({query})""")
     assert rows[0]["version"] == 1 and rows[0]["epochs"] == 0, rows[0]
     got = {r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1]: r for r in rows[1:]}
     labels = ["face", "non_face"]
@@ -253,6 +254,8 @@ def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnx
         row = got[f.rsplit("/", 2)[-2] + "/" + f.rsplit("/", 1)[-1]]
         assert row["label"] == labels[int(expected[i].argmax())], (f, row, expected[i])
         assert abs(row["probability"] - expected[i].max()) < 1e-4, (f, row, expected[i])
+        # The whole vector, in the order of the model's label map.
+        assert np.abs(np.array(row["probabilities"]) - expected[i]).max() < 1e-4, (f, row)
     card = json.load(open(store / "models" / "imported" / "1" / "model.json"))
     assert card["training"]["weights"] == f"{tmp_path}/two.safetensors", card["training"]
 

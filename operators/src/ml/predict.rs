@@ -245,7 +245,9 @@ fn model_ref(what: &str, args: &[Option<ScalarValue>]) -> Result<(String, Option
     Ok((name, version))
 }
 
-/// `predict('name' [, version], input)` → `{label, probability}`.
+/// `predict('name' [, version], input)` → `{label, probability, probabilities}`: the most
+/// likely label, its probability, and every class's probability in the order of the model's
+/// label map.
 #[derive(Debug)]
 pub struct PredictFunc {
     registry: Registry,
@@ -280,6 +282,11 @@ fn prediction_fields() -> Fields {
     Fields::from(vec![
         Field::new("label", DataType::Utf8, true),
         Field::new("probability", DataType::Float64, true),
+        Field::new(
+            "probabilities",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
+            true,
+        ),
     ])
 }
 
@@ -327,10 +334,12 @@ impl ScalarUDFImpl for PredictFunc {
             .into_iter();
         let mut labels = StringBuilder::new();
         let mut best = Float64Builder::new();
+        let mut every = ListBuilder::new(Float64Builder::new());
         for row in 0..args.number_rows {
             if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
                 labels.append_null();
                 best.append_null();
+                every.append_null();
                 continue;
             }
             let probs = probs.next().expect("one prediction per non-NULL row");
@@ -341,8 +350,13 @@ impl ScalarUDFImpl for PredictFunc {
                 );
             labels.append_value(&model.card.labels.labels[i]);
             best.append_value(p as f64);
+            every.append_value(probs.iter().map(|&p| Some(p as f64)));
         }
-        let columns: Vec<ArrayRef> = vec![Arc::new(labels.finish()), Arc::new(best.finish())];
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(labels.finish()),
+            Arc::new(best.finish()),
+            Arc::new(every.finish()),
+        ];
         Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(
             prediction_fields(),
             columns,
