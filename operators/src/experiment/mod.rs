@@ -18,6 +18,7 @@
 
 pub mod asha;
 pub mod display;
+mod execute;
 pub mod hparams;
 pub mod records;
 pub mod runner;
