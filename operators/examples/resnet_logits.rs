@@ -51,11 +51,7 @@ fn main() {
         )
     })
     .unwrap_or_else(|e| fail(e));
-    let values: Vec<f32> = std::fs::read(images)
-        .expect("the images file")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = floats(&std::fs::read(images).expect("the images file"));
     let x = Tensor::<Flex, 4>::from_data(TensorData::new(values, shape), &device);
     let rows = |t: Tensor<Flex, 2>| -> Vec<Vec<f32>> {
         let [_, k] = t.dims();
@@ -88,15 +84,16 @@ fn running_of(
         .tensors()
         .into_iter()
         .filter(|(name, _)| name.contains("running_"))
-        .map(|(name, view)| {
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, serde_json::json!(values))
-        })
+        .map(|(name, view)| (name, serde_json::json!(floats(view.data()))))
         .collect())
+}
+
+/// Little-endian f32 values.
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn fail(error: impl std::fmt::Display) -> ! {

@@ -62,20 +62,15 @@ fn main() {
     let mut optimizer = FastAdam::new(1e-7).init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = StdRng::seed_from_u64(7);
+    let shape = [batch, channels, side, side];
     let warmup = 3;
     let mut started = Instant::now();
     for step in 0..warmup + steps {
         if step == warmup {
             started = Instant::now();
         }
-        let pixels: Vec<f32> = (0..batch * channels * side * side)
-            .map(|_| rng.random())
-            .collect();
+        let x = Tensor::<B, 4>::from_data(random_images(&mut rng, shape), &device);
         let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..10)).collect();
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(pixels, [batch, channels, side, side]),
-            &device,
-        );
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
         let (logits, running) = model.forward_train(x, &mut rng);
         let loss = loss_fn.forward(logits, y);
@@ -91,13 +86,7 @@ fn main() {
     );
     // Inference (as predict() runs it: no autodiff, batch norm on running averages).
     let model = model.valid();
-    let pixels: Vec<f32> = (0..batch * channels * side * side)
-        .map(|_| rng.random())
-        .collect();
-    let x = Tensor::<Flex, 4>::from_data(
-        TensorData::new(pixels, [batch, channels, side, side]),
-        &device,
-    );
+    let x = Tensor::<Flex, 4>::from_data(random_images(&mut rng, shape), &device);
     let mut started = Instant::now();
     for step in 0..warmup + steps {
         if step == warmup {
@@ -110,4 +99,10 @@ fn main() {
         "{model_type} inference batch {batch}: {:.1} images/s",
         (steps * batch) as f64 / seconds
     );
+}
+
+/// Uniform random pixels in [0, 1) for a batch of `shape` (NCHW).
+fn random_images(rng: &mut StdRng, shape: [usize; 4]) -> TensorData {
+    let pixels = (0..shape.iter().product()).map(|_| rng.random()).collect();
+    TensorData::new::<f32, _>(pixels, shape)
 }

@@ -400,25 +400,24 @@ fn apply_weights<B: Backend>(
         )
     })?;
     let head = model.head();
-    let (redrawn, errors): (Vec<_>, Vec<_>) = applied.errors.iter().partition(|e| {
-        new_head
-            && matches!(e, ApplyError::ShapeMismatch { path, .. } if head.contains(&path.as_str()))
-    });
-    let mut problems: Vec<String> = errors
-        .into_iter()
-        .map(|e| match e {
+    let (mut redrawn, mut problems) = (Vec::new(), Vec::new());
+    for error in &applied.errors {
+        match error {
+            ApplyError::ShapeMismatch { path, .. } if new_head && head.contains(&path.as_str()) => {
+                redrawn.push(path.clone())
+            }
             ApplyError::ShapeMismatch {
                 path,
                 expected,
                 found,
-            } => format!(
+            } => problems.push(format!(
                 "tensor '{path}' has shape {:?} in the file, the model needs {:?}",
                 found.as_slice(),
                 expected.as_slice()
-            ),
-            other => other.to_string(),
-        })
-        .collect();
+            )),
+            other => problems.push(other.to_string()),
+        }
+    }
     if !applied.missing.is_empty() {
         let missing: Vec<&str> = applied.missing.iter().map(|(p, _)| p.as_str()).collect();
         problems.push(format!("missing tensors {}", missing.join(", ")));
@@ -430,13 +429,6 @@ fn apply_weights<B: Backend>(
             problems.join("; ")
         );
     }
-    let redrawn = redrawn
-        .into_iter()
-        .filter_map(|e| match e {
-            ApplyError::ShapeMismatch { path, .. } => Some(path.clone()),
-            _ => None,
-        })
-        .collect();
     Ok((model, redrawn))
 }
 
