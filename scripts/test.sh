@@ -13,6 +13,12 @@ quiver_log "cargo fmt --check"
 cargo fmt --all -- --check
 quiver_log "no file imports a file that imports it back"
 python3 scripts/circles.py
+if command -v cargo-machete >/dev/null; then
+  quiver_log "no unused dependencies (cargo machete)"
+  cargo machete
+else
+  quiver_log "cargo machete is not installed (cargo install cargo-machete): unused dependencies not checked"
+fi
 quiver_log "cargo clippy"
 quiver_cargo clippy --locked --all-targets -- -D warnings
 # The CUDA build (no GPU or toolkit needed to compile: cudarc loads the driver at run time).

@@ -391,18 +391,16 @@ mod tests {
         let rows = back
             .aggregate(
                 vec![],
-                vec![datafusion::functions_aggregate::expr_fn::count(col(
-                    "label",
-                ))],
+                vec![datafusion::functions_aggregate::expr_fn::count(col("label")).alias("rows")],
             )
             .unwrap()
             .collect()
             .await
             .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
-            .unwrap()
-            .to_string();
-        assert!(text.contains("| 9 "), "{text}");
+        datafusion::assert_batches_eq!(
+            ["+------+", "| rows |", "+------+", "| 9    |", "+------+",],
+            &rows
+        );
 
         let mut counts = Vec::new();
         for _ in 0..2 {

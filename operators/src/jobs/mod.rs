@@ -530,13 +530,16 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
-        assert!(
-            text.contains("| manual__20261127T000000Z_1  | running | etl          | 1     |"),
-            "{text}"
+        datafusion::assert_batches_eq!(
+            [
+                "+-----------------------------+---------+--------------+-------+",
+                "| run_id                      | status  | current_step | steps |",
+                "+-----------------------------+---------+--------------+-------+",
+                "| manual__20261127T000000Z_1  | running | etl          | 1     |",
+                "| scheduled__20261127T000010Z | running | etl          | 1     |",
+                "+-----------------------------+---------+--------------+-------+",
+            ],
+            &batches
         );
-        assert_eq!(batches[0].num_rows(), 2);
     }
 }
