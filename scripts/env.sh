@@ -48,8 +48,12 @@ quiver_cargo() {
     ) &
     local beat=$! rc=0
     cargo "$@" || rc=$?
-    kill "$beat" 2>/dev/null || true
-    wait "$beat" 2>/dev/null || true
+    # Ending the heartbeat's sleep ends its loop (SIGPIPE, which bash does not report); killed
+    # itself, the heartbeat would leave the sleep holding our output pipe open for up to 50 s.
+    while kill -0 "$beat" 2>/dev/null; do
+        pkill -PIPE -P "$beat" sleep 2>/dev/null || true
+        sleep 0.1
+    done
     return $rc
 }
 
