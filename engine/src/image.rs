@@ -71,6 +71,18 @@ impl Image {
     }
 }
 
+impl ImageRef<'_> {
+    /// An owned copy.
+    pub fn to_image(self) -> Image {
+        Image {
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            data: self.data.to_vec(),
+        }
+    }
+}
+
 /// Read access to an Arrow array of images.
 #[derive(Debug)]
 pub struct ImageArray<'a> {

@@ -332,6 +332,52 @@ impl Kind for Among {
     }
 }
 
+/// A range `[min, max]` within `[lo, hi]`; a single number `x` stands for `around(x)`, such as
+/// `[-x, x]` for an angle or `[1 - x, 1 + x]` for a factor.
+pub struct Interval {
+    /// The lowest `min`.
+    pub lo: f64,
+    /// The highest `max`.
+    pub hi: f64,
+    /// The range a single number stands for.
+    pub around: fn(f64) -> [f64; 2],
+    /// How a single number reads, for the documentation, e.g. `"x: [-x, x]"`.
+    pub number: &'static str,
+}
+
+impl Kind for Interval {
+    type Out = Vec<f64>;
+    fn parse(&self, key: &str, value: &OptionValue) -> Result<Vec<f64>, String> {
+        let [min, max] = match value {
+            OptionValue::Num(x) => (self.around)(*x),
+            OptionValue::List(items) => match items[..] {
+                [OptionValue::Num(min), OptionValue::Num(max)] => [min, max],
+                _ => [f64::NAN; 2],
+            },
+            _ => [f64::NAN; 2],
+        };
+        // NaN fails every comparison.
+        if !(self.lo <= min && min <= max && max <= self.hi) {
+            return Err(format!("{key} must be {}, not {value}", self.accepts()));
+        }
+        Ok(vec![min, max])
+    }
+    fn accepts(&self) -> String {
+        let within = if self.hi.is_finite() {
+            format!("within [{}, {}]", self.lo, self.hi)
+        } else {
+            format!("of at least {}", self.lo)
+        };
+        format!(
+            "a number ({}) or [min, max] {within} with min <= max",
+            self.number
+        )
+    }
+    fn is_list(&self) -> bool {
+        true
+    }
+}
+
 /// A list of values of one kind, such as `[512, 256]`.
 pub struct ListOf<K>(pub K);
 
@@ -440,8 +486,9 @@ pub fn markdown(docs: &[OptionDoc]) -> String {
 }
 
 /// Declares a set of options once: each a doc comment, `name: Type = default, kind;` where
-/// `kind` is a [`Kind`] whose output is `Type`. Generates the struct (public fields), its
-/// `Default` and [`Options`].
+/// `kind` is a [`Kind`] whose output is `Type`, then any groups of options declared elsewhere
+/// as `..field: Group;` (their options are set and documented as this set's own). Generates
+/// the struct (public fields), its `Default` and [`Options`].
 ///
 /// ```
 /// quiver_engine::options! {
@@ -466,6 +513,7 @@ macro_rules! options {
                 $(#[doc = $doc:literal])+
                 $field:ident : $ty:ty = $default:expr, $kind:expr;
             )*
+            $(..$group:ident : $gty:ty;)*
         }
     ) => {
         $(#[doc = $sdoc])*
@@ -475,11 +523,18 @@ macro_rules! options {
                 $(#[doc = $doc])+
                 pub $field: $ty,
             )*
+            $(
+                #[doc = concat!("The options of [`", stringify!($gty), "`].")]
+                pub $group: $gty,
+            )*
         }
 
         impl Default for $name {
             fn default() -> Self {
-                Self { $($field: $default,)* }
+                Self {
+                    $($field: $default,)*
+                    $($group: Default::default(),)*
+                }
             }
         }
 
@@ -493,21 +548,31 @@ macro_rules! options {
                     $(stringify!($field) => {
                         self.$field = $crate::options::Kind::parse(&$kind, stringify!($field), value)?;
                     })*
-                    other => return Err($crate::options::unknown(other, &Self::docs())),
+                    other => {
+                        $(
+                            if <$gty as $crate::options::Options>::knows(other) {
+                                return $crate::options::Options::set(&mut self.$group, other, value);
+                            }
+                        )*
+                        return Err($crate::options::unknown(other, &Self::docs()));
+                    }
                 }
                 Ok(())
             }
 
             fn docs() -> Vec<$crate::options::OptionDoc> {
                 let defaults = Self::default();
-                vec![$(
+                #[allow(unused_mut)]
+                let mut docs = vec![$(
                     $crate::options::doc_of(
                         stringify!($field),
                         &defaults.$field,
                         &$kind,
                         &[$($doc),+],
                     ),
-                )*]
+                )*];
+                $(docs.extend(<$gty as $crate::options::Options>::docs());)*
+                docs
             }
         }
     };
@@ -532,6 +597,50 @@ mod tests {
             /// Tries.
             retries: u32 = 0, count(0).max(100);
         }
+    }
+
+    crate::options! {
+        /// Options with a group of others.
+        struct Outer {
+            /// An angle.
+            angle: Option<Vec<f64>> = None,
+                Maybe(Interval { lo: -180.0, hi: 180.0, around: |x| [-x, x], number: "x: [-x, x]" });
+            ..sample: Sample;
+        }
+    }
+
+    #[test]
+    fn groups_are_set_and_documented_as_their_own_and_intervals_read_both_forms() {
+        let mut o = Outer::default();
+        o.set("angle", &15.0.into()).unwrap();
+        assert_eq!(o.angle, Some(vec![-15.0, 15.0]));
+        o.set("Angle", &vec![10.0, 20.0].into()).unwrap();
+        o.set("KERNEL", &5.0.into()).unwrap();
+        assert_eq!((o.angle, o.sample.kernel), (Some(vec![10.0, 20.0]), 5));
+        let err = |k: &str, v: OptionValue| Outer::default().set(k, &v).unwrap_err();
+        assert_eq!(
+            err("angle", vec![20.0, 10.0].into()),
+            "angle must be a number (x: [-x, x]) or [min, max] within [-180, 180] with min <= \
+             max, not [20, 10]"
+        );
+        assert_eq!(
+            err("angle", 200.0.into()),
+            "angle must be a number (x: [-x, x]) or [min, max] within [-180, 180] with min <= \
+             max, not 200"
+        );
+        assert_eq!(
+            err("kernel", 4.into()),
+            Sample::default().set("kernel", &4.into()).unwrap_err()
+        );
+        assert_eq!(
+            err("nope", 1.into()),
+            "unknown option 'nope' (known: angle, units, kernel, mode, input, retries)"
+        );
+        let docs = Outer::docs();
+        assert_eq!(
+            (docs.len(), docs[0].list, docs[0].default.as_str()),
+            (6, true, "")
+        );
     }
 
     #[test]

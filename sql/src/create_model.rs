@@ -167,8 +167,8 @@ pub fn model_type(create: &CreateModel, what: &str) -> Result<String> {
         Some(_) => Err(QuiverError::plan("model_type must be a string")),
         None => Err(err!(
             QuiverError::plan,
-            "CREATE {what} {}: OPTIONS must name a model_type ('dnn_classifier' or \
-             'cnn_classifier')",
+            "CREATE {what} {}: OPTIONS must name a model_type ('dnn_classifier', \
+             'cnn_classifier' or 'resnet_classifier')",
             create.name
         )),
     }

@@ -377,12 +377,7 @@ pub fn rotate(src: ImageRef<'_>, degrees: i64) -> Result<Image> {
         src.channels as usize,
     );
     if quarter_turns == 0 {
-        return Ok(Image {
-            width: src.width,
-            height: src.height,
-            channels: src.channels,
-            data: src.data.to_vec(),
-        });
+        return Ok(src.to_image());
     }
     if quarter_turns == 2 {
         let mut data = Vec::with_capacity(src.data.len());
@@ -424,14 +419,7 @@ pub fn to_grayscale(src: ImageRef<'_>) -> Image {
     let data = match src.channels {
         1 => src.data.to_vec(),
         2 => src.data.chunks_exact(2).map(|p| p[0]).collect(),
-        c => src
-            .data
-            .chunks_exact(c as usize)
-            .map(|p| {
-                let y = 299 * p[0] as u32 + 587 * p[1] as u32 + 114 * p[2] as u32;
-                ((y + 500) / 1000) as u8
-            })
-            .collect(),
+        c => src.data.chunks_exact(c as usize).map(luma).collect(),
     };
     Image {
         width: src.width,
@@ -439,6 +427,14 @@ pub fn to_grayscale(src: ImageRef<'_>) -> Image {
         channels: 1,
         data,
     }
+}
+
+/// A pixel's ITU-R 601-2 luma, as Pillow's `convert("L")`; a gray pixel's own value.
+pub fn luma(p: &[u8]) -> u8 {
+    if p.len() < 3 {
+        return p[0];
+    }
+    ((299 * p[0] as u32 + 587 * p[1] as u32 + 114 * p[2] as u32 + 500) / 1000) as u8
 }
 
 /// Output formats of [`encode`].

@@ -27,7 +27,10 @@ use datafusion::logical_expr::{
 use datafusion::prelude::lit;
 use quiver_engine::Progress;
 use quiver_engine::image::{Image, ImageArray, ImageArrayBuilder, image_type, is_image_type};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
+use super::augment::AugmentOptions;
 use super::kernels::{self, Crop, EncodeFormat, ImageError};
 use quiver_engine::{bail, err};
 
@@ -106,11 +109,14 @@ pub enum ImageOp {
     Height,
     /// `image_channels(image)`.
     Channels,
+    /// `image_augment(image, options_json, seed)`: the augmentation of `CREATE MODEL`'s
+    /// `augment_*` options, drawn from `seed`.
+    Augment,
 }
 
 impl ImageOp {
     /// Every operation, for registration.
-    pub const ALL: [ImageOp; 12] = [
+    pub const ALL: [ImageOp; 13] = [
         ImageOp::Decode,
         ImageOp::DecodeResize,
         ImageOp::Resize,
@@ -123,6 +129,7 @@ impl ImageOp {
         ImageOp::Width,
         ImageOp::Height,
         ImageOp::Channels,
+        ImageOp::Augment,
     ];
 
     /// The SQL name.
@@ -140,6 +147,7 @@ impl ImageOp {
             ImageOp::Width => "image_width",
             ImageOp::Height => "image_height",
             ImageOp::Channels => "image_channels",
+            ImageOp::Augment => "image_augment",
         }
     }
 
@@ -159,6 +167,7 @@ impl ImageOp {
             ImageOp::Width => "image_width(image or bytes)",
             ImageOp::Height => "image_height(image or bytes)",
             ImageOp::Channels => "image_channels(image)",
+            ImageOp::Augment => "image_augment(image, options_json, seed)",
         }
     }
 
@@ -180,6 +189,7 @@ impl ImageOp {
             ImageOp::Encode => &[&[Image, Str], &[Image, Str, Int]],
             ImageOp::Width | ImageOp::Height => &[&[ImageOrBytes]],
             ImageOp::Channels => &[&[Image]],
+            ImageOp::Augment => &[&[Image, Str, Int]],
         }
     }
 
@@ -569,6 +579,16 @@ impl ImageFunc {
                         Value::Bytes(kernels::encode(img, format)?)
                     }
                     ImageOp::Channels => Value::U32(img.channels as u32),
+                    ImageOp::Augment => {
+                        let options = args.str(1, row).expect("checked for NULL");
+                        let options =
+                            AugmentOptions::from_json(options).map_err(ImageError::Argument)?;
+                        let mut rng = StdRng::seed_from_u64(int(2) as u64);
+                        Value::Image(match options.augment() {
+                            Some(augment) => augment.apply(img, &mut rng),
+                            None => img.to_image(),
+                        })
+                    }
                     _ => unreachable!("handled above"),
                 }
             }
@@ -624,5 +644,13 @@ pub mod expr_fn {
     /// `image_encode(image, 'jpeg' | 'png')`.
     pub fn image_encode(image: Expr, format: &str) -> Expr {
         call(ImageOp::Encode, vec![image, lit(format)])
+    }
+
+    /// `image_augment(image, options_json, seed)`.
+    pub fn image_augment(image: Expr, options_json: &str, seed: u64) -> Expr {
+        call(
+            ImageOp::Augment,
+            vec![image, lit(options_json), lit(seed as i64)],
+        )
     }
 }

@@ -11,20 +11,24 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
 use datafusion::dataframe::DataFrame;
 use futures::StreamExt;
-use quiver_engine::image::{ImageArray, is_image_type};
+use quiver_engine::image::{ImageArray, ImageRef, is_image_type};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use super::MlError;
 use super::spec::{InputKind, InputSpec, LabelMap, compare_labels};
+use crate::image::{Augment, example_rng};
 use quiver_engine::{bail, err};
 
-/// One example: its features (u8 pixels, HWC, or floats) and class index.
+/// One example: its features (u8 pixels, HWC, or floats), class index, and where it was read
+/// (partition and row, the key of its augmentation draws).
 #[derive(Debug, Clone)]
 struct Example {
     features: Features,
     label: usize,
+    id: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -279,12 +283,12 @@ fn input_features(
     Ok(out)
 }
 
-/// Converts one record batch into examples.
+/// Converts one record batch of partition `partition` into examples.
 fn to_examples(
     batch: &RecordBatch,
     spec: &InputSpec,
     labels: &LabelLookup,
-    first_row: u64,
+    (partition, first_row): (usize, u64),
 ) -> Result<Vec<Example>, MlError> {
     let input = batch
         .column_by_name(&spec.column)
@@ -317,7 +321,11 @@ fn to_examples(
                     "row {row}: label '{value}' is not in the model's label map"
                 )
             })?;
-            Ok(Example { features, label })
+            Ok(Example {
+                features,
+                label,
+                id: ((partition as u64) << 40) | row,
+            })
         })
         .collect()
 }
@@ -375,6 +383,8 @@ pub struct BatchStream {
     drained: bool,
     /// This worker's rank and the number of workers sharing each batch.
     shard: (usize, usize),
+    /// The augmentation of this epoch's images and the run's seed and epoch number.
+    augment: Option<(Arc<Augment>, u64, u64)>,
 }
 
 impl BatchStream {
@@ -390,7 +400,7 @@ impl BatchStream {
         let streams = frame.clone().execute_stream_partitioned().await?;
         let lookup = Arc::new(LabelLookup::from(labels));
         let mut partitions = Vec::with_capacity(streams.len());
-        for mut stream in streams {
+        for (partition, mut stream) in streams.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(2);
             let spec = spec.clone();
             let lookup = Arc::clone(&lookup);
@@ -399,7 +409,7 @@ impl BatchStream {
                 while let Some(batch) = stream.next().await {
                     let examples = batch
                         .map_err(MlError::from)
-                        .and_then(|b| to_examples(&b, &spec, &lookup, row));
+                        .and_then(|b| to_examples(&b, &spec, &lookup, (partition, row)));
                     let failed = examples.is_err();
                     if let Ok(e) = &examples {
                         row += e.len() as u64;
@@ -425,6 +435,7 @@ impl BatchStream {
             batch_size: batch_size.max(1),
             drained: false,
             shard: (0, 1),
+            augment: None,
         })
     }
 
@@ -442,6 +453,7 @@ impl BatchStream {
             batch_size: batch_size.max(1),
             drained: true,
             shard: (0, 1),
+            augment: None,
         }
     }
 
@@ -455,6 +467,13 @@ impl BatchStream {
     /// batch of the epoch can be shorter than the number of workers).
     pub fn shard(mut self, rank: usize, world: usize) -> Self {
         self.shard = (rank, world.max(1));
+        self
+    }
+
+    /// Augments each image of epoch `epoch` of a run seeded with `seed`, with draws keyed by
+    /// the example, so that they do not depend on the order or the worker.
+    pub fn augment(mut self, augment: Option<Arc<Augment>>, seed: u64, epoch: u64) -> Self {
+        self.augment = augment.map(|a| (a, seed, epoch));
         self
     }
 
@@ -510,30 +529,66 @@ impl BatchStream {
 
     /// The next batch (the last one may be smaller), or `None` at the end of the epoch.
     pub async fn next_batch(&mut self) -> Result<Option<Batch>, MlError> {
-        let per_example = self.spec.len();
         let (rank, world) = self.shard;
-        let mut features = Vec::with_capacity(self.batch_size / world * per_example);
-        let mut labels = Vec::with_capacity(self.batch_size / world);
+        let mut kept = Vec::with_capacity(self.batch_size / world);
         let mut taken = 0;
         while taken < self.batch_size {
             let Some(example) = self.next_example().await? else {
                 break;
             };
             if taken % world == rank {
-                push_chw(&mut features, &example.features, &self.spec);
-                labels.push(example.label as i64);
+                kept.push(example);
             }
             taken += 1;
         }
         if taken == 0 {
             return Ok(None);
         }
+        let spec = &self.spec;
+        let features = match &self.augment {
+            Some((augment, seed, epoch)) => kept
+                .par_iter()
+                .map(|e| {
+                    let mut values = Vec::with_capacity(spec.len());
+                    match image_of(e, spec) {
+                        Some(image) => {
+                            let mut rng = example_rng(*seed, *epoch, e.id);
+                            let image = augment.apply(image, &mut rng);
+                            push_model_values(&mut values, &image.data, spec);
+                        }
+                        None => push_chw(&mut values, &e.features, spec),
+                    }
+                    values
+                })
+                .collect::<Vec<_>>()
+                .concat(),
+            None => {
+                let mut values = Vec::with_capacity(kept.len() * spec.len());
+                for e in &kept {
+                    push_chw(&mut values, &e.features, spec);
+                }
+                values
+            }
+        };
         Ok(Some(Batch {
-            len: labels.len(),
+            len: kept.len(),
             features,
-            labels,
+            labels: kept.iter().map(|e| e.label as i64).collect(),
         }))
     }
+}
+
+/// An image example's pixels; `None` for tensors.
+fn image_of<'a>(example: &'a Example, spec: &InputSpec) -> Option<ImageRef<'a>> {
+    let (Features::Pixels(data), Some([c, h, w])) = (&example.features, spec.chw()) else {
+        return None;
+    };
+    Some(ImageRef {
+        width: w as u32,
+        height: h as u32,
+        channels: c as u8,
+        data,
+    })
 }
 
 /// Appends one example's values, scaled and reordered from HWC to CHW.

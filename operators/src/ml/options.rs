@@ -14,6 +14,7 @@ use super::registry::{ModelCard, Registry, validate_name};
 use super::spec::{Activation, Architecture, Initializer, InputKind, OptimizerSpec, TrainOptions};
 use super::train::{TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
+use crate::image::AugmentOptions;
 use quiver_engine::{bail, err};
 
 pub use quiver_engine::options::OptionValue;
@@ -81,6 +82,7 @@ quiver_engine::options! {
         input_shape: Option<Vec<usize>> = None, Maybe(ListOf(count(1)));
         /// SQL of the validation data, evaluated after each epoch.
         validation_query: Option<String> = None, Maybe(Text);
+        ..augment: AugmentOptions;
     }
 }
 
@@ -107,6 +109,7 @@ impl ModelOptions {
             workers: self.workers,
             initializer: Initializer::parse(&self.initializer)?,
             weights: self.weights.clone(),
+            augment: self.augment.augment(),
         })
     }
 }
@@ -282,6 +285,13 @@ impl ModelBuilder {
             }
         };
         let input = input_spec(&frame, &input_column, self.options.input_shape.clone()).await?;
+        if options.augment.is_some() && input.kind != InputKind::Image {
+            bail!(
+                MlError::Option,
+                "the augment_* options augment images, and input column '{input_column}' is a \
+                 tensor: decode it with image_decode(...)"
+            );
+        }
         // Hold at most ~256 MiB of examples in the shuffle buffer (pixels are bytes, tensor
         // values f32).
         let bytes = match input.kind {

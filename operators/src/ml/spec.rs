@@ -5,6 +5,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use crate::image::Augment;
 use quiver_engine::err;
 
 /// The classifier's architecture and its hyperparameters.
@@ -273,6 +274,9 @@ pub struct TrainOptions {
     /// The safetensors file training started from, if not from drawn weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
+    /// How training images are augmented, drawn anew each epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
 }
 
 fn one_worker() -> usize {

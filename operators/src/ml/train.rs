@@ -917,12 +917,19 @@ fn read_ahead(
         job.options.epochs,
     );
     let whole = Arc::clone(whole);
+    let (augment, run_seed) = (job.options.augment.clone().map(Arc::new), job.options.seed);
     ReadAhead(Some(tokio::spawn(async move {
         if let Some(kept) = whole.get() {
-            return Ok(BatchStream::replay(kept, &input, batch_size, seed));
+            return Ok(BatchStream::replay(kept, &input, batch_size, seed).augment(
+                augment,
+                run_seed,
+                epoch as u64,
+            ));
         }
         let mut stream =
-            BatchStream::start(&frame, &input, &labels, batch_size, Some((seed, buffer))).await?;
+            BatchStream::start(&frame, &input, &labels, batch_size, Some((seed, buffer)))
+                .await?
+                .augment(augment, run_seed, epoch as u64);
         stream.fill().await?;
         // Keeping a copy only pays when a later epoch will replay it.
         if let Some(kept) = (epoch < last).then(|| stream.whole_input()).flatten() {
@@ -1070,6 +1077,7 @@ fn gradients_from_flat<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::Augment;
     use crate::ml::ModelOptions;
     use crate::ml::spec::{Activation, InputKind};
     use object_store::memory::InMemory;
@@ -1168,46 +1176,104 @@ mod tests {
             .unwrap()
     }
 
+    /// 40 gray 4x4 images in 3 classes, as a query.
+    fn images() -> DataFrame {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::record_batch::RecordBatch;
+        use quiver_engine::image::{ImageArrayBuilder, ImageRef};
+        let mut images = ImageArrayBuilder::with_capacity(40);
+        for i in 0..40u32 {
+            let data: Vec<u8> = (0..16).map(|p| ((p * 16 + i * 37) % 256) as u8).collect();
+            images.append(ImageRef {
+                width: 4,
+                height: 4,
+                channels: 1,
+                data: &data,
+            });
+        }
+        let labels = Int64Array::from_iter_values((0..40).map(|i| i % 3));
+        let batch =
+            RecordBatch::try_from_iter([("x", images.finish()), ("label", Arc::new(labels) as _)])
+                .unwrap();
+        datafusion::prelude::SessionContext::new()
+            .read_batch(batch)
+            .unwrap()
+    }
+
+    fn dnn() -> Architecture {
+        Architecture::DnnClassifier {
+            hidden_units: vec![8],
+            activation: Activation::Relu,
+            dropout: 0.3,
+        }
+    }
+
     /// Stopped after epoch 1 (the epoch hook says stop) and run again, training resumes from
     /// the checkpoint (weights, Adam's moments, the epoch, dropout and shuffling seeds) and ends
     /// with the weights of an uninterrupted run, to the bit.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
-        resumes_exactly(Architecture::DnnClassifier {
-            hidden_units: vec![8],
-            activation: Activation::Relu,
-            dropout: 0.3,
-        })
-        .await;
+        resumes_exactly(dnn(), None).await;
     }
 
     /// The same for a ResNet, whose batch norms' running averages are part of the weights.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_resnet_ends_with_the_weights_and_running_averages_of_an_uninterrupted_one() {
-        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }).await;
+        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }, None).await;
     }
 
-    async fn resumes_exactly(architecture: Architecture) {
+    /// The same with augmented images: each draw is keyed by the seed, the epoch and the
+    /// example. And augmentation does change what is learnt.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_resumed_run_on_augmented_images_ends_with_the_weights_of_an_uninterrupted_one() {
+        let augment = crate::image::AugmentOptions::from_json(
+            r#"{"augment_flip": "both", "augment_rotation": 30, "augment_brightness": 0.5}"#,
+        )
+        .unwrap()
+        .augment();
+        assert!(augment.is_some());
+        let plain = resumes_exactly(dnn(), Some(None)).await;
+        let augmented = resumes_exactly(dnn(), Some(augment)).await;
+        assert_ne!(plain, augmented);
+    }
+
+    /// Trains `architecture` twice, straight and stopped then resumed, and returns the final
+    /// weights, which must agree. With `images`, on [`images`] augmented with it; otherwise on
+    /// [`examples`] (as a 1x3 one-channel image for a ResNet).
+    async fn resumes_exactly(
+        architecture: Architecture,
+        images: Option<Option<Augment>>,
+    ) -> Vec<f32> {
         let fresh = |store: Arc<dyn ObjectStore>| {
             let mut job = job();
             job.architecture = architecture.clone();
-            // A 1x3 one-channel image for the ResNet, 3 floats for the DNN.
             job.input.shape = vec![1, 3, 1];
+            if let Some(augment) = &images {
+                job.input.kind = InputKind::Image;
+                job.input.shape = vec![4, 4, 1];
+                job.input.scale = 1.0 / 255.0;
+                job.options.augment = augment.clone();
+            }
             job.options.epochs = 2;
             job.options.batch_size = 8;
             job.store = store;
             job
         };
-        let straight = train(&examples(), None, &fresh(Arc::new(InMemory::new())))
+        let data = if images.is_some() {
+            self::images()
+        } else {
+            examples()
+        };
+        let straight = train(&data, None, &fresh(Arc::new(InMemory::new())))
             .await
             .unwrap();
         assert_eq!(straight.resumed_after, None);
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let mut first = fresh(Arc::clone(&store));
         first.hooks.on_epoch = Some(Arc::new(|_| Box::pin(async { false })));
-        let stopped = train(&examples(), None, &first).await.unwrap();
+        let stopped = train(&data, None, &first).await.unwrap();
         assert!(stopped.stopped_by_scheduler && stopped.history.len() == 1);
-        let resumed = train(&examples(), None, &fresh(store)).await.unwrap();
+        let resumed = train(&data, None, &fresh(store)).await.unwrap();
         assert_eq!(resumed.resumed_after, Some(1));
         let scores = |h: &[EpochMetrics]| {
             h.iter()
@@ -1226,6 +1292,7 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(a == b, "the resumed run ends elsewhere (by up to {diff})");
+        a
     }
 
     #[test]
