@@ -2,10 +2,11 @@
 data, batch size and optimizer as benches/train/run.sh gives Quiver.
 
     python reference.py IMAGE_DIR --model dnn|cnn --epochs N --threads T [--test DIR]
-        [--hidden 512,256,128] [--seeds 42]
+        [--hidden 512,256,128] [--seeds 42] [--augment]
 
 Reads the same PNG folder (split/label/*.png) with Pillow, scales to [0, 1], and trains with
-model.fit (Adam, lr 0.001, batch 64, shuffled), once per seed. Prints a line of JSON per seed: the seconds taken to load the
+model.fit (Adam, lr 0.001, batch 64, shuffled), once per seed; --augment puts Keras's
+preprocessing layers in front (the augmentation benches/train/run.sh --augment gives Quiver). Prints a line of JSON per seed: the seconds taken to load the
 training folder, images/s and seconds of each epoch, the accuracy of the last epoch on the training data and, with --test, the accuracy on that
 folder after each epoch (evaluated outside the timed part).
 """
@@ -38,6 +39,9 @@ def main():
     ap.add_argument("--test")
     ap.add_argument("--hidden", default="512,256,128", help="the DNN's hidden layer sizes")
     ap.add_argument("--seeds", default="42", help="a run per seed, e.g. 1,2,3")
+    ap.add_argument("--augment", action="store_true",
+                    help="horizontal flips, zoom in to half the area, 10 degree rotations, "
+                         "brightness and contrast jitter 0.2")
     args = ap.parse_args()
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import tensorflow as tf
@@ -57,12 +61,15 @@ def main():
 def fit(args, x, y, classes, test, hidden):
     import tensorflow as tf
     layers = tf.keras.layers
+    augment = [layers.RandomFlip("horizontal"), layers.RandomZoom((-0.3, 0.0)),
+               layers.RandomRotation(10 / 360), layers.RandomBrightness(0.2, value_range=(0, 1)),
+               layers.RandomContrast(0.2)] if args.augment else []
     if args.model == "dnn":
-        model = tf.keras.Sequential([layers.Input(x.shape[1:]), layers.Flatten()]
+        model = tf.keras.Sequential([layers.Input(x.shape[1:])] + augment + [layers.Flatten()]
                                     + [l for u in hidden for l in (layers.Dense(u, "relu"), layers.Dropout(0.2))]
                                     + [layers.Dense(classes)])
     else:
-        model = tf.keras.Sequential([layers.Input(x.shape[1:])]
+        model = tf.keras.Sequential([layers.Input(x.shape[1:])] + augment
                                     + [l for f in (32, 64) for l in (layers.Conv2D(f, 3, padding="same", activation="relu"), layers.MaxPooling2D(2))]
                                     + [layers.Flatten(), layers.Dropout(0.2), layers.Dense(128, "relu"), layers.Dropout(0.2), layers.Dense(classes)])
     model.compile(optimizer=tf.keras.optimizers.Adam(0.001),

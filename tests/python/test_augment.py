@@ -117,6 +117,20 @@ def test_a_model_trains_on_augmented_images_and_records_how(samples, tmp_path):
     _, again = train(tmp_path / "b")
     assert weights.keys() == again.keys()
     assert all(np.array_equal(weights[k], again[k]) for k in weights)
+    # The first 16 images of epoch 1 as the model saw them: a 4x4 grid of 25 px faces 2 px
+    # apart, and the same images as TensorBoard image summaries.
+    run_dir = tmp_path / "a" / "training" / "faces" / "v1"
+    grid = np.asarray(Image.open(run_dir / "augmentations.png"))
+    assert grid.shape == (4 * 27 - 2, 4 * 27 - 2), grid.shape
+    import tensorflow as tf
+    [events] = [f for f in os.listdir(run_dir) if f.endswith(".augmentations")]
+    images = {v.tag: v.image for e in tf.compat.v1.train.summary_iterator(str(run_dir / events))
+              for v in e.summary.value if v.HasField("image")}
+    assert sorted(images) == sorted(f"augmentations/image/{i}" for i in range(16)), images.keys()
+    for i in range(16):
+        tile = grid[i // 4 * 27:i // 4 * 27 + 25, i % 4 * 27:i % 4 * 27 + 25]
+        shown = tf.io.decode_png(images[f"augmentations/image/{i}"].encoded_image_string).numpy()
+        assert np.array_equal(shown[:, :, 0], tile), i
     model = json.load(open(tmp_path / "a" / "models" / "faces" / "1" / "model.json"))
     assert model["training"]["augment"] == {
         "flip_horizontal": True, "flip_vertical": False, "crop": None, "rotation": [-10.0, 10.0],

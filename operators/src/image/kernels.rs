@@ -429,6 +429,47 @@ pub fn to_grayscale(src: ImageRef<'_>) -> Image {
     }
 }
 
+/// Tiles images of one size and channel count into a grid `columns` wide (rows as needed),
+/// `gap` black pixels apart.
+pub fn grid(images: &[ImageRef<'_>], columns: usize, gap: u32) -> Result<Image> {
+    let Some(first) = images.first() else {
+        return Err(ImageError::Argument(
+            "a grid needs at least one image".into(),
+        ));
+    };
+    if images
+        .iter()
+        .any(|i| (i.width, i.height, i.channels) != (first.width, first.height, first.channels))
+    {
+        return Err(ImageError::Argument(
+            "the images of a grid must share their size and channels".into(),
+        ));
+    }
+    let (w, h, c, gap) = (
+        first.width as usize,
+        first.height as usize,
+        first.channels as usize,
+        gap as usize,
+    );
+    let columns = columns.clamp(1, images.len());
+    let rows = images.len().div_ceil(columns);
+    let (width, height) = (columns * (w + gap) - gap, rows * (h + gap) - gap);
+    let mut data = vec![0u8; width * height * c];
+    for (i, image) in images.iter().enumerate() {
+        let (x0, y0) = ((i % columns) * (w + gap), (i / columns) * (h + gap));
+        for (y, line) in image.data.chunks_exact(w * c).enumerate() {
+            let start = ((y0 + y) * width + x0) * c;
+            data[start..start + w * c].copy_from_slice(line);
+        }
+    }
+    Ok(Image {
+        width: width as u32,
+        height: height as u32,
+        channels: first.channels,
+        data,
+    })
+}
+
 /// A pixel's ITU-R 601-2 luma, as Pillow's `convert("L")`; a gray pixel's own value.
 pub fn luma(p: &[u8]) -> u8 {
     if p.len() < 3 {

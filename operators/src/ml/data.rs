@@ -11,7 +11,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
 use datafusion::dataframe::DataFrame;
 use futures::StreamExt;
-use quiver_engine::image::{ImageArray, ImageRef, is_image_type};
+use quiver_engine::image::{Image, ImageArray, ImageRef, is_image_type};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -612,6 +612,33 @@ pub fn push_model_values<T: Copy + Into<f32>>(out: &mut Vec<f32>, hwc: &[T], spe
         }
         _ => out.extend(hwc.iter().map(|&x| x.into() * scale)),
     }
+}
+
+/// The first `n` examples of an image batch back as images (the inverse of
+/// [`push_model_values`]): what the model sees, after augmentation.
+pub fn batch_images(batch: &Batch, spec: &InputSpec, n: usize) -> Vec<Image> {
+    let Some([c, h, w]) = spec.chw() else {
+        return Vec::new();
+    };
+    let plane = h * w;
+    batch
+        .features
+        .chunks_exact(c * plane)
+        .take(n.min(batch.len))
+        .map(|chw| {
+            let mut data = vec![0u8; c * plane];
+            for (i, v) in chw.iter().enumerate() {
+                let pixel = (v / spec.scale).round().clamp(0.0, 255.0) as u8;
+                data[(i % plane) * c + i / plane] = pixel;
+            }
+            Image {
+                width: w as u32,
+                height: h as u32,
+                channels: c as u8,
+                data,
+            }
+        })
+        .collect()
 }
 
 /// The `[channels, height, width]` a batch example is laid out as.

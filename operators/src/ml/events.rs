@@ -1,5 +1,5 @@
-//! TensorBoard event files (scalars): `tf.Event` protos framed as TFRecords, the format
-//! TensorBoard's `EventAccumulator` reads.
+//! TensorBoard event files (scalars, images, plugin data): `tf.Event` protos framed as
+//! TFRecords, the format TensorBoard's `EventAccumulator` reads.
 
 use prost::Message;
 
@@ -29,10 +29,26 @@ struct SummaryValue {
     tag: String,
     #[prost(float, optional, tag = "2")]
     simple_value: Option<f32>,
+    #[prost(message, optional, tag = "4")]
+    image: Option<SummaryImage>,
     #[prost(message, optional, tag = "8")]
     tensor: Option<TensorProto>,
     #[prost(message, optional, tag = "9")]
     metadata: Option<SummaryMetadata>,
+}
+
+/// `tensorflow.Summary.Image`: an encoded image.
+#[derive(Clone, PartialEq, Message)]
+struct SummaryImage {
+    #[prost(int32, tag = "1")]
+    height: i32,
+    #[prost(int32, tag = "2")]
+    width: i32,
+    /// 1 gray, 3 RGB, 4 RGBA.
+    #[prost(int32, tag = "3")]
+    colorspace: i32,
+    #[prost(bytes = "vec", tag = "4")]
+    encoded_image_string: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -125,6 +141,35 @@ impl EventFile {
         });
     }
 
+    /// Appends images at `step`, each `(tag, width, height, channels, PNG or JPEG bytes)`.
+    pub fn images(
+        &mut self,
+        wall_time: f64,
+        step: i64,
+        images: &[(String, u32, u32, u8, Vec<u8>)],
+    ) {
+        self.push(Event {
+            wall_time,
+            step,
+            file_version: None,
+            summary: Some(Summary {
+                value: images
+                    .iter()
+                    .map(|(tag, width, height, channels, encoded)| SummaryValue {
+                        tag: tag.clone(),
+                        image: Some(SummaryImage {
+                            height: *height as i32,
+                            width: *width as i32,
+                            colorspace: *channels as i32,
+                            encoded_image_string: encoded.clone(),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        });
+    }
+
     /// Appends a plugin's summary at `step`, with the empty float tensor TensorFlow's summary
     /// writers put beside plugin data.
     pub fn plugin_summary(&mut self, wall_time: f64, step: i64, summary: &PluginSummary) {
@@ -135,7 +180,6 @@ impl EventFile {
             summary: Some(Summary {
                 value: vec![SummaryValue {
                     tag: summary.tag.clone(),
-                    simple_value: None,
                     tensor: Some(TensorProto {
                         dtype: 1,
                         tensor_shape: Some(TensorShape {
@@ -148,6 +192,7 @@ impl EventFile {
                             content: summary.content.clone(),
                         }),
                     }),
+                    ..Default::default()
                 }],
             }),
         });

@@ -28,12 +28,14 @@ use super::MlError;
 use super::adam::{AdamBackend, FastAdam};
 use super::collective::Ring;
 use super::conv::ConvBackend;
-use super::data::{Batch, BatchStream, WholeInput, batch_dims};
+use super::data::{Batch, BatchStream, WholeInput, batch_dims, batch_images};
 use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
+use crate::image::kernels::{self, EncodeFormat};
 use quiver_engine::fault;
+use quiver_engine::image::{Image, ImageRef};
 use quiver_engine::store::objects::{get_bytes, list, put_bytes};
 use quiver_engine::time::unix_now;
 
@@ -559,12 +561,16 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
         let bar = progress_bar(epoch, options.epochs, rank == 0 && job.hooks.log.is_none());
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
+        let mut preview = epoch == 1 && rank == 0 && options.augment.is_some();
         loop {
             let waited = Instant::now();
             let Some(batch) = batches.next_batch().await? else {
                 break;
             };
             input_seconds += waited.elapsed().as_secs_f64();
+            if std::mem::take(&mut preview) {
+                write_augmentations(job, &batch).await?;
+            }
             let stats;
             (model, stats) = self.step(model, optimizer, batch, &mut rng).await?;
             if !stats.loss.is_finite() {
@@ -853,6 +859,48 @@ async fn epochs<
         stopped_early,
         stopped_by_scheduler,
     })
+}
+
+/// Writes the first 16 images of epoch 1's first batch as the model sees them to the run
+/// folder: a 4x4 grid as `augmentations.png` and TensorBoard image summaries (in an event
+/// file of their own, which a resumed run does not rewrite).
+async fn write_augmentations(job: &TrainJob, batch: &Batch) -> Result<(), MlError> {
+    let images = batch_images(batch, &job.input, 16);
+    let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
+    if refs.is_empty() {
+        return Ok(());
+    }
+    let png = |image: ImageRef<'_>| kernels::encode(image, EncodeFormat::Png);
+    let grid = kernels::grid(&refs, 4, 2).and_then(|g| png(g.as_ref()));
+    let grid = grid.map_err(|e| err!(MlError::Training, "augmentations.png: {e}"))?;
+    put_bytes(
+        &job.store,
+        &job.run_dir.clone().join("augmentations.png"),
+        grid,
+    )
+    .await?;
+    let mut summaries = Vec::with_capacity(refs.len());
+    for (i, image) in refs.iter().enumerate() {
+        let encoded = png(*image).map_err(|e| err!(MlError::Training, "image summary: {e}"))?;
+        summaries.push((
+            format!("augmentations/image/{i}"),
+            image.width,
+            image.height,
+            image.channels,
+            encoded,
+        ));
+    }
+    let now = unix_now();
+    let mut events = EventFile::new(now);
+    events.images(now, 1, &summaries);
+    let name = format!("events.out.tfevents.{}.augmentations", now as u64);
+    put_bytes(
+        &job.store,
+        &job.run_dir.clone().join(name),
+        events.bytes().to_vec(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The run's event file: a resumed run rewrites its event file (with the whole history)
