@@ -139,3 +139,50 @@ def test_killed_training_resumes_to_the_same_model(samples, tmp_path):
     ha = [json.loads(l)["loss"] for l in open(straight / "training/fashion/v1/metrics.jsonl")]
     hb = [json.loads(l)["loss"] for l in open(killed / "training/fashion/v1/metrics.jsonl")]
     np.testing.assert_allclose(ha, hb, rtol=1e-5)
+
+
+def test_warm_start_continues_from_a_registered_version(samples, tmp_path):
+    """warm_start = 'name[:version]' starts from a registered version (the newest without a
+    version): with epochs = 0 the new model holds its weights exactly, with epochs it trains on
+    from them, and the registry records where they came from. A name, version or network that
+    does not fit is refused, naming it."""
+    faces = os.path.join(samples, "faces")
+    data = f"SELECT image_decode(content) AS image, label FROM read_images('{faces}/train/')"
+    cnn = ("model_type = 'cnn_classifier', conv_filters = [8], dense_units = [16], "
+           "batch_size = 16")
+    run_sql(tmp_path, f"CREATE MODEL base OPTIONS ({cnn}, epochs = 1, seed = 5) AS {data};"
+                      f"CREATE OR REPLACE MODEL base OPTIONS ({cnn}, epochs = 1, seed = 6) AS {data}")
+    models = tmp_path / "models"
+    weights = lambda name, v: safetensors(models / name / str(v) / "model.safetensors")
+    card = lambda name, v: json.load(open(models / name / str(v) / "model.json"))
+    same = lambda a, b: a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not same(weights("base", 1), weights("base", 2))
+
+    for spec, version in [("base:1", 1), ("base", 2)]:
+        name = f"copy_{version}"
+        run_sql(tmp_path, f"CREATE MODEL {name} OPTIONS ({cnn}, epochs = 0, "
+                          f"warm_start = '{spec}') AS {data}")
+        assert same(weights(name, 1), weights("base", version)), spec
+        assert card(name, 1)["training"]["warm_start"] == f"base:{version}"
+
+    _, proc = run_sql(tmp_path, f"CREATE MODEL tuned OPTIONS ({cnn}, epochs = 1, seed = 7, "
+                                f"warm_start = 'base') AS {data}")
+    assert "starting from the weights of model 'base' version 2" in proc.stderr, proc.stderr
+    assert not same(weights("tuned", 1), weights("base", 2))
+
+    for options, message in [
+        ("warm_start = 'nope'", "model 'nope' is not in the registry"),
+        ("warm_start = 'base:7'", "model 'base' has no version 7"),
+        ("warm_start = 'base:x'", "warm_start 'base:x' must be a model name, or name:version"),
+        ("warm_start = 'base', weights = '/w.safetensors'",
+         "weights and warm_start both give the starting weights: set one"),
+    ]:
+        _, proc = run_sql(tmp_path, f"CREATE MODEL bad OPTIONS ({cnn}, {options}) AS {data}",
+                          check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (options, proc.stderr)
+    _, proc = run_sql(tmp_path, f"CREATE MODEL bad OPTIONS (model_type = 'cnn_classifier', "
+                                f"conv_filters = [4], dense_units = [16], warm_start = 'base') "
+                                f"AS {data}", check=False)
+    assert ("the weights of model 'base' version 2 do not fit the model: tensor "
+            "'convs.0.weight' has shape [8, 1, 3, 3] in the file, the model needs [4, 1, 3, 3]"
+            ) in proc.stderr, proc.stderr

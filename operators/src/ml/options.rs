@@ -12,7 +12,7 @@ use super::evaluate::evaluate_model;
 use super::model::Classifier;
 use super::registry::{ModelCard, Registry, validate_name};
 use super::spec::{Activation, Architecture, Initializer, InputKind, OptimizerSpec, TrainOptions};
-use super::train::{TrainHooks, TrainJob, load_weights, train};
+use super::train::{Start, TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
 use crate::image::AugmentOptions;
 use quiver_engine::{bail, err};
@@ -62,6 +62,9 @@ quiver_engine::options! {
         /// any store Quiver reads; a ResNet's in torchvision's layout). A head for another
         /// number of classes is drawn anew.
         weights: Option<String> = None, Maybe(Text);
+        /// A registered model to start from: 'name' (its newest version) or 'name:version',
+        /// of the same network; a head for another number of classes is drawn anew.
+        warm_start: Option<String> = None, Maybe(Text);
         /// Stop after this many epochs without improvement of the monitored loss (0: never).
         early_stopping_patience: usize = 0, count(0);
         /// Examples in the shuffle buffer; unset, as many as fit in 256 MiB (image folders
@@ -109,6 +112,7 @@ impl ModelOptions {
             workers: self.workers,
             initializer: Initializer::parse(&self.initializer)?,
             weights: self.weights.clone(),
+            warm_start: None,
             augment: self.augment.augment(),
         })
     }
@@ -319,9 +323,25 @@ impl ModelBuilder {
             ),
             None => None,
         };
-        let start = match &options.weights {
-            Some(location) => Some(read_weights(session, location).await?),
-            None => None,
+        let start = match (&options.weights, &self.options.warm_start) {
+            (Some(_), Some(_)) => bail!(
+                MlError::Option,
+                "weights and warm_start both give the starting weights: set one"
+            ),
+            (Some(location), None) => Some(Start {
+                from: format!("'{location}'"),
+                bytes: read_weights(session, location).await?,
+            }),
+            (None, Some(spec)) => {
+                let (name, version) = parse_warm_start(spec)?;
+                let (card, bytes) = registry(session)?.load(name, version).await?;
+                options.warm_start = Some(format!("{name}:{}", card.version));
+                Some(Start {
+                    from: format!("model '{name}' version {}", card.version),
+                    bytes,
+                })
+            }
+            (None, None) => None,
         };
         let job = TrainJob {
             start,
@@ -374,6 +394,22 @@ impl ModelBuilder {
             stopped_early: outcome.stopped_early,
             stopped_by_scheduler: outcome.stopped_by_scheduler,
         })
+    }
+}
+
+/// The name and version (`None`: the newest) of a `warm_start` value, `name[:version]`.
+fn parse_warm_start(spec: &str) -> Result<(&str, Option<u64>), MlError> {
+    let (name, version) = match spec.split_once(':') {
+        Some((name, version)) => (name, Some(version.parse::<u64>().ok())),
+        None => (spec, None),
+    };
+    match (validate_name(name), version) {
+        (Ok(()), None) => Ok((name, None)),
+        (Ok(()), Some(Some(v))) => Ok((name, Some(v))),
+        _ => bail!(
+            MlError::Option,
+            "warm_start '{spec}' must be a model name, or name:version"
+        ),
     }
 }
 

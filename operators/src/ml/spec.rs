@@ -274,6 +274,9 @@ pub struct TrainOptions {
     /// The safetensors file training started from, if not from drawn weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
+    /// The registered model training started from, `name:version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<String>,
     /// How training images are augmented, drawn anew each epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<Augment>,

@@ -58,8 +58,17 @@ pub struct TrainJob {
     pub run_url: String,
     /// Where the run reports to and computes on.
     pub hooks: TrainHooks,
-    /// The safetensors bytes of `options.weights`, which training starts from.
-    pub start: Option<Vec<u8>>,
+    /// The weights training starts from instead of drawn ones.
+    pub start: Option<Start>,
+}
+
+/// Weights to start training from.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Where they came from, for messages: `'path.safetensors'`, `model 'm' version 2`.
+    pub from: String,
+    /// Safetensors bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// Called after each epoch's checkpoint; resolving to `false` ends the run there (an early-
@@ -236,7 +245,7 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + 
         options.seed,
         options.initializer,
     )?;
-    if let (Some(bytes), Some(from)) = (&job.start, &options.weights) {
+    if let Some(Start { from, bytes }) = &job.start {
         let redrawn;
         (model, redrawn) = apply_weights(model, bytes.clone(), from, true)?;
         job.log(&match &redrawn[..] {
