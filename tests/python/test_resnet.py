@@ -274,3 +274,51 @@ def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnx
         AS SELECT image, label FROM ({query})""", check=False)
     assert proc.returncode != 0
     assert f"weights '{tmp_path}/nowhere.safetensors' cannot be read" in proc.stderr, proc.stderr
+
+
+def test_frozen_tensors_keep_their_weights_until_unfrozen(samples, tmp_path):
+    """Fine-tuning a ResNet-18 from a registered one: freeze = 'backbone' trains the head alone
+    (every other tensor, running averages included, stays as it started: frozen batch norms
+    normalise with their running averages); a list freezes those modules; unfreeze_at_epoch
+    trains everything from that epoch; a module the network lacks is refused."""
+    from safetensors.numpy import load_file
+    faces = os.path.join(samples, "faces")
+    data = (f"SELECT image_resize(image_decode(content), 32, 32) AS image, label "
+            f"FROM read_images('{faces}/train/')")
+    resnet = "model_type = 'resnet_classifier', depth = 18, batch_size = 16, seed = 3"
+
+    def create(name, options, check=True):
+        proc = run([QUIVER, "--store", str(tmp_path), "sql", "--format", "json",
+                    f"CREATE MODEL {name} OPTIONS ({resnet}, {options}) AS {data}"], timeout=600)
+        assert (proc.returncode == 0) == check, proc.stderr
+        return proc
+
+    def weights(name):
+        return load_file(str(tmp_path / "models" / name / "1" / "model.safetensors"))
+
+    create("base", "epochs = 1")
+    base = weights("base")
+    create("head_only", "epochs = 1, warm_start = 'base', freeze = 'backbone'")
+    tuned = weights("head_only")
+    changed = sorted(k for k in base if not np.array_equal(base[k], tuned[k]))
+    assert changed == ["fc.bias", "fc.weight"], changed
+
+    proc = create("early", "epochs = 1, warm_start = 'base', freeze = ['conv1', 'bn1', 'layer1']")
+    assert "epoch 1: 15 tensors of conv1, bn1, layer1 frozen" in proc.stderr, proc.stderr
+    tuned = weights("early")
+    kept = {k for k in base if np.array_equal(base[k], tuned[k])}
+    early = {k for k in base if k.split(".")[0] in ("conv1", "bn1", "layer1")}
+    assert early <= kept, sorted(early - kept)
+    assert "layer2.0.conv1.weight" not in kept and "layer4.1.bn2.running_var" not in kept
+
+    proc = create("two_phase", "epochs = 2, warm_start = 'base', freeze = 'backbone', "
+                               "unfreeze_at_epoch = 2")
+    assert "epoch 2: 60 tensors of backbone train from now on" in proc.stderr, proc.stderr
+    assert not np.array_equal(weights("two_phase")["conv1.weight"], base["conv1.weight"])
+
+    proc = create("bad", "freeze = ['layer9']", check=False)
+    assert ("freeze names 'layer9', which is no module of the model (its modules: conv1, bn1, "
+            "layer1, layer2, layer3, layer4, fc)") in proc.stderr, proc.stderr
+    proc = create("bad", "freeze = 'all'", check=False)
+    assert ("freeze must be 'backbone', 'none' or a list of module names such as ['conv1', "
+            "'layer1'], not 'all'") in proc.stderr, proc.stderr

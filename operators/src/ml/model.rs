@@ -1,18 +1,19 @@
 //! The classifiers as Burn modules: a DNN or CNN ([`Layers`]) or a [`ResNet`], built from an
 //! [`Architecture`] and an [`InputSpec`].
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::activation::{Activation as ActivationLayer, ActivationConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn_store::ModuleSnapshot;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::conv::ConvBackend;
 use super::resnet::{Mode, ResNet, Running};
@@ -88,6 +89,72 @@ impl<B: Backend> Classifier<B> {
         }
     }
 
+    /// The trained tensors of the modules `freeze` names (by their tensors' names: `layer1`
+    /// covers `layer1.0.conv1.weight`; [`BACKBONE`]: all but the head), by id. A name that
+    /// matches no tensor is refused.
+    pub fn frozen(&self, freeze: &[String]) -> Result<HashSet<ParamId>, MlError> {
+        struct Trained(HashSet<ParamId>);
+        impl<B: Backend> ModuleVisitor<B> for Trained {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if param.is_require_grad() {
+                    self.0.insert(param.id);
+                }
+            }
+        }
+        let mut trained = Trained(HashSet::new());
+        self.visit(&mut trained);
+        let tensors: Vec<(String, ParamId)> = self
+            .collect(None, None, true)
+            .into_iter()
+            .filter_map(|t| Some((t.full_path(), t.tensor_id?)))
+            .collect();
+        let head = self.head();
+        let mut frozen = HashSet::new();
+        for module in freeze {
+            let covered: Vec<ParamId> = tensors
+                .iter()
+                .filter(|(path, _)| match module.as_str() {
+                    BACKBONE => !head.contains(&path.as_str()),
+                    m => path == m || path.strip_prefix(m).is_some_and(|r| r.starts_with('.')),
+                })
+                .map(|(_, id)| *id)
+                .collect();
+            if covered.is_empty() {
+                let mut modules: Vec<&str> = tensors
+                    .iter()
+                    .map(|(path, _)| path.split('.').next().unwrap_or(path))
+                    .collect();
+                modules.dedup();
+                bail!(
+                    MlError::Option,
+                    "freeze names '{module}', which is no module of the model (its modules: {})",
+                    modules.join(", ")
+                );
+            }
+            frozen.extend(covered.into_iter().filter(|id| trained.0.contains(id)));
+        }
+        Ok(frozen)
+    }
+
+    /// The model with the tensors `ids` trained (`true`) or left as they are.
+    pub fn with_trained(self, ids: &HashSet<ParamId>, trained: bool) -> Self {
+        struct Set<'a>(&'a HashSet<ParamId>, bool);
+        impl<B: Backend> ModuleMapper<B> for Set<'_> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                if self.0.contains(&param.id) {
+                    let trained = self.1;
+                    param.map(|t| t.set_require_grad(trained))
+                } else {
+                    param
+                }
+            }
+        }
+        self.map(&mut Set(ids, trained))
+    }
+
     /// The running averages of batch normalisation (none without it).
     pub fn running(&self) -> Running<B> {
         match self {
@@ -118,6 +185,9 @@ impl<B: Backend> Classifier<B> {
         self.map(&mut Replace(running.into_iter().collect()))
     }
 }
+
+/// The `freeze` value for every tensor but the classification head's.
+pub const BACKBONE: &str = "backbone";
 
 /// `(channels, height, width)` of the input of a convolutional `architecture`.
 fn chw(architecture: &Architecture, input: &InputSpec) -> Result<[usize; 3], MlError> {

@@ -9,7 +9,7 @@ use url::Url;
 
 use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
-use super::model::Classifier;
+use super::model::{BACKBONE, Classifier};
 use super::registry::{ModelCard, Registry, validate_name};
 use super::spec::{Activation, Architecture, Initializer, InputKind, OptimizerSpec, TrainOptions};
 use super::train::{Start, TrainHooks, TrainJob, load_weights, train};
@@ -19,7 +19,7 @@ use quiver_engine::{bail, err};
 
 pub use quiver_engine::options::OptionValue;
 use quiver_engine::options::{
-    Among, Checked, ListOf, Maybe, OneOf, Options, Positive, Rate, Text, count,
+    Among, Checked, Kind, ListOf, Maybe, OneOf, Options, Positive, Rate, Text, count,
 };
 
 quiver_engine::options! {
@@ -62,6 +62,13 @@ quiver_engine::options! {
         /// any store Quiver reads; a ResNet's in torchvision's layout). A head for another
         /// number of classes is drawn anew.
         weights: Option<String> = None, Maybe(Text);
+        /// Tensors left as they start: 'backbone' (all but the classification head), 'none',
+        /// or module names such as ['conv1', 'layer1'] (their tensors); a frozen batch norm
+        /// normalises with its running averages and keeps them.
+        freeze: Vec<String> = Vec::new(), Frozen;
+        /// The epoch from which the frozen tensors train too (0: never), for fine-tuning in
+        /// two phases.
+        unfreeze_at_epoch: usize = 0, count(0);
         /// A registered model to start from: 'name' (its newest version) or 'name:version',
         /// of the same network; a head for another number of classes is drawn anew.
         warm_start: Option<String> = None, Maybe(Text);
@@ -89,6 +96,30 @@ quiver_engine::options! {
     }
 }
 
+/// `freeze`: `'backbone'`, `'none'` or a list of module names.
+struct Frozen;
+
+impl Kind for Frozen {
+    type Out = Vec<String>;
+    fn parse(&self, key: &str, value: &OptionValue) -> Result<Vec<String>, String> {
+        match value {
+            OptionValue::Str(s) if s.eq_ignore_ascii_case("none") => Ok(Vec::new()),
+            OptionValue::Str(s) if s.eq_ignore_ascii_case("backbone") => Ok(vec![BACKBONE.into()]),
+            OptionValue::List(_) => ListOf(Text).parse(key, value),
+            other => Err(format!(
+                "{key} must be 'backbone', 'none' or a list of module names such as ['conv1', \
+                 'layer1'], not {other}"
+            )),
+        }
+    }
+    fn accepts(&self) -> String {
+        "'backbone', 'none' or [module, ...]".into()
+    }
+    fn is_list(&self) -> bool {
+        true
+    }
+}
+
 impl ModelOptions {
     /// The options of the training loop.
     pub fn train_options(&self) -> Result<TrainOptions, MlError> {
@@ -113,6 +144,8 @@ impl ModelOptions {
             initializer: Initializer::parse(&self.initializer)?,
             weights: self.weights.clone(),
             warm_start: None,
+            freeze: self.freeze.clone(),
+            unfreeze_at_epoch: self.unfreeze_at_epoch,
             augment: self.augment.augment(),
         })
     }
@@ -305,7 +338,7 @@ impl ModelBuilder {
         let cap = (256 << 20) / bytes.max(1);
         options.shuffle_buffer = options.shuffle_buffer.min(cap.max(options.batch_size));
         let architecture = self.architecture()?;
-        // Fail on a bad architecture before reading any data.
+        // Fail on a bad architecture or frozen module before reading any data.
         Classifier::<burn::backend::Flex>::new(
             &architecture,
             &input,
@@ -313,7 +346,8 @@ impl ModelBuilder {
             &Default::default(),
             0,
             Default::default(),
-        )?;
+        )?
+        .frozen(&options.freeze)?;
         let validation = match &self.options.validation_query {
             Some(sql) => Some(
                 session

@@ -60,12 +60,7 @@ impl<B: Backend> Norm<B> {
         let channel = |t: Tensor<B, 1>| t.reshape([1, c, 1, 1]);
         let (weight, bias) = (channel(self.weight.val()), channel(self.bias.val()));
         match mode {
-            Mode::Inference => {
-                let scale = weight / channel(self.running_var.val()).add_scalar(EPSILON).sqrt();
-                let shift = bias - channel(self.running_mean.val()) * scale.clone();
-                x * scale + shift
-            }
-            Mode::Training(running) => {
+            Mode::Training(running) if !self.frozen() => {
                 let per_channel = |t: Tensor<B, 4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
                 let mean = per_channel(x.clone());
                 let centered = x - mean.clone();
@@ -87,7 +82,19 @@ impl<B: Backend> Norm<B> {
                 ));
                 centered * (weight / var.add_scalar(EPSILON).sqrt()) + bias
             }
+            // Inference, and a frozen norm in training, which keeps its running averages.
+            _ => {
+                let scale = weight / channel(self.running_var.val()).add_scalar(EPSILON).sqrt();
+                let shift = bias - channel(self.running_mean.val()) * scale.clone();
+                x * scale + shift
+            }
         }
+    }
+
+    /// Whether training leaves this norm as it is (`freeze`): its scale does not track
+    /// gradients. Without autodiff nothing does, and every norm trains.
+    fn frozen(&self) -> bool {
+        B::ad_enabled(&self.weight.device()) && !self.weight.is_require_grad()
     }
 
     /// The running averages' ids and values.

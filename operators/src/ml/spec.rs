@@ -274,6 +274,13 @@ pub struct TrainOptions {
     /// The safetensors file training started from, if not from drawn weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
+    /// Module names whose tensors are not trained (`backbone`: all but the head) before
+    /// `unfreeze_at_epoch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+    /// The epoch from which frozen tensors train too (0: never).
+    #[serde(default)]
+    pub unfreeze_at_epoch: usize,
     /// The registered model training started from, `name:version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_start: Option<String>,

@@ -752,6 +752,8 @@ async fn epochs<
     resumed: Option<CheckpointState>,
 ) -> Result<TrainOutcome, MlError> {
     let options = &job.options;
+    // Chosen before a checkpoint is loaded; its parameter ids stay.
+    let frozen = model.frozen(&options.freeze)?;
     let mut state = CheckpointState::new(options.seed);
     let resumed_after = resumed.as_ref().map(|s| s.epoch);
     if let Some(saved) = resumed {
@@ -807,6 +809,22 @@ async fn epochs<
             &format!("{}/rank-{rank}/epoch-{epoch}", job.run_dir),
         )
         .await?;
+        if !frozen.is_empty() {
+            let unfrozen = options.unfreeze_at_epoch > 0 && epoch >= options.unfreeze_at_epoch;
+            model = model.with_trained(&frozen, unfrozen);
+            if leader && (epoch == 1 || epoch == options.unfreeze_at_epoch) {
+                job.log(&format!(
+                    "epoch {epoch}: {} tensors of {} {}",
+                    frozen.len(),
+                    options.freeze.join(", "),
+                    if unfrozen {
+                        "train from now on"
+                    } else {
+                        "frozen"
+                    }
+                ));
+            }
+        }
         // The epoch's time includes any wait for its input.
         let started = Instant::now();
         // Every worker reads the same shuffled stream and trains on its share of each batch.
