@@ -357,7 +357,7 @@ impl Kind for Interval {
             _ => [f64::NAN; 2],
         };
         // NaN fails every comparison.
-        if !(self.lo <= min && min <= max && max <= self.hi) {
+        if !(self.lo <= min && min <= max && max <= self.hi && min.is_finite() && max.is_finite()) {
             return Err(format!("{key} must be {}, not {value}", self.accepts()));
         }
         Ok(vec![min, max])
@@ -636,6 +636,14 @@ mod tests {
             err("nope", 1.into()),
             "unknown option 'nope' (known: angle, units, kernel, mode, input, retries)"
         );
+        let jitter = Interval {
+            lo: 0.0,
+            hi: f64::INFINITY,
+            around: |x| [0.0, x],
+            number: "x: [0, x]",
+        };
+        assert_eq!(jitter.parse("f", &2.0.into()).unwrap(), vec![0.0, 2.0]);
+        assert!(jitter.parse("f", &f64::INFINITY.into()).is_err());
         let docs = Outer::docs();
         assert_eq!(
             (docs.len(), docs[0].list, docs[0].default.as_str()),

@@ -319,6 +319,8 @@ def test_frozen_tensors_keep_their_weights_until_unfrozen(samples, tmp_path):
     proc = create("bad", "freeze = ['layer9']", check=False)
     assert ("freeze names 'layer9', which is no module of the model (its modules: conv1, bn1, "
             "layer1, layer2, layer3, layer4, fc)") in proc.stderr, proc.stderr
+    proc = create("bad", "unfreeze_at_epoch = 2", check=False)
+    assert "unfreeze_at_epoch = 2 has nothing to unfreeze: set freeze too" in proc.stderr
     proc = create("bad", "freeze = 'all'", check=False)
     assert ("freeze must be 'backbone', 'none' or a list of module names such as ['conv1', "
             "'layer1'], not 'all'") in proc.stderr, proc.stderr

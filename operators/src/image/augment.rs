@@ -51,13 +51,14 @@ const JITTER: Interval = Interval {
 impl AugmentOptions {
     /// Reads a JSON object of option names and values, as `CREATE MODEL` takes them.
     pub fn from_json(json: &str) -> Result<Self, String> {
-        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
-            .map_err(|e| {
-                format!(
-                    "the options must be a JSON object such as '{{\"augment_flip\": \
-                     \"horizontal\", \"augment_rotation\": 15}}': {e}"
-                )
-            })?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("the options are not JSON: {e}"))?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err(format!(
+                "the options must be a JSON object such as '{{\"augment_flip\": \
+                 \"horizontal\", \"augment_rotation\": 15}}', not {value}"
+            ));
+        };
         let mut options = Self::default();
         for (key, value) in fields {
             let value: OptionValue = serde_json::from_value(value.clone())
@@ -132,13 +133,16 @@ impl Augment {
     /// Augments `image` with parameters drawn from `rng`: the same draws give the same image,
     /// of the same size.
     pub fn apply(&self, image: ImageRef<'_>, rng: &mut StdRng) -> Image {
+        if image.data.is_empty() {
+            return image.to_image();
+        }
         let affine = self.draw_geometry(image.width, image.height, rng);
         let mut data = match affine {
             Some(affine) => warp(image, affine),
             None => image.data.to_vec(),
         };
         let draw = |range: Option<[f64; 2]>, rng: &mut StdRng| {
-            range.map(|[lo, hi]| rng.random_range(lo..=hi) as f32)
+            range.map(|range| uniform(rng, range) as f32)
         };
         let channels = image.channels as usize;
         if let Some(f) = draw(self.brightness, rng) {
@@ -183,11 +187,11 @@ impl Augment {
         let flip_y = self.flip_vertical && rng.random_bool(0.5);
         let angle = self
             .rotation
-            .map_or(0.0, |[lo, hi]| rng.random_range(lo..=hi).to_radians());
+            .map_or(0.0, |range| uniform(rng, range).to_radians());
         let (dx, dy) = match self.translate {
-            Some([lo, hi]) => (
-                (rng.random_range(lo..=hi) * w).round(),
-                (rng.random_range(lo..=hi) * h).round(),
+            Some(range) => (
+                (uniform(rng, range) * w).round(),
+                (uniform(rng, range) * h).round(),
             ),
             None => (0.0, 0.0),
         };
@@ -215,12 +219,12 @@ impl Augment {
 
 /// torchvision's `RandomResizedCrop.get_params`: `[x, y, width, height]` of a crop whose area
 /// is a fraction from `scale` of the image's and whose aspect ratio is from 3/4 to 4/3.
-fn crop_box(width: u32, height: u32, [lo, hi]: [f64; 2], rng: &mut StdRng) -> [f64; 4] {
+fn crop_box(width: u32, height: u32, scale: [f64; 2], rng: &mut StdRng) -> [f64; 4] {
     let (w, h) = (width as f64, height as f64);
     let ratios = [(3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln()];
     for _ in 0..10 {
-        let area = w * h * rng.random_range(lo..=hi);
-        let ratio = rng.random_range(ratios[0]..=ratios[1]).exp();
+        let area = w * h * uniform(rng, scale);
+        let ratio = uniform(rng, ratios).exp();
         let (cw, ch) = ((area * ratio).sqrt().round(), (area / ratio).sqrt().round());
         if cw > 0.0 && cw <= w && ch > 0.0 && ch <= h {
             let x = rng.random_range(0..=(w - cw) as u32) as f64;
@@ -238,6 +242,11 @@ fn crop_box(width: u32, height: u32, [lo, hi]: [f64; 2], rng: &mut StdRng) -> [f
         (w, h)
     };
     [((w - cw) / 2.0).floor(), ((h - ch) / 2.0).floor(), cw, ch]
+}
+
+/// A draw from `[lo, hi]` (checked finite and ordered when the options were read).
+fn uniform(rng: &mut StdRng, [lo, hi]: [f64; 2]) -> f64 {
+    rng.random_range(lo..=hi)
 }
 
 /// Resamples `image` through `affine` (bilinear; black outside the image).
@@ -278,14 +287,15 @@ fn warp(image: ImageRef<'_>, affine: Affine) -> Vec<u8> {
     out
 }
 
-/// Pillow's `ImageEnhance`: each colour value `v` of a pixel becomes `base + (v - base) * f`,
-/// where `base(pixel)` is the degenerate image's value; alpha is kept.
+/// Pillow's `ImageEnhance` (and torchvision's `_blend`): each colour value `v` of a pixel
+/// becomes `base + (v - base) * f`, clipped and truncated, where `base(pixel)` is the
+/// degenerate image's value; alpha is kept.
 fn blend_each(data: &mut [u8], channels: usize, f: f32, base: impl Fn(&[u8]) -> f32) {
     let colours = if channels >= 3 { 3 } else { 1 };
     for px in data.chunks_exact_mut(channels) {
         let b = base(px);
         for v in &mut px[..colours] {
-            *v = (b + (*v as f32 - b) * f).round().clamp(0.0, 255.0) as u8;
+            *v = (b + (*v as f32 - b) * f).clamp(0.0, 255.0) as u8;
         }
     }
 }

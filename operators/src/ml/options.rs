@@ -286,6 +286,13 @@ impl ModelBuilder {
         hooks: TrainHooks,
     ) -> Result<Fitted, MlError> {
         let mut options = self.options.train_options()?;
+        if options.unfreeze_at_epoch > 0 && options.freeze.is_empty() {
+            bail!(
+                MlError::Option,
+                "unfreeze_at_epoch = {} has nothing to unfreeze: set freeze too",
+                options.unfreeze_at_epoch
+            );
+        }
         let workers = hooks.collective.as_ref().map_or(1, |r| r.world());
         if options.workers != workers {
             bail!(

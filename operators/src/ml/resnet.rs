@@ -99,6 +99,10 @@ impl<B: Backend> Norm<B> {
 
     /// The running averages' ids and values.
     fn running(&self, out: &mut Running<B>) {
+        // As a training-mode pass: a frozen norm has none.
+        if self.frozen() {
+            return;
+        }
         for p in [&self.running_mean, &self.running_var] {
             out.push((p.id, p.val()));
         }

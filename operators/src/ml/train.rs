@@ -752,8 +752,6 @@ async fn epochs<
     resumed: Option<CheckpointState>,
 ) -> Result<TrainOutcome, MlError> {
     let options = &job.options;
-    // Chosen before a checkpoint is loaded; its parameter ids stay.
-    let frozen = model.frozen(&options.freeze)?;
     let mut state = CheckpointState::new(options.seed);
     let resumed_after = resumed.as_ref().map(|s| s.epoch);
     if let Some(saved) = resumed {
@@ -790,6 +788,9 @@ async fn epochs<
         }
         model = job.compute(|| set_weights(model, &flat));
     }
+    // By name, after a checkpoint's load, which brings the checkpoint's parameter ids.
+    let frozen = model.frozen(&options.freeze)?;
+    let first_epoch = state.epoch + 1;
     let mut events = EventFile::new(unix_now());
     for summary in &job.hooks.summaries {
         events.plugin_summary(unix_now(), 0, summary);
@@ -812,7 +813,7 @@ async fn epochs<
         if !frozen.is_empty() {
             let unfrozen = options.unfreeze_at_epoch > 0 && epoch >= options.unfreeze_at_epoch;
             model = model.with_trained(&frozen, unfrozen);
-            if leader && (epoch == 1 || epoch == options.unfreeze_at_epoch) {
+            if leader && (epoch == first_epoch || epoch == options.unfreeze_at_epoch) {
                 job.log(&format!(
                     "epoch {epoch}: {} tensors of {} {}",
                     frozen.len(),
@@ -920,7 +921,8 @@ async fn write_augmentations(job: &TrainJob, batch: &Batch) -> Result<(), MlErro
     let now = unix_now();
     let mut events = EventFile::new(now);
     events.images(now, 1, &summaries);
-    let name = format!("events.out.tfevents.{}.augmentations", now as u64);
+    // One name, so that a run resumed in epoch 1 replaces the file instead of adding one.
+    let name = "events.out.tfevents.0.augmentations";
     put_bytes(
         &job.store,
         &job.run_dir.clone().join(name),
@@ -1288,13 +1290,13 @@ mod tests {
     /// with the weights of an uninterrupted run, to the bit.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
-        resumes_exactly(dnn(), None).await;
+        resumes_exactly(dnn(), None, &[]).await;
     }
 
     /// The same for a ResNet, whose batch norms' running averages are part of the weights.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_resnet_ends_with_the_weights_and_running_averages_of_an_uninterrupted_one() {
-        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }, None).await;
+        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }, None, &[]).await;
     }
 
     /// The same with augmented images: each draw is keyed by the seed, the epoch and the
@@ -1307,17 +1309,28 @@ mod tests {
         .unwrap()
         .augment();
         assert!(augment.is_some());
-        let plain = resumes_exactly(dnn(), Some(None)).await;
-        let augmented = resumes_exactly(dnn(), Some(augment)).await;
+        let plain = resumes_exactly(dnn(), Some(None), &[]).await;
+        let augmented = resumes_exactly(dnn(), Some(augment), &[]).await;
         assert_ne!(plain, augmented);
+    }
+
+    /// The same with the backbone frozen: the resumed run freezes the same tensors (chosen by
+    /// name, as the checkpoint brings its own parameter ids).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_resumed_run_with_a_frozen_backbone_ends_with_the_weights_of_an_uninterrupted_one() {
+        let resnet = Architecture::ResnetClassifier { depth: 18 };
+        let all = resumes_exactly(resnet.clone(), Some(None), &[]).await;
+        let head_only = resumes_exactly(resnet, Some(None), &["backbone"]).await;
+        assert_ne!(all, head_only);
     }
 
     /// Trains `architecture` twice, straight and stopped then resumed, and returns the final
     /// weights, which must agree. With `images`, on [`images`] augmented with it; otherwise on
-    /// [`examples`] (as a 1x3 one-channel image for a ResNet).
+    /// [`examples`] (as a 1x3 one-channel image for a ResNet). `freeze` as the option.
     async fn resumes_exactly(
         architecture: Architecture,
         images: Option<Option<Augment>>,
+        freeze: &[&str],
     ) -> Vec<f32> {
         let fresh = |store: Arc<dyn ObjectStore>| {
             let mut job = job();
@@ -1331,6 +1344,7 @@ mod tests {
             }
             job.options.epochs = 2;
             job.options.batch_size = 8;
+            job.options.freeze = freeze.iter().map(|f| f.to_string()).collect();
             job.store = store;
             job
         };
