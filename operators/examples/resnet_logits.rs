@@ -30,6 +30,7 @@ fn main() {
         kind: InputKind::Tensor,
         shape: vec![shape[2], shape[3], shape[1]],
         scale: 1.0,
+        normalize: None,
     };
     let architecture = Architecture::ResnetClassifier {
         depth: number(depth),

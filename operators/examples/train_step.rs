@@ -54,6 +54,7 @@ fn main() {
         kind: InputKind::Image,
         shape: vec![side, side, channels],
         scale: 1.0 / 255.0,
+        normalize: None,
     };
     let device = Default::default();
     let mut model =

@@ -212,6 +212,14 @@ def test_resnet_trains_through_sql_and_infers_with_running_averages(samples, tmp
     assert not np.allclose(weights["layer4.1.bn2.running_var"], 1.0)
 
 
+def onnx_probabilities(model, images):
+    """onnxruntime's softmax of `model`'s logits for `images`."""
+    logits = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, {"x": images})[0]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    return expected / expected.sum(1, keepdims=True)
+
+
 def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnxruntime(
         samples, tmp_path):
     """weights = '<safetensors in torchvision's layout>' with epochs = 0 registers the weights
@@ -225,10 +233,7 @@ def test_weights_made_elsewhere_are_imported_with_epochs_0_and_predict_like_onnx
                    for f in os.listdir(os.path.join(faces, label)))
     images = np.stack([np.asarray(Image.open(f), np.float32)[None] / 255.0 for f in files])
     model, weights, _ = resnet(18, 1, 2, 25, len(files), False, seed=5)
-    logits = ort.InferenceSession(model.SerializeToString(),
-                                  providers=["CPUExecutionProvider"]).run(None, {"x": images})[0]
-    expected = np.exp(logits - logits.max(1, keepdims=True))
-    expected /= expected.sum(1, keepdims=True)
+    expected = onnx_probabilities(model, images)
     save_file(weights, str(tmp_path / "two.safetensors"))
     _, five, _ = resnet(18, 1, 5, 25, 1, False, seed=5)
     save_file(five, str(tmp_path / "five.safetensors"))
@@ -324,3 +329,50 @@ def test_frozen_tensors_keep_their_weights_until_unfrozen(samples, tmp_path):
     proc = create("bad", "freeze = 'all'", check=False)
     assert ("freeze must be 'backbone', 'none' or a list of module names such as ['conv1', "
             "'layer1'], not 'all'") in proc.stderr, proc.stderr
+
+
+def test_imagenet_normalization_reaches_predict_like_onnxruntime(samples, tmp_path):
+    """input_normalization = 'imagenet' normalises 3-channel inputs with torchvision's channel
+    statistics: imported weights predict the photos as onnxruntime does on inputs normalised by
+    NumPy; grey images are refused."""
+    from PIL import Image
+    from safetensors.numpy import load_file
+    photos = os.path.join(samples, "photos", "test")
+    folder = tmp_path / "photos"
+    files = []
+    for label in ("cat", "coffee", "rocket"):
+        os.makedirs(folder / label)
+        for name in sorted(os.listdir(os.path.join(photos, label)))[:3]:
+            image = Image.open(os.path.join(photos, label, name)).convert("RGB").resize((32, 32))
+            files.append(folder / label / (name + ".png"))
+            image.save(files[-1])
+    pixels = np.stack([np.asarray(Image.open(f), np.float32) / 255.0 for f in files])
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    images = ((pixels - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+    model, weights, _ = resnet(18, 3, 3, 32, len(files), False, seed=9)
+    expected = onnx_probabilities(model, images)
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    query = f"SELECT image_decode(content) AS image, label, path FROM read_images('{folder}/')"
+    proc = run([QUIVER, "--store", str(tmp_path / "store"), "sql", "--format", "json", f"""
+        CREATE MODEL normalised OPTIONS (model_type = 'resnet_classifier', depth = 18,
+          input_column = 'image', weights = '{tmp_path}/w.safetensors', epochs = 0,
+          input_normalization = 'imagenet')
+        AS SELECT image, label FROM ({query});
+        SELECT path, predict('normalised', image)['probabilities'] AS probabilities
+        FROM ({query})"""], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    got = {r["path"].rsplit("/", 1)[-1]: np.array(r["probabilities"]) for r in rows[1:]}
+    for i, f in enumerate(files):
+        assert np.abs(got[f.name] - expected[i]).max() < 1e-4, (f, got[f.name], expected[i])
+    card = json.load(open(tmp_path / "store" / "models" / "normalised" / "1" / "model.json"))
+    assert card["input"]["normalize"] == {"mean": [0.485, 0.456, 0.406],
+                                          "std": [0.229, 0.224, 0.225]}, card["input"]
+    faces = os.path.join(samples, "faces", "train")
+    proc = run([QUIVER, "--store", str(tmp_path / "store"), "sql", f"""
+        CREATE MODEL grey OPTIONS (model_type = 'resnet_classifier',
+          input_normalization = 'imagenet')
+        AS SELECT image_decode(content) AS image, label FROM read_images('{faces}')"""],
+               timeout=600)
+    assert ("input_normalization = 'imagenet' needs 3-channel images; input column 'image' has "
+            "shape [25, 25, 1]") in proc.stderr, proc.stderr

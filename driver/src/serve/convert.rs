@@ -484,6 +484,7 @@ mod tests {
             kind,
             shape,
             scale: 1.0 / 255.0,
+            normalize: None,
         }
     }
 

@@ -129,6 +129,7 @@ pub async fn input_spec(
         } else {
             1.0
         },
+        normalize: None,
     })
 }
 
@@ -607,7 +608,9 @@ pub fn push_model_values<T: Copy + Into<f32>>(out: &mut Vec<f32>, hwc: &[T], spe
     match spec.chw() {
         Some([c, h, w]) if c > 1 => {
             for ch in 0..c {
-                out.extend((0..h * w).map(|i| hwc[i * c + ch].into() * scale));
+                let (mean, std) = channel_normalization(spec, ch);
+                let pixels = (0..h * w).map(|i| hwc[i * c + ch].into() * scale);
+                out.extend(pixels.map(|v| (v - mean) / std));
             }
         }
         _ => out.extend(hwc.iter().map(|&x| x.into() * scale)),
@@ -628,7 +631,8 @@ pub fn batch_images(batch: &Batch, spec: &InputSpec, n: usize) -> Vec<Image> {
         .map(|chw| {
             let mut data = vec![0u8; c * plane];
             for (i, v) in chw.iter().enumerate() {
-                let pixel = (v / spec.scale).round().clamp(0.0, 255.0) as u8;
+                let (mean, std) = channel_normalization(spec, i / plane);
+                let pixel = ((v * std + mean) / spec.scale).round().clamp(0.0, 255.0) as u8;
                 data[(i % plane) * c + i / plane] = pixel;
             }
             Image {
@@ -639,6 +643,14 @@ pub fn batch_images(batch: &Batch, spec: &InputSpec, n: usize) -> Vec<Image> {
             }
         })
         .collect()
+}
+
+/// The mean and deviation of channel `ch` of a multi-channel input (0 and 1: none).
+fn channel_normalization(spec: &InputSpec, ch: usize) -> (f32, f32) {
+    match &spec.normalize {
+        Some(n) if ch < 3 => (n.mean[ch], n.std[ch]),
+        _ => (0.0, 1.0),
+    }
 }
 
 /// The `[channels, height, width]` a batch example is laid out as.

@@ -11,7 +11,9 @@ use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::{BACKBONE, Classifier};
 use super::registry::{ModelCard, Registry, validate_name};
-use super::spec::{Activation, Architecture, Initializer, InputKind, OptimizerSpec, TrainOptions};
+use super::spec::{
+    Activation, Architecture, Initializer, InputKind, Normalization, OptimizerSpec, TrainOptions,
+};
 use super::train::{Start, TrainHooks, TrainJob, load_weights, train};
 use super::{MlError, registry};
 use crate::image::AugmentOptions;
@@ -62,6 +64,11 @@ quiver_engine::options! {
         /// any store Quiver reads; a ResNet's in torchvision's layout). A head for another
         /// number of classes is drawn anew.
         weights: Option<String> = None, Maybe(Text);
+        /// Image inputs after scaling to [0, 1]: 'imagenet' subtracts torchvision's channel
+        /// means (0.485, 0.456, 0.406) and divides by its deviations (0.229, 0.224, 0.225), as
+        /// its pretrained weights expect (3-channel images only). Predictions and serving
+        /// normalise the same way.
+        input_normalization: String = "none".into(), OneOf(&["none", "imagenet"]);
         /// Tensors left as they start: 'backbone' (all but the classification head), 'none',
         /// or module names such as ['conv1', 'layer1'] (their tensors); a frozen batch norm
         /// normalises with its running averages and keeps them.
@@ -328,7 +335,18 @@ impl ModelBuilder {
                 }
             }
         };
-        let input = input_spec(&frame, &input_column, self.options.input_shape.clone()).await?;
+        let mut input = input_spec(&frame, &input_column, self.options.input_shape.clone()).await?;
+        if self.options.input_normalization == "imagenet" {
+            if input.kind != InputKind::Image || input.chw().map(|[c, _, _]| c) != Some(3) {
+                bail!(
+                    MlError::Option,
+                    "input_normalization = 'imagenet' needs 3-channel images; input column \
+                     '{input_column}' has shape {:?}",
+                    input.shape
+                );
+            }
+            input.normalize = Some(Normalization::IMAGENET);
+        }
         if options.augment.is_some() && input.kind != InputKind::Image {
             bail!(
                 MlError::Option,

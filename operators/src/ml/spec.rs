@@ -98,6 +98,27 @@ pub struct InputSpec {
     pub shape: Vec<usize>,
     /// Each value is multiplied by this before it enters the model (1/255 for images).
     pub scale: f32,
+    /// Then, for 3-channel images, each channel's mean is subtracted and the result divided
+    /// by its deviation (`input_normalization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalization>,
+}
+
+/// Per-channel mean and standard deviation of scaled inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Subtracted from each channel.
+    pub mean: [f32; 3],
+    /// Each channel is then divided by this.
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// torchvision's ImageNet statistics, which its pretrained weights expect.
+    pub const IMAGENET: Self = Self {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
 }
 
 impl InputSpec {

@@ -1173,6 +1173,7 @@ mod tests {
                 kind: InputKind::Tensor,
                 shape: vec![3],
                 scale: 1.0,
+                normalize: None,
             },
             labels: LabelMap {
                 column: "label".into(),
