@@ -891,7 +891,8 @@ async fn epochs<
 
 /// Writes the first 16 images of epoch 1's first batch as the model sees them to the run
 /// folder: a 4x4 grid as `augmentations.png` and TensorBoard image summaries (in an event
-/// file of their own, which a resumed run does not rewrite).
+/// file of their own: a resumed run rewrites the main event file from its history, which has
+/// no images).
 async fn write_augmentations(job: &TrainJob, batch: &Batch) -> Result<(), MlError> {
     let images = batch_images(batch, &job.input, 16);
     let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
