@@ -660,6 +660,7 @@ mod tests {
             seconds: 1.0,
             input_seconds: 0.0,
             examples_per_second: 10.0,
+            learning_rate: 0.001,
         }
     }
 

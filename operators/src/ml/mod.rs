@@ -28,6 +28,7 @@ pub mod options;
 pub mod predict;
 pub mod registry;
 pub mod resnet;
+pub mod schedule;
 pub mod spec;
 pub mod train;
 

@@ -11,6 +11,7 @@ use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::{BACKBONE, Classifier};
 use super::registry::{ModelCard, Registry, validate_name};
+use super::schedule::LrSchedule;
 use super::spec::{
     Activation, Architecture, Initializer, InputKind, Normalization, OptimizerSpec, TrainOptions,
 };
@@ -21,7 +22,8 @@ use quiver_engine::{bail, err};
 
 pub use quiver_engine::options::OptionValue;
 use quiver_engine::options::{
-    Among, Checked, Kind, ListOf, Maybe, OneOf, Options, Positive, Rate, Text, count,
+    Among, Checked, Flag, Kind, ListOf, Maybe, NonNegative, OneOf, Options, Positive, Rate, Text,
+    count,
 };
 
 quiver_engine::options! {
@@ -50,12 +52,38 @@ quiver_engine::options! {
         batch_size: usize = 64, count(1);
         /// Step size.
         learning_rate: f64 = 0.001, Positive;
-        /// The optimizer.
-        optimizer: String = "adam".into(), OneOf(&["adam", "sgd"]);
+        /// The optimizer: 'adam', 'adamw' (decoupled weight decay) or 'sgd', each as PyTorch
+        /// defines it.
+        optimizer: String = "adam".into(), OneOf(&["adam", "adamw", "sgd"]);
         /// SGD momentum.
         momentum: f64 = 0.9, Rate;
-        /// Adam's epsilon, added to the root of the second moment (Keras's default).
+        /// SGD with Nesterov momentum.
+        nesterov: bool = false, Flag;
+        /// Weight decay: adamw shrinks the weights by learning_rate * weight_decay each step;
+        /// adam and sgd add weight_decay * weights to the gradients (an L2 penalty). Unset:
+        /// 0.01 for adamw (PyTorch's default), 0 otherwise.
+        weight_decay: Option<f64> = None, Maybe(NonNegative);
+        /// Adam's epsilon, added to the root of the bias-corrected second moment as PyTorch
+        /// adds it (Keras adds it before the correction); the default is Keras's.
         adam_epsilon: f64 = 1e-7, Positive;
+        /// How the learning rate moves over the run, step by step: 'constant'; 'cosine' (down
+        /// to zero at the end); 'step' (times lr_gamma every lr_step_epochs); 'one_cycle'
+        /// (PyTorch's OneCycleLR: from learning_rate / 25 up to learning_rate, then down to
+        /// learning_rate / 25e4).
+        lr_schedule: String = "constant".into(), OneOf(LrSchedule::NAMES);
+        /// Epochs (a fraction allowed) over which the rate first rises linearly from zero; with
+        /// 'one_cycle', the rising phase (unset: 30% of the run).
+        warmup_epochs: f64 = 0.0, NonNegative;
+        /// 'step' schedule: epochs between two decays.
+        lr_step_epochs: Option<usize> = None, Maybe(count(1));
+        /// 'step' schedule: the factor of each decay.
+        lr_gamma: f64 = 0.1, Positive;
+        /// Share of each target's probability spread evenly over all classes in the training
+        /// loss (validation and evaluation losses stay plain).
+        label_smoothing: f64 = 0.0, Rate;
+        /// Scales each step's gradients down to this global L2 norm when they are longer
+        /// (PyTorch's clip_grad_norm_, Keras's global_clipnorm).
+        gradient_clip_norm: Option<f64> = None, Maybe(Positive);
         /// How initial weights are drawn (biases start at zero), as Keras names the schemes.
         initializer: String = "glorot_uniform".into(), OneOf(Initializer::NAMES);
         /// Seed of weight initialisation, shuffling and dropout.
@@ -134,15 +162,7 @@ impl ModelOptions {
             epochs: self.epochs,
             batch_size: self.batch_size,
             learning_rate: self.learning_rate,
-            optimizer: if self.optimizer == "sgd" {
-                OptimizerSpec::Sgd {
-                    momentum: self.momentum,
-                }
-            } else {
-                OptimizerSpec::Adam {
-                    epsilon: self.adam_epsilon,
-                }
-            },
+            optimizer: self.optimizer()?,
             seed: self.seed,
             early_stopping_patience: self.early_stopping_patience,
             shuffle_buffer: self.shuffle_buffer.unwrap_or(usize::MAX),
@@ -154,7 +174,68 @@ impl ModelOptions {
             freeze: self.freeze.clone(),
             unfreeze_at_epoch: self.unfreeze_at_epoch,
             augment: self.augment.augment(),
+            lr_schedule: self.lr_schedule()?,
+            warmup_epochs: self.warmup_epochs,
+            label_smoothing: self.label_smoothing,
+            gradient_clip_norm: self.gradient_clip_norm,
         })
+    }
+
+    fn optimizer(&self) -> Result<OptimizerSpec, MlError> {
+        let (epsilon, decay) = (self.adam_epsilon, self.weight_decay);
+        if self.nesterov && (self.optimizer != "sgd" || self.momentum == 0.0) {
+            bail!(
+                MlError::Option,
+                "nesterov = true needs optimizer = 'sgd' with momentum > 0 (optimizer is '{}', \
+                 momentum {})",
+                self.optimizer,
+                self.momentum
+            );
+        }
+        Ok(match self.optimizer.as_str() {
+            "sgd" => OptimizerSpec::Sgd {
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+                weight_decay: decay.unwrap_or(0.0),
+            },
+            "adamw" => OptimizerSpec::AdamW {
+                epsilon,
+                weight_decay: decay.unwrap_or(0.01),
+            },
+            _ => OptimizerSpec::Adam {
+                epsilon,
+                weight_decay: decay.unwrap_or(0.0),
+            },
+        })
+    }
+
+    fn lr_schedule(&self) -> Result<LrSchedule, MlError> {
+        let schedule = match (self.lr_schedule.as_str(), self.lr_step_epochs) {
+            ("step", Some(every)) => LrSchedule::Step {
+                every,
+                gamma: self.lr_gamma,
+            },
+            ("step", None) => bail!(
+                MlError::Option,
+                "lr_schedule = 'step' needs lr_step_epochs, the epochs between two decays"
+            ),
+            (other, Some(_)) => bail!(
+                MlError::Option,
+                "lr_step_epochs applies to lr_schedule = 'step', not '{other}'"
+            ),
+            ("cosine", None) => LrSchedule::Cosine,
+            ("one_cycle", None) => LrSchedule::OneCycle,
+            _ => LrSchedule::Constant,
+        };
+        if self.epochs > 0 && self.warmup_epochs >= self.epochs as f64 {
+            bail!(
+                MlError::Option,
+                "warmup_epochs = {} must end before the last epoch (epochs = {})",
+                self.warmup_epochs,
+                self.epochs
+            );
+        }
+        Ok(schedule)
     }
 }
 

@@ -5,6 +5,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::MlError;
+use super::schedule::LrSchedule;
 use crate::image::Augment;
 use quiver_engine::err;
 
@@ -191,11 +192,29 @@ pub enum OptimizerSpec {
         /// Added to the root of the second moment (Keras: 1e-7).
         #[serde(default = "keras_epsilon")]
         epsilon: f64,
+        /// L2 penalty: this times the weights is added to their gradients (PyTorch's Adam).
+        #[serde(default)]
+        weight_decay: f64,
     },
-    /// Stochastic gradient descent with (heavy-ball) momentum.
+    /// Adam with decoupled weight decay: each step first shrinks the weights by
+    /// `learning rate * weight_decay` (PyTorch's and Keras's AdamW).
+    #[serde(rename = "adamw")]
+    AdamW {
+        /// Added to the root of the second moment.
+        epsilon: f64,
+        /// The decoupled decay.
+        weight_decay: f64,
+    },
+    /// Stochastic gradient descent with momentum, as PyTorch's SGD (no dampening).
     Sgd {
         /// Momentum factor; 0 disables it.
         momentum: f64,
+        /// Nesterov momentum: the step looks ahead along the velocity.
+        #[serde(default)]
+        nesterov: bool,
+        /// L2 penalty: this times the weights is added to their gradients.
+        #[serde(default)]
+        weight_decay: f64,
     },
 }
 
@@ -308,6 +327,18 @@ pub struct TrainOptions {
     /// How training images are augmented, drawn anew each epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<Augment>,
+    /// How the learning rate moves over the run.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Epochs (or a fraction of one) over which the rate rises linearly from zero.
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    /// Share of each target's probability spread evenly over all classes.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Gradients whose global L2 norm is above this are scaled down to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_clip_norm: Option<f64>,
 }
 
 fn one_worker() -> usize {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -32,6 +33,7 @@ use super::data::{Batch, BatchStream, WholeInput, batch_dims, batch_images};
 use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
+use super::schedule::Rates;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
 use crate::image::kernels::{self, EncodeFormat};
 use quiver_engine::fault;
@@ -164,6 +166,9 @@ pub struct EpochMetrics {
     pub input_seconds: f64,
     /// Training throughput.
     pub examples_per_second: f64,
+    /// The learning rate of the epoch's last step.
+    #[serde(default)]
+    pub learning_rate: f64,
 }
 
 /// What a finished run produced.
@@ -189,6 +194,10 @@ struct CheckpointState {
     best_loss: f64,
     epochs_without_improvement: usize,
     seed: u64,
+    /// Optimizer steps per epoch, counted before the first when the learning rate follows a
+    /// schedule (0 otherwise).
+    #[serde(default)]
+    steps_per_epoch: usize,
 }
 
 /// Identity of a run, written once as `run.json`: a resume must train the same thing.
@@ -265,18 +274,38 @@ async fn train_on<B: AutodiffBackend<InnerBackend: ConvBackend + AdamBackend> + 
     let leader = job.hooks.collective.as_ref().is_none_or(|r| r.rank() == 0);
     let resumed = resume_state(job, &run, leader).await?;
     match options.optimizer {
-        OptimizerSpec::Adam { epsilon } => {
-            let optimizer = FastAdam::new(epsilon as f32).init::<B, Classifier<B>>();
+        OptimizerSpec::Adam {
+            epsilon,
+            weight_decay,
+        } => {
+            let optimizer = FastAdam::with_decay(epsilon as f32, weight_decay as f32, 0.0)
+                .init::<B, Classifier<B>>();
             epochs(train, validation, job, device, model, optimizer, resumed).await
         }
-        OptimizerSpec::Sgd { momentum } => {
+        OptimizerSpec::AdamW {
+            epsilon,
+            weight_decay,
+        } => {
+            let optimizer = FastAdam::with_decay(epsilon as f32, 0.0, weight_decay as f32)
+                .init::<B, Classifier<B>>();
+            epochs(train, validation, job, device, model, optimizer, resumed).await
+        }
+        OptimizerSpec::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+        } => {
             let momentum = (momentum > 0.0).then(|| {
                 MomentumConfig::new()
                     .with_momentum(momentum)
                     .with_dampening(0.0)
+                    .with_nesterov(nesterov)
             });
             let optimizer = SgdConfig::new()
                 .with_momentum(momentum)
+                .with_weight_decay(
+                    (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+                )
                 .init::<B, Classifier<B>>();
             epochs(train, validation, job, device, model, optimizer, resumed).await
         }
@@ -452,6 +481,8 @@ struct Steps<'a, B: Backend> {
     /// Channels, height, width of one example.
     dims: [usize; 3],
     ring: Option<Arc<Ring>>,
+    /// The learning rate of each step.
+    rates: Rates,
 }
 
 /// The loss, correct predictions and examples of one step over the whole (global) batch.
@@ -463,25 +494,38 @@ struct StepStats {
 }
 
 impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, B> {
-    fn new(job: &'a TrainJob, device: B::Device) -> Self {
+    fn new(job: &'a TrainJob, device: B::Device, steps_per_epoch: usize) -> Self {
+        let options = &job.options;
+        let smoothing = options.label_smoothing as f32;
         Self {
-            loss_fn: CrossEntropyLossConfig::new().init(&device),
+            loss_fn: CrossEntropyLossConfig::new()
+                .with_smoothing((smoothing > 0.0).then_some(smoothing))
+                .init(&device),
             dims: batch_dims(&job.input),
             ring: job.hooks.collective.clone(),
+            rates: Rates {
+                schedule: options.lr_schedule,
+                base: options.learning_rate,
+                steps_per_epoch,
+                epochs: options.epochs,
+                warmup_epochs: options.warmup_epochs,
+            },
             job,
             device,
         }
     }
 
-    /// One optimizer step on `batch` (this worker's share of it), dropout masks from `rng`;
-    /// a gang's workers sum their gradients first, so that the step is the one a single
-    /// worker takes on the whole batch.
+    /// One optimizer step at rate `lr` on `batch` (this worker's share of it), dropout masks
+    /// from `rng`; a gang's workers sum their gradients first, so that the step is the one a
+    /// single worker takes on the whole batch. Gradients longer than `gradient_clip_norm` are
+    /// scaled down to it.
     async fn step<O: Optimizer<Classifier<B>, B>>(
         &self,
         model: Classifier<B>,
         optimizer: &mut O,
         batch: Batch,
         rng: &mut StdRng,
+        lr: f64,
     ) -> Result<(Classifier<B>, StepStats), MlError> {
         let job = self.job;
         let [c, h, w] = self.dims;
@@ -535,13 +579,17 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
                 let mean: Vec<f32> = mine.iter().map(|v| v / total).collect();
                 *value = Tensor::from_data(TensorData::new(mean, value.dims()), &self.device);
             }
-            grads = job.compute(|| gradients_from_flat(&model, &flat[..gradients], 1.0 / total));
+            let flat = &flat[..gradients];
+            let scale = clip_scale(job.options.gradient_clip_norm, flat, 1.0 / total);
+            grads = job.compute(|| gradients_from_flat(&model, flat, scale));
+        } else if job.options.gradient_clip_norm.is_some() {
+            grads = job.compute(|| {
+                let flat = flat_gradients(&model, grads, 1.0);
+                let scale = clip_scale(job.options.gradient_clip_norm, &flat, 1.0);
+                gradients_from_flat(&model, &flat, scale)
+            });
         }
-        let model = job.compute(|| {
-            optimizer
-                .step(job.options.learning_rate, model, grads)
-                .with_running(running)
-        });
+        let model = job.compute(|| optimizer.step(lr, model, grads).with_running(running));
         Ok((
             model,
             StepStats {
@@ -571,7 +619,9 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
         let mut last_line = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0u64);
         let mut preview = epoch == 1 && rank == 0 && options.augment.is_some();
-        loop {
+        let first_step = (epoch - 1) * self.rates.steps_per_epoch;
+        let mut lr = self.rates.at(first_step);
+        for step in first_step.. {
             let waited = Instant::now();
             let Some(batch) = batches.next_batch().await? else {
                 break;
@@ -580,8 +630,9 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
             if std::mem::take(&mut preview) {
                 write_augmentations(job, &batch).await?;
             }
+            lr = self.rates.at(step);
             let stats;
-            (model, stats) = self.step(model, optimizer, batch, &mut rng).await?;
+            (model, stats) = self.step(model, optimizer, batch, &mut rng, lr).await?;
             if !stats.loss.is_finite() {
                 bail!(
                     MlError::Training,
@@ -627,6 +678,7 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
             seconds,
             input_seconds,
             examples_per_second: seen as f64 / seconds,
+            learning_rate: lr,
         };
         Ok((model, metrics))
     }
@@ -674,6 +726,7 @@ impl CheckpointState {
             best_loss: f64::INFINITY,
             epochs_without_improvement: 0,
             seed,
+            steps_per_epoch: 0,
         }
     }
 
@@ -766,7 +819,15 @@ async fn epochs<
         ));
         state = saved;
     }
-    let steps = Steps::<B>::new(job, device);
+    if state.epoch == 0 && Rates::varies(options.lr_schedule, options.warmup_epochs) {
+        let examples = train.clone().count().await?;
+        state.steps_per_epoch = examples.div_ceil(options.batch_size);
+        job.log(&format!(
+            "{examples} training examples: {} steps per epoch for the learning-rate schedule",
+            state.steps_per_epoch
+        ));
+    }
+    let steps = Steps::<B>::new(job, device, state.steps_per_epoch);
     let (rank, world) = steps
         .ring
         .as_ref()
@@ -1023,6 +1084,7 @@ fn log_epoch(events: &mut EventFile, m: &EpochMetrics) {
         ("epoch_accuracy", m.accuracy),
         ("examples_per_second", m.examples_per_second),
         ("input_seconds", m.input_seconds),
+        ("learning_rate", m.learning_rate),
     ];
     if let (Some(l), Some(a)) = (m.val_loss, m.val_accuracy) {
         values.push(("val_loss", l));
@@ -1092,6 +1154,16 @@ fn set_weights<B: Backend>(model: Classifier<B>, flat: &[f32]) -> Classifier<B> 
     model.map(&mut Assign(flat))
 }
 
+/// The factor that turns gradients `flat` times `scale` into ones whose global L2 norm is at
+/// most `clip`: `scale` when they are shorter, as PyTorch's `clip_grad_norm_` computes it.
+fn clip_scale(clip: Option<f64>, flat: &[f32], scale: f32) -> f32 {
+    let Some(clip) = clip else {
+        return scale;
+    };
+    let norm = flat.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt() * scale as f64;
+    (scale as f64 * (clip / (norm + 1e-6)).min(1.0)) as f32
+}
+
 /// The gradients of every trained float parameter of `model` times `scale`, flattened as
 /// [`flat_weights`] orders them (zeros for parameters without a gradient; frozen ones and
 /// running averages left out).
@@ -1157,6 +1229,7 @@ mod tests {
     use super::*;
     use crate::image::Augment;
     use crate::ml::ModelOptions;
+    use crate::ml::schedule::LrSchedule;
     use crate::ml::spec::{Activation, InputKind};
     use object_store::memory::InMemory;
 
@@ -1213,14 +1286,20 @@ mod tests {
         let zeros = vec![0.0; flat_weights(&model).len()];
         let model = set_weights(model, &zeros);
         let mut optimizer = FastAdam::new(1e-7).init::<B, Classifier<B>>();
-        let steps = Steps::<B>::new(&job, Default::default());
+        let steps = Steps::<B>::new(&job, Default::default(), 0);
         let batch = Batch {
             features: vec![0.5, -1.0, 2.0, 1.0, 0.0, -0.5],
             labels: vec![0, 2],
             len: 2,
         };
         let (model, stats) = steps
-            .step(model, &mut optimizer, batch, &mut StdRng::seed_from_u64(0))
+            .step(
+                model,
+                &mut optimizer,
+                batch,
+                &mut StdRng::seed_from_u64(0),
+                job.options.learning_rate,
+            )
             .await
             .unwrap();
         assert!((stats.loss - 3f64.ln()).abs() < 1e-6, "{stats:?}");
@@ -1292,13 +1371,13 @@ mod tests {
     /// with the weights of an uninterrupted run, to the bit.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
-        resumes_exactly(dnn(), None, &[]).await;
+        resumes_exactly(dnn(), None, |_| ()).await;
     }
 
     /// The same for a ResNet, whose batch norms' running averages are part of the weights.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_resnet_ends_with_the_weights_and_running_averages_of_an_uninterrupted_one() {
-        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }, None, &[]).await;
+        resumes_exactly(Architecture::ResnetClassifier { depth: 18 }, None, |_| ()).await;
     }
 
     /// The same with augmented images: each draw is keyed by the seed, the epoch and the
@@ -1311,8 +1390,8 @@ mod tests {
         .unwrap()
         .augment();
         assert!(augment.is_some());
-        let plain = resumes_exactly(dnn(), Some(None), &[]).await;
-        let augmented = resumes_exactly(dnn(), Some(augment), &[]).await;
+        let plain = resumes_exactly(dnn(), Some(None), |_| ()).await;
+        let augmented = resumes_exactly(dnn(), Some(augment), |_| ()).await;
         assert_ne!(plain, augmented);
     }
 
@@ -1321,18 +1400,60 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_resumed_run_with_a_frozen_backbone_ends_with_the_weights_of_an_uninterrupted_one() {
         let resnet = Architecture::ResnetClassifier { depth: 18 };
-        let all = resumes_exactly(resnet.clone(), Some(None), &[]).await;
-        let head_only = resumes_exactly(resnet, Some(None), &["backbone"]).await;
+        let all = resumes_exactly(resnet.clone(), Some(None), |_| ()).await;
+        let head_only = resumes_exactly(resnet, Some(None), |o| {
+            o.freeze = vec!["backbone".into()];
+        })
+        .await;
         assert_ne!(all, head_only);
+    }
+
+    /// The same with each optimizer, schedule, warm-up, label smoothing and clipping: the
+    /// resumed run takes each step at the rate the uninterrupted one did. Each changes what
+    /// is learnt.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_resumed_run_with_a_schedule_ends_with_the_weights_of_an_uninterrupted_one() {
+        let plain = resumes_exactly(dnn(), None, |_| ()).await;
+        let tweaks: [fn(&mut TrainOptions); 4] = [
+            |o| {
+                o.optimizer = OptimizerSpec::AdamW {
+                    epsilon: 1e-7,
+                    weight_decay: 0.1,
+                };
+                (o.lr_schedule, o.warmup_epochs) = (LrSchedule::Cosine, 0.5);
+            },
+            |o| {
+                o.optimizer = OptimizerSpec::Sgd {
+                    momentum: 0.9,
+                    nesterov: true,
+                    weight_decay: 0.01,
+                };
+                o.lr_schedule = LrSchedule::OneCycle;
+            },
+            |o| {
+                o.lr_schedule = LrSchedule::Step {
+                    every: 1,
+                    gamma: 0.5,
+                };
+                o.label_smoothing = 0.2;
+            },
+            |o| o.gradient_clip_norm = Some(0.01),
+        ];
+        let mut seen = vec![plain];
+        for tweak in tweaks {
+            let weights = resumes_exactly(dnn(), None, tweak).await;
+            assert!(!seen.contains(&weights));
+            seen.push(weights);
+        }
     }
 
     /// Trains `architecture` twice, straight and stopped then resumed, and returns the final
     /// weights, which must agree. With `images`, on [`images`] augmented with it; otherwise on
-    /// [`examples`] (as a 1x3 one-channel image for a ResNet). `freeze` as the option.
+    /// [`examples`] (as a 1x3 one-channel image for a ResNet). `tweak` sets other options.
     async fn resumes_exactly(
         architecture: Architecture,
         images: Option<Option<Augment>>,
-        freeze: &[&str],
+        tweak: fn(&mut TrainOptions),
     ) -> Vec<f32> {
         let fresh = |store: Arc<dyn ObjectStore>| {
             let mut job = job();
@@ -1346,7 +1467,7 @@ mod tests {
             }
             job.options.epochs = 2;
             job.options.batch_size = 8;
-            job.options.freeze = freeze.iter().map(|f| f.to_string()).collect();
+            tweak(&mut job.options);
             job.store = store;
             job
         };
@@ -1368,10 +1489,22 @@ mod tests {
         assert_eq!(resumed.resumed_after, Some(1));
         let scores = |h: &[EpochMetrics]| {
             h.iter()
-                .map(|m| (m.epoch, m.loss, m.accuracy, m.examples))
+                .map(|m| (m.epoch, m.loss, m.accuracy, m.examples, m.learning_rate))
                 .collect::<Vec<_>>()
         };
         assert_eq!(scores(&resumed.history), scores(&straight.history));
+        // Each epoch's rate is its last step's (40 examples: 5 steps per epoch).
+        let options = fresh(Arc::new(InMemory::new())).options;
+        let rates = Rates {
+            schedule: options.lr_schedule,
+            base: options.learning_rate,
+            steps_per_epoch: 5,
+            epochs: 2,
+            warmup_epochs: options.warmup_epochs,
+        };
+        let want: Vec<f64> = [4, 9].into_iter().map(|s| rates.at(s)).collect();
+        let got: Vec<f64> = straight.history.iter().map(|m| m.learning_rate).collect();
+        assert_eq!(got, want);
         let job = fresh(Arc::new(InMemory::new()));
         let weights = |bytes: &[u8]| {
             flat_weights(&load_weights(model(&job), bytes.to_vec(), "a run's weights").unwrap())
@@ -1399,6 +1532,7 @@ mod tests {
             seconds: 1.0,
             input_seconds: 0.0,
             examples_per_second: 10.0,
+            learning_rate: 0.001,
         };
         state.record(metrics(1, 1.0, None));
         state.record(metrics(2, 0.5, Some(2.0)));
