@@ -105,8 +105,9 @@ impl Ring {
     }
 }
 
+/// Rings linked in memory, for tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use tokio::sync::{Mutex, mpsc};
 
@@ -132,7 +133,8 @@ mod tests {
         }
     }
 
-    fn rings(world: usize) -> Vec<Ring> {
+    /// The `world` workers of one ring.
+    pub(crate) fn rings(world: usize) -> Vec<Ring> {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..world).map(|_| mpsc::unbounded_channel()).unzip();
         let mut receivers: Vec<_> = receivers.into_iter().map(Some).collect();
@@ -146,6 +148,11 @@ mod tests {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::rings;
 
     #[tokio::test]
     async fn every_worker_gets_the_sum_and_rank_zeros_broadcast() {

@@ -1447,6 +1447,95 @@ mod tests {
         }
     }
 
+    /// Data-parallel training of a ResNet on an in-memory ring. Batch norm is per replica (each
+    /// worker normalises its share of a batch with that share's statistics, as PyTorch's DDP
+    /// does) and the running averages are averaged over the workers every step, so both
+    /// workers end with the same weights and running averages, to the bit. With every norm
+    /// frozen (so that per-replica and whole-batch statistics cannot differ), two workers take
+    /// the steps one worker takes, up to float summation order.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn data_parallel_resnet_workers_agree_and_with_frozen_norms_match_one_worker() {
+        let [a, b] = &gang(2, &[]).await[..] else {
+            unreachable!()
+        };
+        assert!(a == b, "the workers of a gang ended with different weights");
+        let mut norms = vec!["bn1".to_string()];
+        for layer in 1..=4 {
+            for block in 0..2 {
+                norms.push(format!("layer{layer}.{block}.bn1"));
+                norms.push(format!("layer{layer}.{block}.bn2"));
+            }
+            if layer > 1 {
+                norms.push(format!("layer{layer}.0.downsample.1"));
+            }
+        }
+        let one = gang(1, &norms).await.remove(0);
+        let two = gang(2, &norms).await;
+        assert!(two[0] == two[1]);
+        let job = resnet_job(1, &norms);
+        let (seed, initializer) = (job.options.seed, job.options.initializer);
+        let start = Classifier::<B>::new(
+            &job.architecture,
+            &job.input,
+            3,
+            &Default::default(),
+            seed,
+            initializer,
+        );
+        let start = flat_weights(&start.unwrap());
+        let largest = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(largest(&one, &start) > 1e-3, "training moved the weights");
+        let diff = largest(&one, &two[0]);
+        assert!(diff < 1e-6, "two workers ended {diff} away from one");
+    }
+
+    /// A job training ResNet-18 with SGD on [`examples`] as `world` workers, `freeze` frozen.
+    fn resnet_job(world: usize, freeze: &[String]) -> TrainJob {
+        let mut job = job();
+        job.architecture = Architecture::ResnetClassifier { depth: 18 };
+        job.input.shape = vec![1, 3, 1];
+        job.options.epochs = 2;
+        job.options.batch_size = 8;
+        job.options.workers = world;
+        job.options.learning_rate = 0.01;
+        job.options.optimizer = OptimizerSpec::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        job.options.freeze = freeze.to_vec();
+        job
+    }
+
+    /// Each worker's final weights (running averages included) after [`resnet_job`] on a
+    /// ring of `world` workers in memory (no ring for one).
+    async fn gang(world: usize, freeze: &[String]) -> Vec<Vec<f32>> {
+        let rings = super::super::collective::testing::rings(world);
+        let tasks: Vec<_> = rings
+            .into_iter()
+            .map(|ring| {
+                let mut job = resnet_job(world, freeze);
+                job.hooks.collective = (world > 1).then(|| Arc::new(ring));
+                tokio::spawn(async move {
+                    let outcome = train(&examples(), None, &job).await.unwrap();
+                    flat_weights(
+                        &load_weights(model(&job), outcome.weights, "a worker's weights").unwrap(),
+                    )
+                })
+            })
+            .collect();
+        let mut weights = Vec::new();
+        for task in tasks {
+            weights.push(task.await.unwrap());
+        }
+        weights
+    }
+
     /// Trains `architecture` twice, straight and stopped then resumed, and returns the final
     /// weights, which must agree. With `images`, on [`images`] augmented with it; otherwise on
     /// [`examples`] (as a 1x3 one-channel image for a ResNet). `tweak` sets other options.
