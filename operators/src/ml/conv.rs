@@ -3,9 +3,10 @@
 //!
 //! On the CPU, Burn flex's generic convolution spends most of a training step in its backward
 //! pass permuting tensors element by element (the weight gradient swaps the batch and channel
-//! axes of both operands). Here forward and backward are gemm calls on per-image im2col buffers,
-//! parallel over the images of a batch, with the backward pass registered as a custom autodiff
-//! op. With ReLU, the CNN's whole block (convolution, ReLU, 2x2 max pooling) is one op whose
+//! axes of both operands). Here forward and backward are gemm calls on im2col buffers, parallel
+//! over the images of a batch, with the backward pass registered as a custom autodiff op. An
+//! image with few output pixels (a ResNet's later stages) shares its gemm with other images,
+//! side by side, so that the gemm is wide enough for its fast kernels. With ReLU, the CNN's whole block (convolution, ReLU, 2x2 max pooling) is one op whose
 //! convolution output lives only in a per-thread buffer; the pooling keeps each output's winning
 //! window position for the backward pass. Other backends (CUDA) use Burn's own ops.
 
@@ -320,18 +321,103 @@ fn images_per_thread(s: &Shapes) -> usize {
     s.n.div_ceil(rayon::current_num_threads())
 }
 
+/// Output columns one gemm should have at least: where an image has fewer output pixels (a
+/// ResNet's last stages), several images share a gemm, whose wide microkernels then fill.
+const GEMM_COLUMNS: usize = 256;
+
+/// Images per gemm: enough for [`GEMM_COLUMNS`], at most a thread's share of the batch.
+fn images_per_gemm(s: &Shapes) -> usize {
+    GEMM_COLUMNS
+        .div_ceil(s.out().max(1))
+        .clamp(1, images_per_thread(s))
+}
+
+/// Copies image `i`'s `[rows, hw]` matrix `one` into `wide`, a `[rows, m * hw]` matrix
+/// holding `m` images side by side.
+fn gather(wide: &mut [f32], one: &[f32], rows: usize, hw: usize, i: usize) {
+    let width = wide.len() / rows;
+    for (r, row) in one.chunks(hw).take(rows).enumerate() {
+        wide[r * width + i * hw..][..hw].copy_from_slice(row);
+    }
+}
+
+/// The inverse of [`gather`]: image `i`'s matrix out of `wide` into `one`.
+fn scatter(wide: &[f32], one: &mut [f32], rows: usize, hw: usize, i: usize) {
+    let width = wide.len() / rows;
+    for (r, row) in one.chunks_mut(hw).take(rows).enumerate() {
+        row.copy_from_slice(&wide[r * width + i * hw..][..hw]);
+    }
+}
+
+/// Per-thread buffers: one image's im2col matrix, and for a group of `m` images their im2col
+/// matrices side by side (`[ckk, m * hw]`) and their outputs or gradients (`[f, m * hw]`).
+struct Buffers {
+    cols: Vec<f32>,
+    wide: Vec<f32>,
+    z: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(s: &Shapes) -> Self {
+        let (g, hw) = (images_per_gemm(s), s.out());
+        let grouped = |rows: usize| vec![0.0; if g > 1 { rows * hw * g } else { 0 }];
+        Self {
+            cols: vec![0.0; s.ckk() * hw],
+            wide: grouped(s.ckk()),
+            z: grouped(s.f),
+        }
+    }
+}
+
+/// The im2col matrices of the `m` images `x` side by side in `wide` (`[ckk, m * hw]`), through
+/// `cols`; returns the filled part.
+fn im2col_group<'w>(s: &Shapes, x: &[f32], cols: &mut [f32], wide: &'w mut [f32]) -> &'w mut [f32] {
+    let (chw, ckk) = (s.c * s.hw(), s.ckk());
+    let wide = &mut wide[..ckk * s.out() * (x.len() / chw)];
+    for (i, x) in x.chunks(chw).enumerate() {
+        im2col(s, x, cols);
+        gather(wide, cols, ckk, s.out(), i);
+    }
+    wide
+}
+
 fn forward(s: &Shapes, x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
     let [x, weight, bias] = [x, weight, bias].map(FlexTensor::to_contiguous);
     let (x, weight, bias): (&[f32], &[f32], &[f32]) =
         (x.storage(), weight.storage(), bias.storage());
-    let (chw, fhw) = (s.c * s.hw(), s.f * s.out());
+    let (chw, fhw, hw, ckk) = (s.c * s.hw(), s.f * s.out(), s.out(), s.ckk());
+    let g = images_per_gemm(s);
     let mut out = vec![0.0f32; s.n * fhw];
-    out.par_chunks_mut(fhw)
-        .zip(x.par_chunks(chw))
-        .with_min_len(images_per_thread(s))
+    out.par_chunks_mut(g * fhw)
+        .zip(x.par_chunks(g * chw))
+        .with_min_len(images_per_thread(s).div_ceil(g))
         .for_each_init(
-            || vec![0.0f32; s.ckk() * s.out()],
-            |cols, (out, x)| convolve(s, x, weight, Some(bias), cols, out),
+            || Buffers::new(s),
+            |Buffers { cols, wide, z }, (out, x)| {
+                let m = x.len() / chw;
+                if m == 1 {
+                    return convolve(s, x, weight, Some(bias), cols, out);
+                }
+                let width = m * hw;
+                let cols = im2col_group(s, x, cols, wide);
+                let z = &mut z[..s.f * width];
+                // z[f, m * hw] = weight[f, ckk] · cols[ckk, m * hw]
+                matmul(
+                    z,
+                    s.f,
+                    width,
+                    ckk,
+                    (weight, ckk, 1),
+                    (cols, width, 1),
+                    false,
+                );
+                for (i, out) in out.chunks_mut(fhw).enumerate() {
+                    scatter(z, out, s.f, hw, i);
+                    for (row, b) in out.chunks_mut(hw).zip(bias) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            },
         );
     tensor(out, vec![s.n, s.f, s.ho, s.wo])
 }
@@ -444,57 +530,95 @@ fn backward(
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let (x, weight): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let (chw, hw, ckk) = (s.c * s.hw(), s.out(), s.ckk());
+    let g = images_per_gemm(s);
     let mut dx = vec![0.0f32; if need_dx { s.n * chw } else { 0 }];
     let dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
-        dx.chunks_mut(chw).map(Some).collect()
+        dx.chunks_mut(g * chw).map(Some).collect()
     } else {
-        (0..s.n).map(|_| None).collect()
+        (0..s.n.div_ceil(g)).map(|_| None).collect()
     };
-    // Per thread: weight and bias gradients, an im2col buffer and an unpooling buffer.
+    // Per thread: weight and bias gradients, the group's buffers and an unpooling buffer.
     let zero = || {
         (
             vec![0.0f32; s.f * ckk],
             vec![0.0f32; s.f],
-            vec![0.0f32; ckk * hw],
+            Buffers::new(s),
             vec![0.0f32; s.f * hw],
         )
     };
     let (dweight, dbias, _, _) = dx_chunks
         .into_par_iter()
-        .zip(x.par_chunks(chw))
+        .zip(x.par_chunks(g * chw))
         .enumerate()
         // One accumulator per thread rather than per split.
-        .with_min_len(images_per_thread(s))
+        .with_min_len(images_per_thread(s).div_ceil(g))
         .fold(
             zero,
-            |(mut dw, mut db, mut cols, mut scratch), (i, (dx, x))| {
-                let dy = upstream.image(s, i, &mut scratch);
-                im2col(s, x, &mut cols);
-                // dw[f, ckk] += dy[f, hw] · cols[ckk, hw]ᵀ
-                matmul(&mut dw, s.f, ckk, hw, (dy, hw, 1), (&cols, 1, hw), true);
-                for (b, row) in db.iter_mut().zip(dy.chunks(hw)) {
+            |(mut dw, mut db, mut buffers, mut scratch), (group, (dx, x))| {
+                let (m, Buffers { cols, wide, z }) = (x.len() / chw, &mut buffers);
+                let width = m * hw;
+                // dy[f, m * hw]: the group's upstream gradients side by side.
+                let dy: &[f32] = if m == 1 {
+                    upstream.image(s, group * g, &mut scratch)
+                } else {
+                    let z = &mut z[..s.f * width];
+                    for i in 0..m {
+                        gather(
+                            z,
+                            upstream.image(s, group * g + i, &mut scratch),
+                            s.f,
+                            hw,
+                            i,
+                        );
+                    }
+                    z
+                };
+                for (b, row) in db.iter_mut().zip(dy.chunks(width)) {
                     *b += row.iter().sum::<f32>();
                 }
+                let all = if m == 1 {
+                    im2col(s, x, cols);
+                    &mut cols[..]
+                } else {
+                    im2col_group(s, x, cols, wide)
+                };
+                // dw[f, ckk] += dy[f, m * hw] · cols[ckk, m * hw]ᵀ
+                matmul(
+                    &mut dw,
+                    s.f,
+                    ckk,
+                    width,
+                    (dy, width, 1),
+                    (all, 1, width),
+                    true,
+                );
                 if let Some(dx) = dx {
-                    // dcols[ckk, hw] = weight[f, ckk]ᵀ · dy[f, hw]
+                    // dcols[ckk, m * hw] = weight[f, ckk]ᵀ · dy[f, m * hw]
                     matmul(
-                        &mut cols,
+                        all,
                         ckk,
-                        hw,
+                        width,
                         s.f,
                         (weight, 1, ckk),
-                        (dy, hw, 1),
+                        (dy, width, 1),
                         false,
                     );
-                    col2im(s, &mut cols, dx);
+                    if m == 1 {
+                        col2im(s, all, dx);
+                    } else {
+                        for (i, dx) in dx.chunks_mut(chw).enumerate() {
+                            scatter(&wide[..ckk * width], cols, ckk, hw, i);
+                            col2im(s, cols, dx);
+                        }
+                    }
                 }
-                (dw, db, cols, scratch)
+                (dw, db, buffers, scratch)
             },
         )
-        .reduce(zero, |(mut a, mut b, cols, scratch), (c, d, _, _)| {
+        .reduce(zero, |(mut a, mut b, buffers, scratch), (c, d, _, _)| {
             a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
             b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-            (a, b, cols, scratch)
+            (a, b, buffers, scratch)
         });
     (
         need_dx.then(|| tensor(dx, vec![s.n, s.c, s.h, s.w])),
@@ -754,6 +878,11 @@ mod tests {
         compare_strided(false, [2, 4, 9, 9, 6, 1], 2, 0);
         compare_strided(false, [2, 4, 5, 6, 3, 1], 1, 0);
         compare_strided(false, [1, 2, 1, 1, 3, 3], 2, 1);
+        // Small outputs, several images per gemm (9 images: a group of 5 and one of 4).
+        compare_strided(false, [9, 4, 3, 3, 5, 3], 1, 1);
+        compare_strided(false, [9, 3, 4, 5, 6, 3], 2, 1);
+        compare_strided(false, [8, 4, 2, 2, 3, 1], 1, 0);
+        compare(true, 9, 2, 4, 4, 3, 3);
     }
 
     #[test]
