@@ -54,13 +54,15 @@ impl<B: Backend> Norm<B> {
             running_var: constant(1.0, false),
         }
     }
+}
 
+impl<B: ConvBackend> Norm<B> {
     fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let channel = |t: Tensor<B, 1>| t.reshape([1, c, 1, 1]);
-        let (weight, bias) = (channel(self.weight.val()), channel(self.bias.val()));
         match mode {
             Mode::Training(running) if !self.frozen() => {
+                let (weight, bias) = (channel(self.weight.val()), channel(self.bias.val()));
                 let per_channel = |t: Tensor<B, 4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
                 let mean = per_channel(x.clone());
                 let centered = x - mean.clone();
@@ -84,13 +86,20 @@ impl<B: Backend> Norm<B> {
             }
             // Inference, and a frozen norm in training, which keeps its running averages.
             _ => {
-                let scale = weight / channel(self.running_var.val()).add_scalar(EPSILON).sqrt();
-                let shift = bias - channel(self.running_mean.val()) * scale.clone();
-                x * scale + shift
+                let scale = self.weight.val() / self.running_var.val().add_scalar(EPSILON).sqrt();
+                let shift = self.bias.val() - self.running_mean.val() * scale.clone();
+                let [x, scale, shift] = [
+                    x.into_primitive().tensor(),
+                    scale.into_primitive().tensor(),
+                    shift.into_primitive().tensor(),
+                ];
+                Tensor::from_primitive(TensorPrimitive::Float(B::channel_affine(x, scale, shift)))
             }
         }
     }
+}
 
+impl<B: Backend> Norm<B> {
     /// Whether training leaves this norm as it is (`freeze`): its scale does not track
     /// gradients. Without autodiff nothing does, and every norm trains.
     fn frozen(&self) -> bool {
