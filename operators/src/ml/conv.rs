@@ -24,10 +24,13 @@ use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 use std::ops::Range;
+
+use super::norm::{Normalized, burn_batch_norm, flex_batch_norm, tracked_batch_norm};
 use std::sync::Arc;
 
-/// Backends that run [`ConvBackend::conv`] and [`ConvBackend::conv_relu_pool`]; the
-/// defaults are Burn's own ops.
+/// Backends that run the classifiers' convolutions and batch norms ([`ConvBackend::conv`],
+/// [`ConvBackend::conv_relu_pool`], [`ConvBackend::channel_affine`],
+/// [`ConvBackend::batch_norm`]) as ops of their own; the defaults are Burn's ops.
 pub trait ConvBackend: Backend {
     /// `x` `[n, c, h, w]` convolved with `weight` `[f, c, k, k]` at `stride` with zero padding
     /// `pad` on every side, plus `bias` `[f]`: `[n, f, (h + 2 pad - k) / stride + 1, ..]`.
@@ -59,6 +62,18 @@ pub trait ConvBackend: Backend {
         shift: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         burn_channel_affine::<Self>(x, scale, shift)
+    }
+
+    /// Batch normalisation of `x` `[n, c, h, w]` with the batch's own per-channel statistics,
+    /// scaled by `gamma` `[c]` and shifted by `beta` `[c]`: the output, and the batch's mean
+    /// and biased variance (untracked).
+    fn batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> Normalized<Self> {
+        burn_batch_norm::<Self>(x, gamma, beta, epsilon)
     }
 }
 
@@ -108,6 +123,15 @@ fn burn_conv_relu_pool<B: ConvBackend>(
 }
 
 impl ConvBackend for Flex {
+    fn batch_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> Normalized<Self> {
+        flex_batch_norm(x, gamma, beta, epsilon)
+    }
+
     /// One pass over `x`, where Burn's broadcasting ops take two strided ones (without this,
     /// batch norm took two thirds of a ResNet's inference).
     fn channel_affine(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
@@ -212,6 +236,15 @@ fn tracked<C: CheckpointStrategy>(
 }
 
 impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
+    fn batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> Normalized<Self> {
+        tracked_batch_norm::<C>(x, gamma, beta, epsilon)
+    }
+
     fn conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -24,6 +24,7 @@ pub mod device;
 pub mod evaluate;
 pub mod events;
 pub mod model;
+pub mod norm;
 pub mod options;
 pub mod predict;
 pub mod registry;

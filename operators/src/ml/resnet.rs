@@ -58,31 +58,31 @@ impl<B: Backend> Norm<B> {
 
 impl<B: ConvBackend> Norm<B> {
     fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 4> {
-        let [n, c, h, w] = x.dims();
-        let channel = |t: Tensor<B, 1>| t.reshape([1, c, 1, 1]);
+        let [n, _, h, w] = x.dims();
+        let float = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
         match mode {
             Mode::Training(running) if !self.frozen() => {
-                let (weight, bias) = (channel(self.weight.val()), channel(self.bias.val()));
-                let per_channel = |t: Tensor<B, 4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
-                let mean = per_channel(x.clone());
-                let centered = x - mean.clone();
-                let var = per_channel(centered.clone().square());
+                let (y, mean, var) = B::batch_norm(
+                    x.into_primitive().tensor(),
+                    self.weight.val().into_primitive().tensor(),
+                    self.bias.val().into_primitive().tensor(),
+                    EPSILON,
+                );
                 // The running variance is unbiased, as torch keeps it.
                 let count = (n * h * w) as f64;
                 let unbiased = count / (count - 1.0).max(1.0);
-                let update = |old: Tensor<B, 1>, batch: Tensor<B, 4>, factor: f64| {
-                    old.mul_scalar(1.0 - MOMENTUM)
-                        + batch.detach().reshape([c]).mul_scalar(MOMENTUM * factor)
+                let update = |old: Tensor<B, 1>, batch: Tensor<B, 1>, factor: f64| {
+                    old.mul_scalar(1.0 - MOMENTUM) + batch.detach().mul_scalar(MOMENTUM * factor)
                 };
                 running.push((
                     self.running_mean.id,
-                    update(self.running_mean.val(), mean, 1.0),
+                    update(self.running_mean.val(), float(mean), 1.0),
                 ));
                 running.push((
                     self.running_var.id,
-                    update(self.running_var.val(), var.clone(), unbiased),
+                    update(self.running_var.val(), float(var), unbiased),
                 ));
-                centered * (weight / var.add_scalar(EPSILON).sqrt()) + bias
+                Tensor::from_primitive(TensorPrimitive::Float(y))
             }
             // Inference, and a frozen norm in training, which keeps its running averages.
             _ => {
