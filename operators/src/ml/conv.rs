@@ -6,9 +6,10 @@
 //! axes of both operands). Here forward and backward are gemm calls on im2col buffers, parallel
 //! over the images of a batch, with the backward pass registered as a custom autodiff op. An
 //! image with few output pixels (a ResNet's later stages) shares its gemm with other images,
-//! side by side, so that the gemm is wide enough for its fast kernels. With ReLU, the CNN's whole block (convolution, ReLU, 2x2 max pooling) is one op whose
-//! convolution output lives only in a per-thread buffer; the pooling keeps each output's winning
-//! window position for the backward pass. Other backends (CUDA) use Burn's own ops.
+//! side by side, so that the gemm is wide enough for its fast kernels. With ReLU, the CNN's
+//! whole block (convolution, ReLU, 2x2 max pooling) is one op whose convolution output lives
+//! only in a per-thread buffer; the pooling keeps each output's winning window position for the
+//! backward pass. Other backends (CUDA) use Burn's own ops.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -21,12 +22,12 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
-use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 use std::ops::Range;
-
-use super::norm::{Normalized, burn_batch_norm, flex_batch_norm, tracked_batch_norm};
 use std::sync::Arc;
+
+use super::norm::{Normalized, burn_batch_norm, flex_batch_norm, tensor, tracked_batch_norm};
 
 /// Backends that run the classifiers' convolutions and batch norms ([`ConvBackend::conv`],
 /// [`ConvBackend::conv_relu_pool`], [`ConvBackend::channel_affine`],
@@ -370,10 +371,6 @@ impl Shapes {
     }
 }
 
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
 /// The convolution of one image, bias included when `bias` is given: `z[f, hw]`.
 fn convolve(
     s: &Shapes,
@@ -388,9 +385,14 @@ fn convolve(
     // z[f, hw] = weight[f, ckk] · cols[ckk, hw]
     matmul(z, s.f, hw, ckk, (weight, ckk, 1), (cols, hw, 1), false);
     if let Some(bias) = bias {
-        for (row, b) in z.chunks_mut(hw).zip(bias) {
-            row.iter_mut().for_each(|v| *v += b);
-        }
+        add_bias(z, bias, hw);
+    }
+}
+
+/// Adds each filter's bias to its `hw` outputs in `z` `[f, hw]`.
+fn add_bias(z: &mut [f32], bias: &[f32], hw: usize) {
+    for (row, b) in z.chunks_mut(hw).zip(bias) {
+        row.iter_mut().for_each(|v| *v += b);
     }
 }
 
@@ -491,9 +493,7 @@ fn forward(s: &Shapes, x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -
                 );
                 for (i, out) in out.chunks_mut(fhw).enumerate() {
                     scatter(z, out, s.f, hw, i);
-                    for (row, b) in out.chunks_mut(hw).zip(bias) {
-                        row.iter_mut().for_each(|v| *v += b);
-                    }
+                    add_bias(out, bias, hw);
                 }
             },
         );

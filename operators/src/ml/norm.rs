@@ -39,12 +39,13 @@ pub fn burn_batch_norm<B: Backend>(
     (y.into_primitive().tensor(), flat(mean), flat(var))
 }
 
-fn f32s(t: FlexTensor) -> Vec<f32> {
-    t.to_contiguous().storage::<f32>().to_vec()
+/// A flex tensor of `shape` holding `values`.
+pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
+fn f32s(t: FlexTensor) -> Vec<f32> {
+    t.to_contiguous().storage::<f32>().to_vec()
 }
 
 /// Per-channel sums over a `[n, c, hw]` array `x` of `f(x, other)`, in f64.
@@ -169,7 +170,7 @@ impl Backward<Flex, 3> for NormBackward {
         let [node_x, node_gamma, node_beta] = ops.parents.map(|p| p.map(|n| n.id));
         if let Some(id) = node_x {
             // dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            let mut dx = dy.clone();
+            let mut dx = dy;
             dx.par_chunks_mut(hw.max(1))
                 .zip(xhat.par_chunks(hw.max(1)))
                 .enumerate()
