@@ -12,6 +12,8 @@ use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat};
 use quiver_engine::image::{Image, ImageRef};
 use quiver_engine::{bail, err};
 
+use super::jpeg;
+
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -68,13 +70,21 @@ pub enum Crop {
 /// Decodes an encoded image (JPEG, PNG, BMP, GIF, WebP, TIFF) into 8-bit HWC pixels with 1 to 4
 /// channels.
 pub fn decode(bytes: &[u8]) -> Result<Image> {
-    if let Some(result) = decode_jpeg_scaled(bytes, u16::MAX as u32, u16::MAX as u32) {
-        return result;
+    if is_jpeg(bytes)
+        && let Some(decoded) = jpeg::decode(bytes, |header| (8, header.whole(8)))
+    {
+        return decoded
+            .map(|d| d.into_image())
+            .map_err(|e| decode_error(bytes, e));
     }
     let format = image::guess_format(bytes).map_err(|e| decode_error(bytes, e))?;
     let dynamic =
         image::load_from_memory_with_format(bytes, format).map_err(|e| decode_error(bytes, e))?;
     Ok(from_dynamic(dynamic))
+}
+
+fn is_jpeg(bytes: &[u8]) -> bool {
+    image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg)
 }
 
 fn from_dynamic(dynamic: DynamicImage) -> Image {
@@ -101,7 +111,6 @@ fn from_dynamic(dynamic: DynamicImage) -> Image {
 
 thread_local! {
     // TurboJPEG handles are cheap to reuse and not `Sync`: one per worker thread.
-    static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
     static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
 }
 
@@ -120,93 +129,64 @@ fn with_handle<H, T>(
     })
 }
 
-/// DCT scales that libjpeg-turbo decodes with SIMD, smallest first.
-const DCT_SCALES: [turbojpeg::ScalingFactor; 4] = [
-    turbojpeg::ScalingFactor::ONE_EIGHTH,
-    turbojpeg::ScalingFactor::ONE_QUARTER,
-    turbojpeg::ScalingFactor::ONE_HALF,
-    turbojpeg::ScalingFactor::ONE,
-];
+/// DCT scales (in eighths) that JPEGs are decoded at, smallest first.
+const DCT_EIGHTHS: [u32; 4] = [1, 2, 4, 8];
 
-/// Decodes a JPEG with libjpeg-turbo at the smallest DCT scale (1/8, 1/4, 1/2 or 1) whose
-/// result is at least `min_width` x `min_height` (or full size); `None` when the bytes are not a
-/// JPEG this path handles (CMYK JPEGs go to the general decoder). Like libjpeg and Pillow, it
-/// rejects truncated data instead of filling the missing rows with grey.
-fn decode_jpeg_scaled(bytes: &[u8], min_width: u32, min_height: u32) -> Option<Result<Image>> {
-    if image::guess_format(bytes).ok()? != ImageFormat::Jpeg {
-        return None;
-    }
-    let decoded = with_handle(
-        &DECOMPRESSOR,
-        turbojpeg::Decompressor::new,
-        |decompressor| {
-            let header = match decompressor.read_header(bytes) {
-                Ok(header) => header,
-                Err(e) => return Some(Err(decode_error(bytes, e))),
-            };
-            let (format, channels) = match header.colorspace {
-                turbojpeg::Colorspace::Gray => (turbojpeg::PixelFormat::GRAY, 1u8),
-                turbojpeg::Colorspace::RGB | turbojpeg::Colorspace::YCbCr => {
-                    (turbojpeg::PixelFormat::RGB, 3)
-                }
-                // CMYK and YCCK are rare: the general decoder converts them.
-                _ => return None,
-            };
-            let scale = DCT_SCALES
-                .into_iter()
-                .find(|s| {
-                    s.scale(header.width) >= min_width as usize
-                        && s.scale(header.height) >= min_height as usize
-                })
-                .unwrap_or(turbojpeg::ScalingFactor::ONE);
-            let (width, height) = (scale.scale(header.width), scale.scale(header.height));
-            let pitch = width * channels as usize;
-            let mut pixels = vec![0u8; pitch * height];
-            let result = decompressor.set_scaling_factor(scale).and_then(|()| {
-                decompressor.decompress(
-                    bytes,
-                    turbojpeg::Image {
-                        pixels: pixels.as_mut_slice(),
-                        width,
-                        pitch,
-                        height,
-                        format,
-                    },
-                )
-            });
-            Some(result.map_err(|e| decode_error(bytes, e)).map(|()| Image {
-                width: width as u32,
-                height: height as u32,
-                channels,
-                data: pixels,
-            }))
-        },
-    );
-    decoded.unwrap_or_else(|e| Some(Err(decode_error(bytes, e))))
-}
-
-/// Decodes, crops and resizes in one step. JPEGs are decoded at a reduced DCT scale when the
-/// output is much smaller than the source, as libjpeg's `scale_denom` and Pillow's `draft` do.
+/// Decodes, crops and resizes in one step. A JPEG is decoded at the smallest DCT scale at which
+/// the crop still covers the output (as libjpeg's `scale_denom` and Pillow's `draft` do), and
+/// only the rows and columns that the resize reads.
 pub fn decode_resize(bytes: &[u8], crop: Crop, width: u32, height: u32) -> Result<Image> {
     check_size(width, height)?;
-    let (src_w, src_h) = image_dimensions(bytes)?;
-    // The source region needed, in source pixels.
-    let (region_w, region_h) = crop_region(crop, src_w, src_h);
-    // Scale so that the region still covers the output size after DCT scaling.
-    let min_w = (width as u64 * src_w as u64).div_ceil(region_w.max(1) as u64) as u32;
-    let min_h = (height as u64 * src_h as u64).div_ceil(region_h.max(1) as u64) as u32;
-    let decoded = match decode_jpeg_scaled(bytes, min_w, min_h) {
-        Some(result) => result?,
-        None => decode(bytes)?,
+    let planned = if is_jpeg(bytes) {
+        jpeg::decode(bytes, |header| plan(header, crop, width, height))
+    } else {
+        None
     };
-    // Map the region into the decoded image's coordinates.
-    let sx = decoded.width as f64 / src_w as f64;
-    let sy = decoded.height as f64 / src_h as f64;
-    let rw = (region_w as f64 * sx).min(decoded.width as f64);
-    let rh = (region_h as f64 * sy).min(decoded.height as f64);
-    let left = (decoded.width as f64 - rw) / 2.0;
-    let top = (decoded.height as f64 - rh) / 2.0;
-    resize_region(decoded.as_ref(), left, top, rw, rh, width, height)
+    let Some(decoded) = planned else {
+        let decoded = decode(bytes)?;
+        let size = (decoded.width, decoded.height);
+        let [left, top, w, h] = scaled_region(crop, size, size);
+        return resize_region(decoded.as_ref(), left, top, w, h, width, height);
+    };
+    let decoded = decoded.map_err(|e| decode_error(bytes, e))?;
+    let header = &decoded.header;
+    let source = (header.width, header.height);
+    let [left, top, w, h] = scaled_region(crop, source, header.scaled(decoded.eighths));
+    let (x, y) = (decoded.window.x as f64, decoded.window.y as f64);
+    let image = decoded.into_image();
+    resize_region(image.as_ref(), left - x, top - y, w, h, width, height)
+}
+
+/// The smallest DCT scale at which `crop` still covers `width` x `height`, and the window that
+/// the resize reads at that scale: the crop and the filter's reach around it.
+fn plan(header: &jpeg::Header, crop: Crop, width: u32, height: u32) -> (u32, jpeg::Window) {
+    let region =
+        |eighths| scaled_region(crop, (header.width, header.height), header.scaled(eighths));
+    let eighths = DCT_EIGHTHS
+        .into_iter()
+        .find(|&m| {
+            let [_, _, w, h] = region(m);
+            w >= width as f64 && h >= height as f64
+        })
+        .unwrap_or(8);
+    let [left, top, w, h] = region(eighths);
+    let reach = (w / width as f64).max(h / height as f64).ceil() + 1.0;
+    let window = header.window(
+        eighths,
+        (left - reach, left + w + reach),
+        (top - reach, top + h + reach),
+    );
+    (eighths, window)
+}
+
+/// The centred `crop` of a `source`-sized image, in the pixels of the same image decoded at
+/// `scaled` size: left, top, width and height.
+fn scaled_region(crop: Crop, source: (u32, u32), scaled: (u32, u32)) -> [f64; 4] {
+    let (region_w, region_h) = crop_region(crop, source.0, source.1);
+    let (w, h) = (scaled.0 as f64, scaled.1 as f64);
+    let rw = (region_w as f64 * w / source.0 as f64).min(w);
+    let rh = (region_h as f64 * h / source.1 as f64).min(h);
+    [(w - rw) / 2.0, (h - rh) / 2.0, rw, rh]
 }
 
 fn crop_region(crop: Crop, w: u32, h: u32) -> (u32, u32) {
@@ -656,6 +636,61 @@ mod tests {
             .sum::<f64>()
             / fused.data.len() as f64;
         assert!(mean < 12.0, "mean abs difference {mean}");
+    }
+
+    #[test]
+    fn windowed_jpeg_decode_gives_the_pixels_of_the_whole_scaled_image() {
+        // Smooth content with detail, so that chroma upsampling at the window's edges matters.
+        let photo = |w: u32, h: u32, c: u8| Image {
+            width: w,
+            height: h,
+            channels: c,
+            data: (0..h)
+                .flat_map(|y| {
+                    (0..w).flat_map(move |x| {
+                        (0..c).map(move |k| {
+                            let v = (x as f64 / 9.0 + k as f64).sin() * (y as f64 / 7.0).cos();
+                            (128.0 + 100.0 * v + ((x * 3 + y * 5) % 17) as f64) as u8
+                        })
+                    })
+                })
+                .collect(),
+        };
+        let cases = [
+            (801, 603, 3, Crop::CenterSquare, 200, 200),
+            (603, 801, 3, Crop::CenterSquare, 90, 90),
+            (640, 480, 1, Crop::Center(300, 200), 64, 48),
+            (1000, 700, 3, Crop::None, 250, 175),
+        ];
+        for (w, h, c, crop, out_w, out_h) in cases {
+            let bytes = encode(photo(w, h, c).as_ref(), EncodeFormat::Jpeg(95)).unwrap();
+            let windowed = decode_resize(&bytes, crop, out_w, out_h).unwrap();
+            let whole = jpeg::decode(&bytes, |header| {
+                let (eighths, window) = plan(header, crop, out_w, out_h);
+                assert!(eighths < 8, "{w}x{h}: the case must scale");
+                if crop != Crop::None {
+                    assert_ne!(window, header.whole(eighths), "{w}x{h}: the case must crop");
+                }
+                (eighths, header.whole(eighths))
+            })
+            .unwrap()
+            .unwrap();
+            let [left, top, rw, rh] =
+                scaled_region(crop, (w, h), whole.header.scaled(whole.eighths));
+            let image = whole.into_image();
+            let reference = resize_region(image.as_ref(), left, top, rw, rh, out_w, out_h).unwrap();
+            assert_eq!(
+                (windowed.width, windowed.height, windowed.channels),
+                (out_w, out_h, c)
+            );
+            let max = windowed
+                .data
+                .iter()
+                .zip(&reference.data)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max();
+            assert_eq!(max, Some(0), "{w}x{h} {crop:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! the augmentation options and draws that training applies.
 
 mod augment;
+mod jpeg;
 pub mod kernels;
 mod paths;
 mod read;

@@ -3,11 +3,13 @@
 //! (the encoded bytes), split into parallel partitions.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{
     Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
@@ -283,41 +285,92 @@ enum ChunkReader {
 }
 
 impl ChunkReader {
-    async fn read(&self, base: &str, files: Vec<ObjectMeta>) -> Result<Vec<Bytes>> {
+    /// The files' bytes as one `content` column, read into a single buffer sized from the
+    /// listing (no growing buffer, no second copy).
+    async fn read(&self, base: &str, files: Vec<ObjectMeta>) -> Result<BinaryArray> {
+        let capacity = files.iter().map(|m| m.size as usize).sum();
         match self {
             ChunkReader::Local(fs) => {
                 let fs = Arc::clone(fs);
                 let base = base.to_string();
                 tokio::task::spawn_blocking(move || {
-                    files
-                        .iter()
-                        .map(|meta| {
-                            fs.path_to_filesystem(&meta.location)
-                                .map_err(|e| e.to_string())
-                                .and_then(|path| std::fs::read(path).map_err(|e| e.to_string()))
-                                .map(Bytes::from)
-                                .map_err(|e| read_error(&base, &meta.location, &e))
-                        })
-                        .collect()
+                    let mut contents = Contents::with_capacity(files.len(), capacity);
+                    for meta in &files {
+                        fs.path_to_filesystem(&meta.location)
+                            .map_err(|e| e.to_string())
+                            .and_then(|path| {
+                                std::fs::File::open(path)
+                                    .and_then(|mut file| file.read_to_end(&mut contents.values))
+                                    .map_err(|e| e.to_string())
+                            })
+                            .map_err(|e| read_error(&base, &meta.location, &e))?;
+                        contents.end_file(&base, &meta.location)?;
+                    }
+                    Ok(contents.finish())
                 })
                 .await
                 .map_err(|e| exec_datafusion_err!("read_images: {e}"))?
             }
             ChunkReader::Store(store) => {
-                futures::stream::iter(files)
+                let parts: Vec<(Path, Bytes)> = futures::stream::iter(files)
                     .map(|meta| async move {
                         let got = store.get(&meta.location).await;
                         match got {
                             Ok(result) => result.bytes().await,
                             Err(e) => Err(e),
                         }
+                        .map(|bytes| (meta.location.clone(), bytes))
                         .map_err(|e| read_error(base, &meta.location, &e))
                     })
                     .buffered(CHUNK_CONCURRENCY)
                     .try_collect()
-                    .await
+                    .await?;
+                let mut contents = Contents::with_capacity(parts.len(), capacity);
+                for (location, bytes) in &parts {
+                    contents.values.extend_from_slice(bytes);
+                    contents.end_file(base, location)?;
+                }
+                Ok(contents.finish())
             }
         }
+    }
+}
+
+/// A `content` column being filled one file after another.
+struct Contents {
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+}
+
+impl Contents {
+    fn with_capacity(files: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(files + 1);
+        offsets.push(0);
+        Self {
+            values: Vec::with_capacity(bytes),
+            offsets,
+        }
+    }
+
+    /// Ends the file whose bytes were just appended to `values`.
+    fn end_file(&mut self, base: &str, location: &Path) -> Result<()> {
+        let end = i32::try_from(self.values.len()).map_err(|_| {
+            read_error(
+                base,
+                location,
+                &"a chunk of files over 2 GiB cannot be one column",
+            )
+        })?;
+        self.offsets.push(end);
+        Ok(())
+    }
+
+    fn finish(self) -> BinaryArray {
+        BinaryArray::new(
+            OffsetBuffer::new(self.offsets.into()),
+            self.values.into(),
+            None,
+        )
     }
 }
 
@@ -360,19 +413,23 @@ impl FileOpener for ImageFileOpener {
                 quiver_engine::fault::point_async("read_images", &urls[0]).await?;
                 let contents = reader.read(&base, files).await?;
                 if let Some(p) = &progress {
-                    for bytes in &contents {
-                        p.add_file_read(bytes.len() as u64);
+                    for i in 0..contents.len() {
+                        p.add_file_read(contents.value_length(i) as u64);
                     }
                 }
                 contents
             } else {
-                vec![Bytes::new(); urls.len()]
+                BinaryArray::new(
+                    OffsetBuffer::new_zeroed(urls.len()),
+                    Buffer::default(),
+                    None,
+                )
             };
             let rows = urls.len();
             let all: [ArrayRef; 3] = [
                 Arc::new(StringArray::from(urls)),
                 Arc::new(StringArray::from(labels)),
-                Arc::new(BinaryArray::from_iter_values(contents.iter())),
+                Arc::new(contents),
             ];
             let columns = projection.iter().map(|&i| Arc::clone(&all[i])).collect();
             let batch = RecordBatch::try_new_with_options(
@@ -613,8 +670,8 @@ mod tests {
             (ChunkReader::Store(memory), "memory:///"),
         ] {
             let read = reader.read(base, metas.clone()).await.unwrap();
-            let expected: Vec<Bytes> = (0..40u8).map(|i| vec![i; i as usize + 1].into()).collect();
-            assert_eq!(read, expected);
+            let expected: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; i as usize + 1]).collect();
+            assert_eq!(read, BinaryArray::from_iter_values(&expected));
             let mut with_gone = metas.clone();
             with_gone.insert(7, gone.clone());
             let err = reader.read(base, with_gone).await.unwrap_err().to_string();
