@@ -1,14 +1,15 @@
 //! Quiver's engine: the [`Session`] (a DataFusion `SessionContext` plus object stores and
 //! configuration), the Arrow data model for images, object-store URLs and whole-object helpers,
 //! tables computed at scan time, device names, wall-clock time, logging set-up, progress
-//! counters, declared options and errors. Everything above this crate (operators, SQL, driver,
-//! executor) builds on it.
+//! counters, Prometheus metrics, declared options and errors. Everything above this crate
+//! (operators, SQL, driver, executor) builds on it.
 pub mod computed;
 pub mod device;
 pub mod error;
 pub mod fault;
 pub mod image;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod progress;
 pub mod session;

@@ -1,5 +1,6 @@
 """Shared fixtures of Quiver's reference tests: the quiver binary, sample images, a SeaweedFS
-S3 server on 127.0.0.1 started and stopped by the harness, and the processes tests start.
+S3 server on 127.0.0.1 started and stopped by the harness, a Prometheus server for tests that
+scrape metrics, and the processes tests start.
 
 Every process is started with `spawn`, `spawn_logged` or `run`: in a process group of its own
 (no `preexec_fn`: `setpriv` sets the parent-death signal, so the kernel kills it if the test
@@ -352,6 +353,49 @@ def fixed_ports(n):
                 continue
         ports.append(port)
     return ports
+
+
+def start_prometheus(folder, targets):
+    """A real Prometheus server (Debian's `prometheus`, which scripts/test.sh installs) scraping
+    the `/metrics` of `targets` (`host:port`) every second, on a port of its own. Returns the
+    process and `query(expr)`, the result list of an instant PromQL query."""
+    import urllib.parse
+    import urllib.request
+    prometheus = shutil.which("prometheus")
+    if not prometheus:
+        pytest.fail("prometheus is not on PATH (Debian's package; scripts/test.sh installs it)")
+    config = folder / "prometheus.yml"
+    # YAML is a superset of JSON.
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [{"job_name": "quiver", "static_configs": [{"targets": targets}]}]}))
+    for attempt in range(5):
+        port, = fixed_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        log = folder / f"prometheus-{attempt}.log"
+        proc = spawn([prometheus, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
+                      f"--web.listen-address=127.0.0.1:{port}"],
+                     stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+        def ready():
+            try:
+                return urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200
+            except OSError:  # not listening yet
+                return proc.poll() is not None and "exited"
+        if wait_for(ready, "Prometheus to be ready", timeout=60, context=log.read_text) is True:
+            break
+        # It exited: its port was taken since it was chosen; choose another.
+        print(f"Prometheus exited at start (attempt {attempt + 1}): {log.read_text()[-500:]}")
+    else:
+        raise RuntimeError("Prometheus did not start in 5 attempts")
+
+    def query(expr):
+        reply = urllib.request.urlopen(
+            f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=10)
+        body = json.loads(reply.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+    return proc, query
 
 
 def _start_weed(weed, data):

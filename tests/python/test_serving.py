@@ -2,7 +2,8 @@
 curl: Predict / Classify / GetModelMetadata / GetModelStatus over gRPC and the REST API give
 the same predictions as `predict()` in SQL; bad requests get clear errors; a new version is
 swapped in under load without a failed request; mutual TLS refuses clients without a
-certificate from the cluster's CA; prediction logs land in the store and SQL reads them."""
+certificate from the cluster's CA; prediction logs land in the store and SQL reads them;
+Prometheus metrics at /metrics count requests, latency and batch sizes."""
 import base64
 import json
 import os
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import QUIVER, fault_env, parse_address, run, spawn, stop_group, wait_for
+from conftest import (QUIVER, fault_env, parse_address, run, spawn, start_prometheus, stop_group,
+                      wait_for)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
@@ -341,6 +343,87 @@ def test_a_large_rest_request_runs_in_bounded_memory(served):
         server.stop()
 
 
+def scrape(server):
+    """The server's /metrics as {(name, frozenset of label pairs): value}."""
+    scheme = "https" if server.tls else "http"
+    proc = run(["curl", "-sS", "-i", f"{scheme}://localhost:{server.rest_port}/metrics"], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    head, text = proc.stdout.replace("\r\n", "\n").split("\n\n", 1)
+    assert "content-type: text/plain; version=0.0.4" in head.lower(), head
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        pairs = frozenset(tuple(p.split("=", 1)) for p in labels.rstrip("}").split(",") if p)
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def metric(samples, name, **labels):
+    want = {(k, f'"{v}"') for k, v in labels.items()}
+    return sum(v for (n, pairs), v in samples.items() if n == name and want <= pairs)
+
+
+def test_prometheus_metrics_count_requests_latency_and_batches(served):
+    server = served["server"]
+    before = scrape(server)
+    b64 = [{"b64": base64.b64encode(img).decode()} for img in served["images"][:5]]
+    for _ in range(3):
+        code, body = curl(server, "POST", "/v1/models/fashion:predict", {"instances": b64})
+        assert code == 200, body
+    stub = server.stub()
+    stub.Predict(predict_request(string_tensor(served["images"][:2])), timeout=30)
+    code, _ = curl(server, "POST", "/v1/models/nope:predict", {"instances": [1]})
+    assert code == 404
+    code, _ = curl(server, "POST", "/v1/models/fashion:predict", {"instances": [[1, 2, 3]]})
+    assert code == 400
+    after = scrape(server)
+
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("quiver_serve_requests_total", model="fashion", code="OK") == 4
+    assert delta("quiver_serve_requests_total", model="fashion", code="INVALID_ARGUMENT") == 1
+    # A name that is not served is counted under one label, so clients cannot grow the series.
+    assert delta("quiver_serve_requests_total", model="_unknown", code="NOT_FOUND") == 1
+    assert not any('"nope"' in v for _, pairs in after for _, v in pairs)
+    assert delta("quiver_serve_request_duration_seconds_count", model="fashion") == 5
+    assert delta("quiver_serve_request_duration_seconds_sum", model="fashion") > 0
+    # Without batching each request is one forward pass: three of 5 rows, one of 2.
+    assert delta("quiver_serve_batch_size_count", model="fashion") == 4
+    assert delta("quiver_serve_batch_size_sum", model="fashion") == 17
+    assert delta("quiver_serve_batch_size_bucket", model="fashion", le="4") == 1
+    assert metric(after, "process_resident_memory_bytes") > 0
+    # The prometheus crate counts CPU time in whole seconds.
+    assert ("process_cpu_seconds_total", frozenset()) in after
+
+
+def test_a_prometheus_server_scrapes_the_serving_metrics(served, tmp_path):
+    server = served["server"]
+    proc, query = start_prometheus(tmp_path, [f"127.0.0.1:{server.rest_port}"])
+    b64 = [{"b64": base64.b64encode(img).decode()} for img in served["images"][:3]]
+    for _ in range(2):
+        code, body = curl(server, "POST", "/v1/models/fashion:predict", {"instances": b64})
+        assert code == 200, body
+
+    def value(expr):
+        result = query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def scraped():
+        return (value('up{job="quiver"}') == 1
+                and (value('sum(quiver_serve_requests_total{model="fashion",code="OK"})') or 0) > 0)
+    wait_for(scraped, "Prometheus to scrape the server's requests", timeout=60, proc=proc)
+    median = value('histogram_quantile(0.5, sum by (le) '
+                   '(quiver_serve_request_duration_seconds_bucket{model="fashion"}))')
+    assert median is not None and 0 < median < 60, median
+    assert value('quiver_serve_batch_size_count{model="fashion"}') > 0
+    assert value('process_resident_memory_bytes{job="quiver"}') > 0
+    stop_group(proc, timeout=30)
+
+
 def test_new_version_is_swapped_in_under_load_and_logged(served, tmp_path):
     polls = tmp_path / "polls.txt"
     server = Server(served["store"], "--batching", "--max-batch-size", "16",
@@ -478,3 +561,4 @@ def test_shutdown_finishes_requests_in_flight(served, tmp_path):
     assert not t.is_alive(), "the request in flight hangs past its 60 s deadline"
     assert server.proc.wait(timeout=60) == 0
     assert len(result["resp"].outputs["label"].string_val) == 3
+

@@ -1,9 +1,11 @@
 //! `quiver serve`: registered models served over TensorFlow Serving's gRPC API
 //! (`tensorflow.serving.PredictionService` and `ModelService`) and its REST API, with optional
-//! dynamic batching, mutual TLS, hot version swaps and prediction logs in the store.
+//! dynamic batching, mutual TLS, hot version swaps, prediction logs in the store and Prometheus
+//! metrics.
 
 pub mod convert;
 pub mod grpc;
+mod metrics;
 pub mod models;
 pub mod plog;
 pub mod rest;
@@ -106,6 +108,7 @@ pub async fn serve(
     } else {
         plog::PredictionLog::disabled()
     };
+    metrics::init();
     let state = Arc::new(ServerState {
         models,
         log,
@@ -270,6 +273,13 @@ impl ServerState {
         };
         let served = self.models.names().iter().any(|n| n == call.model);
         let model: String = call.model.chars().take(256).collect();
+        let status = result.as_ref().map_or_else(ServeError::code, |_| "OK");
+        metrics::request(
+            if served { &model } else { UNKNOWN_MODELS },
+            version,
+            status,
+            started.elapsed(),
+        );
         self.log.record(plog::PredictionRecord {
             timestamp,
             folder: if served {
@@ -288,7 +298,7 @@ impl ServerState {
             labels,
             scores,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            status: result.as_ref().map_or_else(ServeError::code, |_| "OK"),
+            status,
             error: result.as_ref().err().map(ToString::to_string),
         });
     }

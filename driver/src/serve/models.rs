@@ -97,7 +97,7 @@ impl Servable {
         let model = Arc::new(model);
         let batcher = batching.map(|b| {
             let (tx, rx) = mpsc::channel(1024);
-            tokio::spawn(batch_loop(Arc::clone(&model), rx, b.clone()));
+            tokio::spawn(batch_loop(Arc::clone(&model), version, rx, b.clone()));
             tx
         });
         Self {
@@ -128,12 +128,7 @@ impl Servable {
                     .await
                     .map_err(|_| ServeError::Unavailable("the batcher has stopped".into()))?
             }
-            None => {
-                let model = Arc::clone(&self.model);
-                tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
-                    .await
-                    .map_err(|e| err!(ServeError::Internal, "inference failed: {e}"))?
-            }
+            None => forward(Arc::clone(&self.model), self.version, values, rows).await,
         };
         Ok(result?)
     }
@@ -142,7 +137,12 @@ impl Servable {
 /// Collects jobs until `max_batch_size` rows or `batch_timeout` after the first, runs them as
 /// one forward pass and hands each job its rows. One batch runs at a time, so requests that
 /// arrive during a pass form the next batch.
-async fn batch_loop(model: Arc<LoadedModel>, mut jobs: mpsc::Receiver<Job>, batching: Batching) {
+async fn batch_loop(
+    model: Arc<LoadedModel>,
+    version: u64,
+    mut jobs: mpsc::Receiver<Job>,
+    batching: Batching,
+) {
     while let Some(first) = jobs.recv().await {
         let deadline = tokio::time::Instant::now() + batching.batch_timeout;
         let mut rows = first.rows;
@@ -162,11 +162,7 @@ async fn batch_loop(model: Arc<LoadedModel>, mut jobs: mpsc::Receiver<Job>, batc
             values.extend_from_slice(&job.values);
             replies.push((job.rows, job.reply));
         }
-        let model = Arc::clone(&model);
-        let result = tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
-            .await
-            .unwrap_or_else(|e| Err(err!(MlError::Training, "inference failed: {e}")));
-        match result {
+        match forward(Arc::clone(&model), version, values, rows).await {
             Ok(probs) => {
                 let mut probs = probs.into_iter();
                 for (n, reply) in replies {
@@ -181,6 +177,19 @@ async fn batch_loop(model: Arc<LoadedModel>, mut jobs: mpsc::Receiver<Job>, batc
             }
         }
     }
+}
+
+/// One forward pass of `rows` rows on a blocking thread, counted in the metrics.
+async fn forward(
+    model: Arc<LoadedModel>,
+    version: u64,
+    values: Vec<f32>,
+    rows: usize,
+) -> Result<Vec<Vec<f32>>, MlError> {
+    super::metrics::forward_pass(&model.card.name, version, rows);
+    tokio::task::spawn_blocking(move || model.probabilities_of(values, rows))
+        .await
+        .unwrap_or_else(|e| Err(err!(MlError::Training, "inference failed: {e}")))
 }
 
 /// One served name: where it comes from and its loaded versions.

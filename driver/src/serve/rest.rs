@@ -1,7 +1,8 @@
 //! The REST server, following TensorFlow Serving's REST API:
 //! `POST /v1/models/<name>[/versions/<v>]:predict` (`instances` or `inputs`, images as
 //! `{"b64": ...}`), `:classify`, `GET /v1/models/<name>[/versions/<v>]` (status),
-//! `GET .../metadata`, and `GET /healthz`. Errors are `{"error": "..."}`.
+//! `GET .../metadata`, `GET /healthz`, and Prometheus metrics at `GET /metrics`. Errors are
+//! `{"error": "..."}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -508,6 +509,15 @@ async fn get_model(
     Ok(axum::Json(json!({ "model_version_status": statuses })).into_response())
 }
 
+/// The process's Prometheus metrics in the text exposition format.
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, quiver_engine::metrics::CONTENT_TYPE)],
+        quiver_engine::metrics::render(),
+    )
+        .into_response()
+}
+
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
     let models: Map<String, Value> = state
         .models
@@ -546,6 +556,7 @@ async fn unknown(request: Request) -> ServeError {
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/models/{*path}", get(get_model).post(post))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
