@@ -9,11 +9,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_core::serde::scheduler::ExecutorMetadata;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::create_scheduler;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
 use datafusion::error::DataFusionError;
@@ -111,7 +111,7 @@ async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> (StatusCode, String)
     )
 }
 
-/// Serves the scheduler's gRPC service, the experiment coordinator and `/readyz` on
+/// Serves the scheduler's gRPC service, the experiment coordinator, `/readyz` and `/metrics` on
 /// `listener` until it fails.
 async fn serve(
     listener: tokio::net::TcpListener,
@@ -133,6 +133,7 @@ async fn serve(
     )));
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(crate::metrics_page))
         .with_state(Arc::new(scheduler))
         .merge(grpc.routes().into_axum_router())
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -178,10 +179,23 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| cluster_error(listen, "cluster state", e))?;
-    let scheduler =
-        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
-            .await
-            .map_err(|e| cluster_error(listen, "scheduler", e))?;
+    // Ballista's `create_scheduler`, with Quiver's metrics collector in place of its default.
+    let codec = BallistaCodec::new(
+        Arc::new(QuiverLogicalCodec::default()),
+        Arc::new(QuiverPhysicalCodec::default()),
+    );
+    let config = Arc::new(config);
+    let mut scheduler = SchedulerServer::<LogicalPlanNode, PhysicalPlanNode>::new(
+        config.scheduler_endpoint(),
+        cluster,
+        codec,
+        Arc::clone(&config),
+        Arc::new(crate::scheduler_metrics::Collector::new()),
+    );
+    scheduler
+        .init()
+        .await
+        .map_err(|e| cluster_error(listen, "scheduler", e))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| cluster_error(listen, "cannot listen", e))?;

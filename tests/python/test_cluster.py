@@ -26,12 +26,13 @@ from conftest import (QUIVER, fault_env, first_line, kill_group, listing, run, s
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-def readyz(address, certs=None):
-    """The driver's /readyz text (over mutual TLS with the client certificate in `certs`)."""
+def readyz(address, certs=None, path="/readyz"):
+    """The text of the driver's /readyz, or of another of its HTTP paths (over mutual TLS with
+    the client certificate in `certs`)."""
     if certs is None:
-        url, context = f"http://{address}/readyz", None
+        url, context = f"http://{address}{path}", None
     else:
-        url = f"https://{address}/readyz"
+        url = f"https://{address}{path}"
         context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
         context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
     try:
@@ -234,6 +235,30 @@ def test_queries_spread_over_both_executors(cluster, samples):
     assert all(n > 0 for n in ran), (ran, cluster.tail())
 
 
+def test_the_driver_counts_jobs_for_prometheus(cluster, samples):
+    def scrape():
+        text = readyz(cluster.address, path="/metrics")
+        values = dict(re.findall(r"^(quiver_\S+|process_resident_memory_bytes) (\S+)$", text, re.M))
+        return {k: float(v) for k, v in values.items()}
+    before = scrape()
+    src = os.path.join(samples, "photos", "test")
+    for _ in range(2):
+        cluster.sql(f"SELECT count(*) AS n FROM read_images('{src}/')")
+    cluster.sql("SELECT * FROM no_such_table", check=False)
+    after = scrape()
+
+    def delta(name):
+        return after[name] - before[name]
+    assert delta('quiver_jobs_total{state="completed"}') == 2, (before, after)
+    assert delta('quiver_jobs_total{state="submitted"}') == 2, (before, after)
+    # A statement refused at planning is no job.
+    assert delta('quiver_jobs_total{state="failed"}') == 0, (before, after)
+    assert delta("quiver_job_duration_seconds_count") == 2
+    assert delta("quiver_job_duration_seconds_sum") > 0
+    assert after["quiver_pending_tasks"] == 0
+    assert after["process_resident_memory_bytes"] > 0
+
+
 def test_cluster_scans_read_images_in_chunks_and_keep_their_order(tmp_path, samples):
     """An executor's scan keeps the planned file order (preserve_order survives the plan's
     encoding): rows come back in the embedded engine's order, and each partition's files are
@@ -319,8 +344,10 @@ def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_pat
         assert "certificate" in foreign and "http://" not in foreign, foreign[-2000:]
         status = readyz(cluster.address, certs)
         assert status.startswith("ready: 2 executors") and status.count("/cpu") == 2, status
-        # /readyz refuses a client without a certificate too.
+        # /readyz and /metrics refuse a client without a certificate too.
         assert "ready" not in readyz(cluster.address, None)
+        assert "quiver_jobs_total" in readyz(cluster.address, certs, "/metrics")
+        assert "quiver_jobs_total" not in readyz(cluster.address, None, "/metrics")
     finally:
         cluster.stop()
 

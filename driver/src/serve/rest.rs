@@ -509,15 +509,6 @@ async fn get_model(
     Ok(axum::Json(json!({ "model_version_status": statuses })).into_response())
 }
 
-/// The process's Prometheus metrics in the text exposition format.
-async fn metrics() -> Response {
-    (
-        [(header::CONTENT_TYPE, quiver_engine::metrics::CONTENT_TYPE)],
-        quiver_engine::metrics::render(),
-    )
-        .into_response()
-}
-
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
     let models: Map<String, Value> = state
         .models
@@ -556,7 +547,7 @@ async fn unknown(request: Request) -> ServeError {
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/healthz", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics_page))
         .route("/v1/models/{*path}", get(get_model).post(post))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
