@@ -26,6 +26,7 @@ use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 
 use crate::coordinator::{CoordinatorService, TrainerDirectory, TrainerEndpoint};
+use crate::scheduler_metrics::CountingScheduler;
 use quiver_engine::err;
 use tonic::service::RoutesBuilder;
 
@@ -122,7 +123,7 @@ async fn serve(
     let config = Arc::clone(&scheduler.state.config);
     let mut grpc = RoutesBuilder::default();
     grpc.add_service(
-        SchedulerGrpcServer::new(scheduler.clone())
+        SchedulerGrpcServer::new(CountingScheduler(scheduler.clone()))
             .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
             .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize),
     );

@@ -235,7 +235,7 @@ def test_queries_spread_over_both_executors(cluster, samples):
     assert all(n > 0 for n in ran), (ran, cluster.tail())
 
 
-def test_the_driver_counts_jobs_for_prometheus(cluster, samples):
+def test_the_driver_counts_jobs_and_tasks_for_prometheus(cluster, samples):
     def scrape():
         text = readyz(cluster.address, path="/metrics")
         values = dict(re.findall(r"^(quiver_\S+|process_resident_memory_bytes) (\S+)$", text, re.M))
@@ -255,6 +255,11 @@ def test_the_driver_counts_jobs_for_prometheus(cluster, samples):
     assert delta('quiver_jobs_total{state="failed"}') == 0, (before, after)
     assert delta("quiver_job_duration_seconds_count") == 2
     assert delta("quiver_job_duration_seconds_sum") > 0
+    # Each job's tasks (its scan's partitions and the final aggregate) finished on executors.
+    tasks = delta('quiver_tasks_total{state="succeeded"}')
+    assert tasks >= 4 and tasks % 2 == 0, (before, after)
+    assert delta('quiver_task_duration_seconds_count{state="succeeded"}') == tasks
+    assert delta('quiver_tasks_total{state="failed"}') == 0
     assert after["quiver_pending_tasks"] == 0
     assert after["process_resident_memory_bytes"] > 0
 
