@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import (QUIVER, fault_env, first_line, kill_group, listing, run, spawn,
-                      spawn_logged, stop_group, wait_for)
+                      spawn_logged, start_prometheus, stop_group, wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -262,6 +262,21 @@ def test_the_driver_counts_jobs_and_tasks_for_prometheus(cluster, samples):
     assert delta('quiver_tasks_total{state="failed"}') == 0
     assert after["quiver_pending_tasks"] == 0
     assert after["process_resident_memory_bytes"] > 0
+
+
+def test_a_prometheus_server_scrapes_the_driver(cluster, samples, tmp_path):
+    proc, query = start_prometheus(tmp_path, [cluster.address])
+    src = os.path.join(samples, "photos", "test")
+    cluster.sql(f"SELECT label, count(*) AS n FROM read_images('{src}/') GROUP BY label")
+
+    def value(expr):
+        result = query(expr)
+        return float(result[0]["value"][1]) if result else 0.0
+    wait_for(lambda: value('quiver_tasks_total{job="quiver",state="succeeded"}') > 0,
+             "Prometheus to scrape the driver's task counts", timeout=60, proc=proc)
+    assert value('quiver_jobs_total{state="completed"}') > 0
+    assert value("sum(quiver_task_duration_seconds_count)") > 0
+    stop_group(proc, timeout=30)
 
 
 def test_cluster_scans_read_images_in_chunks_and_keep_their_order(tmp_path, samples):
