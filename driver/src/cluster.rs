@@ -134,7 +134,7 @@ async fn serve(
     )));
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(readyz))
-        .route("/metrics", axum::routing::get(crate::metrics_page))
+        .route("/metrics", axum::routing::get(quiver_engine::metrics::page))
         .with_state(Arc::new(scheduler))
         .merge(grpc.routes().into_axum_router())
         .into_make_service_with_connect_info::<SocketAddr>();

@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry per process, with the process collector (CPU seconds,
 //! resident memory, open files, start time), rendered in the text exposition format at
-//! `/metrics` by the servers the process runs.
+//! `/metrics` ([`page`]) by the servers the process runs: the driver, each executor's trainer
+//! port and `quiver serve`.
 
 use std::sync::LazyLock;
 
@@ -38,6 +39,12 @@ pub fn render() -> String {
         Ok(()) => String::from_utf8_lossy(&text).into_owned(),
         Err(e) => format!("# cannot encode the metrics: {e}\n"),
     }
+}
+
+/// `GET /metrics` for an axum router: [`render`]'s text with its content type.
+pub async fn page() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()).into_response()
 }
 
 #[cfg(test)]

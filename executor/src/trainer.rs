@@ -18,6 +18,7 @@ use quiver_sql::cluster::proto::{
 use quiver_sql::reply::{EventStream, stream_reply};
 use quiver_sql::tls::Tls;
 use tokio::sync::mpsc;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic::{Request, Response, Status, Streaming};
@@ -58,7 +59,8 @@ impl TrainerService {
         self.inboxes.clone()
     }
 
-    /// This trainer as a gRPC server (with its TLS). Its HTTP/2 windows and frames are large,
+    /// This trainer as a gRPC server (with its TLS), which also serves the process's Prometheus
+    /// metrics at `/metrics`. Its HTTP/2 windows and frames are large,
     /// so that ring frames stream at the link's speed instead of waiting for a window update
     /// every 64 KiB, in 16 KiB pieces.
     pub fn router(self) -> Result<Router> {
@@ -71,11 +73,14 @@ impl TrainerService {
                 .tls_config(tls.tonic_server()?)
                 .map_err(|e| err!(QuiverError::Cluster, "trainer TLS: {e}"))?;
         }
-        Ok(server.add_service(
-            TrainerServer::new(self)
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20),
-        ))
+        let trainer = TrainerServer::new(self)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        // Prometheus scrapes the executor here too, over HTTP/1.1: the driver knows this port.
+        let routes = Routes::new(trainer)
+            .into_axum_router()
+            .route("/metrics", axum::routing::get(quiver_engine::metrics::page));
+        Ok(server.accept_http1(true).add_routes(Routes::from(routes)))
     }
 }
 

@@ -19,8 +19,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (QUIVER, fault_env, first_line, kill_group, listing, run, spawn,
-                      spawn_logged, start_prometheus, stop_group, wait_for)
+from conftest import (QUIVER, fault_env, first_line, kill_group, listing, parse_address, run,
+                      spawn, spawn_logged, start_prometheus, stop_group, wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -264,8 +264,12 @@ def test_the_driver_counts_jobs_and_tasks_for_prometheus(cluster, samples):
     assert after["process_resident_memory_bytes"] > 0
 
 
-def test_a_prometheus_server_scrapes_the_driver(cluster, samples, tmp_path):
-    proc, query = start_prometheus(tmp_path, [cluster.address])
+def test_a_prometheus_server_scrapes_the_driver_and_the_executors(cluster, samples, tmp_path):
+    # Each executor serves /metrics on its trainer port, the one it advertises to the driver.
+    trainers = [parse_address(open(log).read(), r"executor trainer on ([0-9.]+:\d+)")
+                for log in cluster.logs[1:]]
+    assert len(trainers) == 2
+    proc, query = start_prometheus(tmp_path, [cluster.address, *trainers])
     src = os.path.join(samples, "photos", "test")
     cluster.sql(f"SELECT label, count(*) AS n FROM read_images('{src}/') GROUP BY label")
 
@@ -276,6 +280,10 @@ def test_a_prometheus_server_scrapes_the_driver(cluster, samples, tmp_path):
              "Prometheus to scrape the driver's task counts", timeout=60, proc=proc)
     assert value('quiver_jobs_total{state="completed"}') > 0
     assert value("sum(quiver_task_duration_seconds_count)") > 0
+    wait_for(lambda: value('count(up{job="quiver"} == 1)') == 3, "all three targets up",
+             timeout=60, proc=proc)
+    for trainer in trainers:
+        assert value(f'process_resident_memory_bytes{{instance="{trainer}"}}') > 0
     stop_group(proc, timeout=30)
 
 

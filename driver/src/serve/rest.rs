@@ -547,7 +547,7 @@ async fn unknown(request: Request) -> ServeError {
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/healthz", get(health))
-        .route("/metrics", get(crate::metrics_page))
+        .route("/metrics", get(quiver_engine::metrics::page))
         .route("/v1/models/{*path}", get(get_model).post(post))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
