@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{CStr, c_int};
+use std::thread::LocalKey;
 
 use quiver_engine::image::Image;
 use turbojpeg_sys as raw;
@@ -79,8 +80,8 @@ impl Header {
         (x0, x1): (f64, f64),
         (y0, y1): (f64, f64),
     ) -> Window {
-        let (width, height) = self.scaled(eighths);
         let whole = self.whole(eighths);
+        let (width, height) = (whole.width, whole.height);
         // iMCU widths by subsampling (TurboJPEG's `tjMCUWidth`).
         const MCU_WIDTH: [u32; 7] = [8, 16, 16, 8, 8, 32, 8];
         let Some(&mcu) = usize::try_from(self.subsamp)
@@ -232,6 +233,21 @@ thread_local! {
     static DECODER: RefCell<Option<Decoder>> = const { RefCell::new(None) };
 }
 
+/// Runs `f` with this thread's TurboJPEG handle in `cell`, creating it on first use.
+pub(super) fn with_handle<H, T, E>(
+    cell: &'static LocalKey<RefCell<Option<H>>>,
+    create: fn() -> Result<H, E>,
+    f: impl FnOnce(&mut H) -> T,
+) -> Result<T, E> {
+    cell.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(create()?);
+        }
+        Ok(f(slot.as_mut().expect("handle was just created")))
+    })
+}
+
 /// Decodes a JPEG at the scale and window that `plan` picks from its header; `None` when the
 /// JPEG is one this path leaves to the general decoder (CMYK, YCCK, 12-bit). Like libjpeg and
 /// Pillow, it rejects truncated data instead of filling the missing rows with grey.
@@ -239,15 +255,7 @@ pub(super) fn decode(
     bytes: &[u8],
     plan: impl FnOnce(&Header) -> (u32, Window),
 ) -> Option<Result<Decoded, String>> {
-    DECODER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            match Decoder::new() {
-                Ok(decoder) => *slot = Some(decoder),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        let decoder = slot.as_mut().expect("decoder was just created");
+    let decoded = with_handle(&DECODER, Decoder::new, |decoder| {
         let header = match decoder.header(bytes) {
             Ok(Some(header)) => header,
             Ok(None) => return None,
@@ -268,5 +276,6 @@ pub(super) fn decode(
                     pixels,
                 }),
         )
-    })
+    });
+    decoded.unwrap_or_else(|e| Some(Err(e)))
 }

@@ -114,21 +114,6 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's TurboJPEG handle, creating it on first use.
-fn with_handle<H, T>(
-    cell: &'static std::thread::LocalKey<RefCell<Option<H>>>,
-    create: fn() -> turbojpeg::Result<H>,
-    f: impl FnOnce(&mut H) -> T,
-) -> std::result::Result<T, turbojpeg::Error> {
-    cell.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(create()?);
-        }
-        Ok(f(slot.as_mut().expect("handle was just created")))
-    })
-}
-
 /// DCT scales (in eighths) that JPEGs are decoded at, smallest first.
 const DCT_EIGHTHS: [u32; 4] = [1, 2, 4, 8];
 
@@ -504,7 +489,7 @@ pub fn encode(src: ImageRef<'_>, format: EncodeFormat) -> Result<Vec<u8>> {
                 height: src.height as usize,
                 format,
             };
-            with_handle(&COMPRESSOR, turbojpeg::Compressor::new, |compressor| {
+            jpeg::with_handle(&COMPRESSOR, turbojpeg::Compressor::new, |compressor| {
                 compressor.set_quality(quality as i32)?;
                 compressor.set_subsamp(subsamp)?;
                 compressor.compress_to_vec(image)
