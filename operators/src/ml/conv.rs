@@ -28,10 +28,12 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::norm::{Normalized, burn_batch_norm, flex_batch_norm, tensor, tracked_batch_norm};
+use super::pool::{burn_max_pool, flex_max_pool, tracked_max_pool};
 
-/// Backends that run the classifiers' convolutions and batch norms ([`ConvBackend::conv`],
-/// [`ConvBackend::conv_relu_pool`], [`ConvBackend::channel_affine`],
-/// [`ConvBackend::batch_norm`]) as ops of their own; the defaults are Burn's ops.
+/// Backends that run the classifiers' convolutions, pools and batch norms
+/// ([`ConvBackend::conv`], [`ConvBackend::conv_relu_pool`], [`ConvBackend::channel_affine`],
+/// [`ConvBackend::max_pool`], [`ConvBackend::batch_norm`]) as ops of their own; the defaults
+/// are Burn's ops.
 pub trait ConvBackend: Backend {
     /// `x` `[n, c, h, w]` convolved with `weight` `[f, c, k, k]` at `stride` with zero padding
     /// `pad` on every side, plus `bias` `[f]`: `[n, f, (h + 2 pad - k) / stride + 1, ..]`.
@@ -63,6 +65,12 @@ pub trait ConvBackend: Backend {
         shift: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         burn_channel_affine::<Self>(x, scale, shift)
+    }
+
+    /// Max pooling of `x` `[n, c, h, w]` over `k` x `k` windows at `stride`, padded by `pad`
+    /// on every side (at most `k / 2`; padding never wins).
+    fn max_pool(x: FloatTensor<Self>, k: usize, stride: usize, pad: usize) -> FloatTensor<Self> {
+        burn_max_pool::<Self>(x, k, stride, pad)
     }
 
     /// Batch normalisation of `x` `[n, c, h, w]` with the batch's own per-channel statistics,
@@ -131,6 +139,10 @@ impl ConvBackend for Flex {
         epsilon: f64,
     ) -> Normalized<Self> {
         flex_batch_norm(x, gamma, beta, epsilon)
+    }
+
+    fn max_pool(x: FlexTensor, k: usize, stride: usize, pad: usize) -> FlexTensor {
+        flex_max_pool(x, k, stride, pad)
     }
 
     /// One pass over `x`, where Burn's broadcasting ops take two strided ones (without this,
@@ -246,6 +258,10 @@ impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
         tracked_batch_norm::<C>(x, gamma, beta, epsilon)
     }
 
+    fn max_pool(x: FloatTensor<Self>, k: usize, stride: usize, pad: usize) -> FloatTensor<Self> {
+        tracked_max_pool::<C>(x, k, stride, pad)
+    }
+
     fn conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -338,11 +354,22 @@ impl Shapes {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// The input column that output column `ox` reads at kernel column `kx`, if inside.
-    fn column(&self, ox: usize, kx: usize) -> Option<usize> {
-        (ox * self.stride + kx)
-            .checked_sub(self.pad)
-            .filter(|&ix| ix < self.w)
+    /// The output columns whose input column at kernel column `kx`, `ox * stride + kx - pad`,
+    /// lies inside the image, and the input column that the first of them reads.
+    fn columns(&self, kx: usize) -> (Range<usize>, usize) {
+        let lo = self
+            .pad
+            .saturating_sub(kx)
+            .div_ceil(self.stride)
+            .min(self.wo);
+        let hi = (self.w + self.pad)
+            .saturating_sub(kx)
+            .div_ceil(self.stride)
+            .clamp(lo, self.wo);
+        (
+            lo..hi,
+            (lo * self.stride + kx).saturating_sub(self.pad).min(self.w),
+        )
     }
 
     /// Rows of an image's im2col matrix: one per (channel, kernel row, kernel column).
@@ -747,9 +774,14 @@ fn im2col(s: &Shapes, x: &[f32], cols: &mut [f32]) {
             match iy {
                 Some(iy) => {
                     let row = &x[(c * s.h + iy) * s.w..][..s.w];
-                    for (ox, v) in out.iter_mut().enumerate() {
-                        *v = s.column(ox, kx).map_or(0.0, |ix| row[ix]);
-                    }
+                    let (inside, first) = s.columns(kx);
+                    out[..inside.start].fill(0.0);
+                    let read = row[first..].iter().step_by(s.stride);
+                    out[inside.clone()]
+                        .iter_mut()
+                        .zip(read)
+                        .for_each(|(v, x)| *v = *x);
+                    out[inside.end..].fill(0.0);
                 }
                 None => out.fill(0.0),
             }
@@ -769,11 +801,9 @@ fn col2im(s: &Shapes, cols: &mut [f32], dx: &mut [f32]) {
             let Some(iy) = iy else { return };
             let from = &cols[line * s.wo..][..s.wo];
             let row = &mut dx[(c * s.h + iy) * s.w..][..s.w];
-            for (ox, v) in from.iter().enumerate() {
-                if let Some(ix) = s.column(ox, kx) {
-                    row[ix] += v;
-                }
-            }
+            let (inside, first) = s.columns(kx);
+            let written = row[first..].iter_mut().step_by(s.stride);
+            written.zip(&from[inside]).for_each(|(d, v)| *d += v);
         });
     }
 }
@@ -956,6 +986,8 @@ mod tests {
         compare_strided(false, [2, 4, 9, 9, 6, 1], 2, 0);
         compare_strided(false, [2, 4, 5, 6, 3, 1], 1, 0);
         compare_strided(false, [1, 2, 1, 1, 3, 3], 2, 1);
+        compare_strided(false, [2, 2, 7, 8, 3, 5], 3, 3);
+        compare_strided(false, [1, 2, 2, 2, 3, 5], 3, 4);
         // Small outputs, several images per gemm (9 images: a group of 5 and one of 4).
         compare_strided(false, [9, 4, 3, 3, 5, 3], 1, 1);
         compare_strided(false, [9, 3, 4, 5, 6, 3], 2, 1);

@@ -26,6 +26,7 @@ pub mod events;
 pub mod model;
 pub mod norm;
 pub mod options;
+pub mod pool;
 pub mod predict;
 pub mod registry;
 pub mod resnet;

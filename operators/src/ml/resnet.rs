@@ -12,7 +12,6 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::max_pool2d;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use super::conv::ConvBackend;
@@ -86,8 +85,7 @@ impl<B: ConvBackend> Norm<B> {
             }
             // Inference, and a frozen norm in training, which keeps its running averages.
             _ => {
-                let scale = self.weight.val() / self.running_var.val().add_scalar(EPSILON).sqrt();
-                let shift = self.bias.val() - self.running_mean.val() * scale.clone();
+                let (scale, shift) = self.affine();
                 let [x, scale, shift] = [
                     x.into_primitive().tensor(),
                     scale.into_primitive().tensor(),
@@ -100,6 +98,19 @@ impl<B: ConvBackend> Norm<B> {
 }
 
 impl<B: Backend> Norm<B> {
+    /// Whether this norm normalises with its running averages in `mode`: in inference, and
+    /// when frozen.
+    fn fixed(&self, mode: &Mode<B>) -> bool {
+        matches!(mode, Mode::Inference) || self.frozen()
+    }
+
+    /// With the running averages, the norm as a per-channel `(scale, shift)`.
+    fn affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let scale = self.weight.val() / self.running_var.val().add_scalar(EPSILON).sqrt();
+        let shift = self.bias.val() - self.running_mean.val() * scale.clone();
+        (scale, shift)
+    }
+
     /// Whether training leaves this norm as it is (`freeze`): its scale does not track
     /// gradients. Without autodiff nothing does, and every norm trains.
     fn frozen(&self) -> bool {
@@ -142,15 +153,41 @@ fn conv<B: Backend>(
 
 /// `conv` (no bias, padding k / 2) applied to `x` through [`ConvBackend::conv`].
 fn convolve<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [f, _, k, _] = conv.weight.dims();
-    let bias = Tensor::<B, 1>::zeros([f], &x.device());
+    let bias = Tensor::<B, 1>::zeros([conv.weight.dims()[0]], &x.device());
+    convolve_with(conv, conv.weight.val(), bias, x)
+}
+
+/// `conv`'s geometry with `weight` and `bias` applied to `x` through [`ConvBackend::conv`].
+fn convolve_with<B: ConvBackend>(
+    conv: &Conv2d<B>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let k = weight.dims()[2];
     Tensor::from_primitive(TensorPrimitive::Float(B::conv(
         x.into_primitive().tensor(),
-        conv.weight.val().into_primitive().tensor(),
+        weight.into_primitive().tensor(),
         bias.into_primitive().tensor(),
         conv.stride[0],
         k / 2,
     )))
+}
+
+/// `norm` after `conv`. Where the norm uses its running averages it is folded into the
+/// convolution (each filter scaled, the shift as its bias): one pass over the output, not two.
+fn convolve_norm<B: ConvBackend>(
+    conv: &Conv2d<B>,
+    norm: &Norm<B>,
+    x: Tensor<B, 4>,
+    mode: &mut Mode<B>,
+) -> Tensor<B, 4> {
+    if !norm.fixed(mode) {
+        return norm.forward(convolve(conv, x), mode);
+    }
+    let (scale, shift) = norm.affine();
+    let weight = conv.weight.val() * scale.unsqueeze_dims::<4>(&[1, 2, 3]);
+    convolve_with(conv, weight, shift, x)
 }
 
 /// One layer of torchvision's `downsample` sequence: the 1x1 convolution, then its norm.
@@ -178,18 +215,16 @@ pub struct Block<B: Backend> {
 
 impl<B: ConvBackend> Block<B> {
     fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 4> {
-        let mut y = relu(self.bn1.forward(convolve(&self.conv1, x.clone()), mode));
-        y = self.bn2.forward(convolve(&self.conv2, y), mode);
+        let mut y = relu(convolve_norm(&self.conv1, &self.bn1, x.clone(), mode));
+        y = convolve_norm(&self.conv2, &self.bn2, y, mode);
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(convolve(conv3, relu(y)), mode);
+            y = convolve_norm(conv3, bn3, relu(y), mode);
         }
-        let mut shortcut = x;
-        for layer in &self.downsample {
-            shortcut = match layer {
-                Shortcut::Conv(conv) => convolve(conv, shortcut),
-                Shortcut::Norm(norm) => norm.forward(shortcut, mode),
-            };
-        }
+        let shortcut = match self.downsample.as_slice() {
+            [] => x,
+            [Shortcut::Conv(conv), Shortcut::Norm(norm)] => convolve_norm(conv, norm, x, mode),
+            _ => unreachable!("a downsample is a convolution and its norm"),
+        };
         relu(y + shortcut)
     }
 }
@@ -233,8 +268,9 @@ pub const DEPTHS: &[usize] = &[18, 34, 50];
 impl<B: ConvBackend> ResNet<B> {
     /// Logits `[batch, classes]` of images `[batch, channels, height, width]`.
     pub fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 2> {
-        let x = relu(self.bn1.forward(convolve(&self.conv1, x), mode));
-        let mut x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+        let x = relu(convolve_norm(&self.conv1, &self.bn1, x, mode));
+        let x = B::max_pool(x.into_primitive().tensor(), 3, 2, 1);
+        let mut x = Tensor::from_primitive(TensorPrimitive::Float(x));
         for block in self.blocks() {
             x = block.forward(x, mode);
         }
