@@ -459,6 +459,26 @@ def listing(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
+def parse_metrics(text):
+    """Prometheus's text exposition format as {(name, frozenset of (label, value)): value}."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        name, labels, value = m.groups()
+        pairs = frozenset(re.findall(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"', labels or ""))
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def metric(samples, name, **labels):
+    """The sum of the `name` series whose labels include `labels` (0 where there is none)."""
+    want = set(labels.items())
+    return sum(v for (n, pairs), v in samples.items() if n == name and want <= pairs)
+
+
 def parse_address(text, pattern):
     """The `host:port` that `pattern` (a regex with one group) finds in `text`."""
     m = re.search(pattern, text)

@@ -19,8 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (QUIVER, fault_env, first_line, kill_group, listing, parse_address, run,
-                      spawn, spawn_logged, start_prometheus, stop_group, wait_for)
+from conftest import (QUIVER, fault_env, first_line, kill_group, listing, metric, parse_address,
+                      parse_metrics, run, spawn, spawn_logged, start_prometheus, stop_group,
+                      wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -235,41 +236,47 @@ def test_queries_spread_over_both_executors(cluster, samples):
     assert all(n > 0 for n in ran), (ran, cluster.tail())
 
 
+def scrape(address):
+    """The /metrics of a driver or an executor's trainer port, parsed."""
+    return parse_metrics(readyz(address, path="/metrics"))
+
+
+def trainers(cluster):
+    """Each executor's trainer address, the one it advertises to the driver, from its log."""
+    return [parse_address(open(log).read(), r"executor trainer on ([0-9.]+:\d+)")
+            for log in cluster.logs[1:]]
+
+
 def test_the_driver_counts_jobs_and_tasks_for_prometheus(cluster, samples):
-    def scrape():
-        text = readyz(cluster.address, path="/metrics")
-        values = dict(re.findall(r"^(quiver_\S+|process_resident_memory_bytes) (\S+)$", text, re.M))
-        return {k: float(v) for k, v in values.items()}
-    before = scrape()
+    before = scrape(cluster.address)
     src = os.path.join(samples, "photos", "test")
     for _ in range(2):
         cluster.sql(f"SELECT count(*) AS n FROM read_images('{src}/')")
     cluster.sql("SELECT * FROM no_such_table", check=False)
-    after = scrape()
+    after = scrape(cluster.address)
 
-    def delta(name):
-        return after[name] - before[name]
-    assert delta('quiver_jobs_total{state="completed"}') == 2, (before, after)
-    assert delta('quiver_jobs_total{state="submitted"}') == 2, (before, after)
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+    assert delta("quiver_jobs_total", state="completed") == 2, (before, after)
+    assert delta("quiver_jobs_total", state="submitted") == 2, (before, after)
     # A statement refused at planning is no job.
-    assert delta('quiver_jobs_total{state="failed"}') == 0, (before, after)
+    assert delta("quiver_jobs_total", state="failed") == 0, (before, after)
     assert delta("quiver_job_duration_seconds_count") == 2
     assert delta("quiver_job_duration_seconds_sum") > 0
     # Each job's tasks (its scan's partitions and the final aggregate) finished on executors.
-    tasks = delta('quiver_tasks_total{state="succeeded"}')
+    tasks = delta("quiver_tasks_total", state="succeeded")
     assert tasks >= 4 and tasks % 2 == 0, (before, after)
-    assert delta('quiver_task_duration_seconds_count{state="succeeded"}') == tasks
-    assert delta('quiver_tasks_total{state="failed"}') == 0
-    assert after["quiver_pending_tasks"] == 0
-    assert after["process_resident_memory_bytes"] > 0
+    assert delta("quiver_task_duration_seconds_count", state="succeeded") == tasks
+    assert delta("quiver_tasks_total", state="failed") == 0
+    assert after[("quiver_pending_tasks", frozenset())] == 0
+    assert after[("process_resident_memory_bytes", frozenset())] > 0
 
 
 def test_a_prometheus_server_scrapes_the_driver_and_the_executors(cluster, samples, tmp_path):
-    # Each executor serves /metrics on its trainer port, the one it advertises to the driver.
-    trainers = [parse_address(open(log).read(), r"executor trainer on ([0-9.]+:\d+)")
-                for log in cluster.logs[1:]]
-    assert len(trainers) == 2
-    proc, query = start_prometheus(tmp_path, [cluster.address, *trainers])
+    # Each executor serves /metrics on its trainer port.
+    executors = trainers(cluster)
+    assert len(executors) == 2
+    proc, query = start_prometheus(tmp_path, [cluster.address, *executors])
     src = os.path.join(samples, "photos", "test")
     cluster.sql(f"SELECT label, count(*) AS n FROM read_images('{src}/') GROUP BY label")
 
@@ -282,8 +289,8 @@ def test_a_prometheus_server_scrapes_the_driver_and_the_executors(cluster, sampl
     assert value("sum(quiver_task_duration_seconds_count)") > 0
     wait_for(lambda: value('count(up{job="quiver"} == 1)') == 3, "all three targets up",
              timeout=60, proc=proc)
-    for trainer in trainers:
-        assert value(f'process_resident_memory_bytes{{instance="{trainer}"}}') > 0
+    for executor in executors:
+        assert value(f'process_resident_memory_bytes{{instance="{executor}"}}') > 0
     stop_group(proc, timeout=30)
 
 
@@ -546,6 +553,17 @@ def test_two_data_parallel_workers_train_the_model_one_worker_does(tmp_path, sam
         assert [m["examples"] for m in m1] == [m["examples"] for m in m2] == [2000] * 3
         for a, b in zip(m1, m2):
             assert abs(a["loss"] - b["loss"]) < 1e-3 * a["loss"], (m1, m2)
+        # The executors' /metrics: worker 0 counted every global batch, and its loss and
+        # accuracy gauges hold the last epoch's means.
+        run_url = "file://" + os.path.join(cluster.store, "training", "two", "v1", "")
+        scraped = [scrape(t) for t in trainers(cluster)]
+        examples = [metric(s, "quiver_training_examples_total", run=run_url) for s in scraped]
+        assert sorted(examples) == [0, 6000], (examples, run_url, scraped)
+        worker0 = scraped[examples.index(6000)]
+        assert metric(worker0, "quiver_training_epoch", run=run_url) == 3
+        for gauge, key in [("quiver_training_loss", "loss"), ("quiver_training_accuracy", "accuracy")]:
+            got = metric(worker0, gauge, run=run_url)
+            assert abs(got - m2[-1][key]) < 1e-9 + 1e-6 * abs(m2[-1][key]), (gauge, got, m2[-1])
         one = run([*embedded, evaluate.format("one")])
         accuracy = [rows(one)[0]["accuracy"], rows(cluster.sql(evaluate.format("two")))[0]["accuracy"]]
         assert accuracy[0] > 0.6 and abs(accuracy[0] - accuracy[1]) <= 0.01, accuracy

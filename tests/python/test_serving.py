@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (QUIVER, fault_env, parse_address, run, spawn, start_prometheus, stop_group,
-                      wait_for)
+from conftest import (QUIVER, fault_env, metric, parse_address, parse_metrics, run, spawn,
+                      start_prometheus, stop_group, wait_for)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
@@ -344,26 +344,13 @@ def test_a_large_rest_request_runs_in_bounded_memory(served):
 
 
 def scrape(server):
-    """The server's /metrics as {(name, frozenset of label pairs): value}."""
+    """The server's /metrics, parsed."""
     scheme = "https" if server.tls else "http"
     proc = run(["curl", "-sS", "-i", f"{scheme}://localhost:{server.rest_port}/metrics"], timeout=60)
     assert proc.returncode == 0, proc.stderr
     head, text = proc.stdout.replace("\r\n", "\n").split("\n\n", 1)
     assert "content-type: text/plain; version=0.0.4" in head.lower(), head
-    samples = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, value = line.rsplit(" ", 1)
-        name, _, labels = series.partition("{")
-        pairs = frozenset(tuple(p.split("=", 1)) for p in labels.rstrip("}").split(",") if p)
-        samples[(name, pairs)] = float(value)
-    return samples
-
-
-def metric(samples, name, **labels):
-    want = {(k, f'"{v}"') for k, v in labels.items()}
-    return sum(v for (n, pairs), v in samples.items() if n == name and want <= pairs)
+    return parse_metrics(text)
 
 
 def test_prometheus_metrics_count_requests_latency_and_batches(served):
@@ -388,7 +375,7 @@ def test_prometheus_metrics_count_requests_latency_and_batches(served):
     assert delta("quiver_serve_requests_total", model="fashion", code="INVALID_ARGUMENT") == 1
     # A name that is not served is counted under one label, so clients cannot grow the series.
     assert delta("quiver_serve_requests_total", model="_unknown", code="NOT_FOUND") == 1
-    assert not any('"nope"' in v for _, pairs in after for _, v in pairs)
+    assert not any(v == "nope" for _, pairs in after for _, v in pairs)
     assert delta("quiver_serve_request_duration_seconds_count", model="fashion") == 5
     assert delta("quiver_serve_request_duration_seconds_sum", model="fashion") > 0
     # Without batching each request is one forward pass: three of 5 rows, one of 2.

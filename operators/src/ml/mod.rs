@@ -30,6 +30,7 @@ pub mod pool;
 pub mod predict;
 pub mod registry;
 pub mod resnet;
+mod run_metrics;
 pub mod schedule;
 pub mod spec;
 pub mod train;

@@ -33,6 +33,7 @@ use super::data::{Batch, BatchStream, WholeInput, batch_dims, batch_images};
 use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
+use super::run_metrics;
 use super::schedule::Rates;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
 use crate::image::kernels::{self, EncodeFormat};
@@ -647,10 +648,12 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
             if let Some(progress) = &job.hooks.progress {
                 progress.store(seen, Ordering::Relaxed);
             }
+            let (loss, accuracy) = (loss_sum / seen as f64, correct as f64 / seen as f64);
+            if rank == 0 {
+                run_metrics::step(&job.run_url, epoch, stats.examples as u64, loss, accuracy);
+            }
             let status = format!(
-                "loss {:.4} acc {:.3} {:.0} ex/s",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
+                "loss {loss:.4} acc {accuracy:.3} {:.0} ex/s",
                 seen as f64 / started.elapsed().as_secs_f64()
             );
             // In logs (no terminal) a line every 10 seconds stands in for the bar.
