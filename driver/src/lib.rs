@@ -3,7 +3,9 @@
 //! signals.
 
 pub mod cluster;
+pub mod console;
 pub mod coordinator;
+pub mod http;
 mod scheduler_metrics;
 pub mod serve;
 

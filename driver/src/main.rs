@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use quiver_engine::SessionOptions;
 
 mod cluster_cli;
+mod console_cli;
 mod experiment;
 mod jobs;
 mod options_page;
@@ -62,6 +63,9 @@ enum Command {
     },
     /// Serve registered models over TensorFlow Serving's gRPC and REST APIs.
     Serve(Box<serve_cli::ServeArgs>),
+    /// The web console over the store (--store): models with their training curves,
+    /// evaluation and lineage, until Ctrl-C or SIGTERM.
+    Console(console_cli::ConsoleArgs),
     /// Batch jobs: run a job file now, check it, list jobs and runs, follow a run's log, cancel.
     Job {
         #[command(subcommand)]
@@ -144,6 +148,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => serve_cli::serve_command(options, *args).await,
+        Command::Console(args) => console_cli::console_command(options, args).await,
         Command::Job { command, format } => {
             let output = run::Output {
                 format,

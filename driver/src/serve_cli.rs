@@ -24,15 +24,8 @@ pub(crate) struct ServeArgs {
     /// The REST port (0 picks a free one).
     #[arg(long, default_value_t = 8501)]
     rest_port: u16,
-    /// The server's TLS certificate chain (PEM); both servers use TLS with it.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The server's private key (PEM).
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// A CA certificate (PEM): clients must present a certificate it signed (mutual TLS).
-    #[arg(long, requires = "tls_cert")]
-    client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
     /// Where the models run: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -66,6 +59,33 @@ pub(crate) struct ServeArgs {
     shutdown_grace_seconds: f64,
 }
 
+/// A server's TLS flags (`quiver serve`, `quiver console`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerTlsArgs {
+    /// The server's TLS certificate chain (PEM): it serves over TLS with it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A CA certificate (PEM): clients must present a certificate it signed (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// The files, when a certificate is given.
+    pub(crate) fn files(self) -> Option<TlsFiles> {
+        let mutual = self.client_ca.is_some();
+        self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
+            cert: Some(cert),
+            key: Some(key),
+            mutual,
+            ca: self.client_ca,
+        })
+    }
+}
+
 fn seconds(flag: &str, value: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         err!(
@@ -90,12 +110,7 @@ pub(crate) async fn serve_command(options: SessionOptions, args: ServeArgs) -> R
         device: quiver_operators::ml::device::parse(&args.device)
             .map_err(|e| err!(QuiverError::Config, "--device: {e}"))?,
         rest_port: args.rest_port,
-        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
-            cert: Some(cert),
-            key: Some(key),
-            mutual: args.client_ca.is_some(),
-            ca: args.client_ca,
-        }),
+        tls: args.tls.files(),
         batching: args.batching.then(|| Batching {
             max_batch_size: args.max_batch_size.max(1),
             batch_timeout: Duration::from_micros(args.batch_timeout_micros),

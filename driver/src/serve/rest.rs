@@ -559,38 +559,12 @@ pub async fn run(
     state: Arc<ServerState>,
     listener: TcpListener,
     tls: Option<Tls>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> Result<(), ServeError> {
-    let app = router(state).into_make_service();
-    let listener = listener
-        .into_std()
-        .map_err(|e| err!(ServeError::Internal, "REST listener: {e}"))?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        let _ = stop.wait_for(|s| *s).await;
-        stopper.graceful_shutdown(Some(grace));
-    });
-    let served = match tls {
-        Some(tls) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(
-                tls.server_config()
-                    .map_err(|e| ServeError::InvalidArgument(e.to_string()))?,
-            );
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(app)
-                .await
-        }
-        None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(app)
-                .await
-        }
-    };
-    served.map_err(|e| err!(ServeError::Internal, "REST server: {e}"))
+    crate::http::serve_router(router(state), listener, tls, stop, grace)
+        .await
+        .map_err(|e| err!(ServeError::Internal, "REST server: {e}"))
 }
 
 #[cfg(test)]

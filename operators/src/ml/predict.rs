@@ -504,20 +504,17 @@ async fn models_batch(registry: &Registry, schema: &SchemaRef) -> Result<RecordB
     let mut created = timestamp_builder();
     let (mut accuracy, mut val_accuracy) = (Float64Builder::new(), Float64Builder::new());
     let mut location = StringBuilder::new();
-    for model in registry.names().await? {
-        for v in registry.versions(&model).await? {
-            let (card, _) = registry.load(&model, Some(v)).await?;
-            let last = card.history.last();
-            name.append_value(&card.name);
-            version.append_value(card.version);
-            model_type.append_value(card.architecture.model_type());
-            classes.append_value(card.labels.labels.len() as u64);
-            epochs.append_value(card.history.len() as u64);
-            accuracy.append_option(last.map(|m| m.accuracy));
-            val_accuracy.append_option(card.evaluation.as_ref().map(|e| e.accuracy));
-            created.append_value(timestamp_micros(card.created_at as f64));
-            location.append_value(registry.version_url(&card.name, card.version));
-        }
+    for card in registry.cards().await? {
+        let last = card.history.last();
+        name.append_value(&card.name);
+        version.append_value(card.version);
+        model_type.append_value(card.architecture.model_type());
+        classes.append_value(card.labels.labels.len() as u64);
+        epochs.append_value(card.history.len() as u64);
+        accuracy.append_option(last.map(|m| m.accuracy));
+        val_accuracy.append_option(card.evaluation.as_ref().map(|e| e.accuracy));
+        created.append_value(timestamp_micros(card.created_at as f64));
+        location.append_value(registry.version_url(&card.name, card.version));
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(name.finish()),

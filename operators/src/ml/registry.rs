@@ -146,6 +146,38 @@ impl Registry {
         }
     }
 
+    /// The cards of every version of every model: by name, then version.
+    pub async fn cards(&self) -> Result<Vec<ModelCard>, MlError> {
+        let mut cards = Vec::new();
+        for name in self.names().await? {
+            for version in self.versions(&name).await? {
+                cards.push(self.card(&name, version).await?);
+            }
+        }
+        Ok(cards)
+    }
+
+    /// The card of `name` at `version`, without its weights.
+    pub async fn card(&self, name: &str, version: u64) -> Result<ModelCard, MlError> {
+        let dir = self.version_dir(name, version);
+        let card = get_bytes(&self.store, &dir.clone().join("model.json"))
+            .await?
+            .ok_or_else(|| {
+                err!(
+                    MlError::NotFound,
+                    "model '{name}' has no version {version} in the registry at {}",
+                    self.url
+                )
+            })?;
+        serde_json::from_slice(&card).map_err(|e| {
+            err!(
+                MlError::Checkpoint,
+                "{}model.json is unreadable: {e}",
+                self.version_url(name, version)
+            )
+        })
+    }
+
     /// The card and weights of `name` at `version` (the newest when `None`).
     pub async fn load(
         &self,
@@ -162,23 +194,8 @@ impl Registry {
                 )
             })?,
         };
+        let card = self.card(name, version).await?;
         let dir = self.version_dir(name, version);
-        let card = get_bytes(&self.store, &dir.clone().join("model.json"))
-            .await?
-            .ok_or_else(|| {
-                err!(
-                    MlError::NotFound,
-                    "model '{name}' has no version {version} in the registry at {}",
-                    self.url
-                )
-            })?;
-        let card: ModelCard = serde_json::from_slice(&card).map_err(|e| {
-            err!(
-                MlError::Checkpoint,
-                "{}model.json is unreadable: {e}",
-                self.version_url(name, version)
-            )
-        })?;
         let weights = get_bytes(&self.store, &dir.clone().join(card.weights.as_str()))
             .await?
             .ok_or_else(|| {

@@ -1,0 +1,152 @@
+"""The web console (`quiver console --store URL`): its pages over a store's registry, fetched as
+a browser fetches them, against the numbers SQL gives for the same store."""
+
+import html
+import os
+import re
+import ssl
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import QUIVER, json_rows, output, run, spawn_logged, stop_group, wait_for
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def sql(store, statement):
+    proc = run([QUIVER, "--store", str(store), "sql", "--format", "json", statement], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json_rows(proc.stdout)
+
+
+def fashion(samples, split):
+    return (f"SELECT image_decode(content) AS image, label "
+            f"FROM read_images('{os.path.join(samples, 'fashion', split)}/')")
+
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def start(store, *flags):
+    """A console on `store` on a free port: the process and its base URL."""
+    proc = spawn_logged([QUIVER, "--store", str(store), "console", "--port", "0", *flags],
+                        store, f"console{len(flags)}")
+    wait_for(lambda: "quiver console on" in output(proc)[1], "the console's address",
+             timeout=120, proc=proc, context=lambda: output(proc)[1][-2000:])
+    return proc, re.search(r"quiver console on (https?://\S+/)", output(proc)[1]).group(1)
+
+
+@pytest.fixture(scope="module")
+def console(samples, tmp_path_factory):
+    store = tmp_path_factory.mktemp("console")
+    validation = fashion(samples, "test").replace("'", "''")
+    # The training query carries markup, which every page must show as text.
+    train = fashion(samples, "train") + f" WHERE label <> '{SCRIPT}'"
+    sql(store, f"""CREATE MODEL shoes OPTIONS (model_type = 'dnn_classifier',
+        hidden_units = [32], epochs = 3, batch_size = 64, seed = 3,
+        validation_query = '{validation}') AS {train}""")
+    sql(store, f"CREATE OR REPLACE MODEL shoes OPTIONS (model_type = 'dnn_classifier', hidden_units = [16], "
+               f"epochs = 2, seed = 4) AS {fashion(samples, 'train')}")
+    proc, url = start(store)
+    yield {"store": store, "url": url, "validation": fashion(samples, "test")}
+    stop_group(proc, timeout=30)
+
+
+def get(url, context=None):
+    """(status, headers, text) of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=30, context=context) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def cells(page, css_class):
+    """The text of each row's cells in the first table of class `css_class`."""
+    table = re.search(rf'<table class="{css_class}">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
+             for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, re.S)] for r in rows]
+
+
+def test_the_models_page_shows_what_models_shows(console):
+    status, headers, page = get(console["url"] + "models")
+    assert status == 200, page
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    want = sql(console["store"], "SELECT * FROM models() ORDER BY name, version DESC")
+    table = cells(page, "grid")
+    assert table[0] == ["model", "version", "type", "classes", "epochs", "accuracy",
+                        "val_accuracy", "created"]
+    fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    assert [row[:7] for row in table[1:]] == [
+        [r["name"], str(r["version"]), r["model_type"], str(r["classes"]), str(r["epochs"]),
+         fmt(r.get("accuracy")), fmt(r.get("val_accuracy"))] for r in want]
+    # The store and the newest version's link.
+    assert str(console["store"]) in page
+    status, _, latest = get(console["url"] + "models/shoes")
+    assert status == 200 and "shoes · version 2" in latest
+
+
+def test_a_version_page_draws_its_curves_and_its_evaluation(console):
+    status, _, page = get(console["url"] + "models/shoes/1")
+    assert status == 200, page
+    # Loss and accuracy, training (solid) and validation (dashed), a point per epoch.
+    charts = re.findall(r'<svg class="chart".*?</svg>', page, re.S)
+    assert len(charts) == 3, page
+    for chart in charts[:2]:
+        lines = re.findall(r'<polyline points="([^"]*)"', chart)
+        assert [len(p.split()) for p in lines] == [3, 3], chart
+        assert chart.count('stroke-dasharray="6 3"') == 2  # the curve and its legend
+    # The confusion matrix and per-class metrics equal ml_evaluate's on the validation query.
+    evaluation = sql(console["store"], "SELECT * FROM ml_evaluate('shoes', 1, '{}')".format(
+        console["validation"].replace("'", "''")))
+    evaluation = [r for r in evaluation if r.get("label") is not None]  # not the overall row
+    per_class = {r["label"]: r for r in evaluation}
+    table = {row[0]: row[1:] for row in cells(page, "grid")[1:]}
+    assert set(table) == set(per_class), (table, per_class)
+    for label, r in per_class.items():
+        assert table[label] == [f"{r['precision']:.4f}", f"{r['recall']:.4f}",
+                                f"{r['f1_score']:.4f}", str(r["support"])], (label, r)
+    heatmap = re.search(r'<svg class="heatmap".*?</svg>', page, re.S).group(0)
+    counts = [int(n) for n in re.findall(r">(\d+)</text>", heatmap)]
+    assert counts == [n for r in evaluation for n in r["confusion"]], (counts, evaluation)
+    # The version without a validation query has training curves only.
+    _, _, second = get(console["url"] + "models/shoes/2")
+    lines = re.findall(r'<polyline points="([^"]*)"', second)
+    assert [len(p.split()) for p in lines] == [2, 2, 2], lines
+
+
+def test_user_text_is_escaped_and_errors_are_pages(console):
+    _, _, page = get(console["url"] + "models/shoes/1")
+    assert html.escape(SCRIPT, quote=False) in page
+    assert "<script" not in page.lower()
+    status, _, missing = get(console["url"] + "models/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    assert status == 404 and "<script" not in missing.lower(), missing
+    status, _, missing = get(console["url"] + "models/shoes/7")
+    assert status == 404 and "no version 7" in missing, missing
+    status, _, _ = get(console["url"] + "no/such/page")
+    assert status == 404
+    status, headers, css = get(console["url"] + "console.css")
+    assert status == 200 and headers["Content-Type"].startswith("text/css")
+    status, _, metrics = get(console["url"] + "metrics")
+    assert status == 200 and "process_resident_memory_bytes" in metrics
+
+
+def test_under_mutual_tls_only_clients_with_a_certificate_get_pages(console, tmp_path):
+    certs = tmp_path / "certs"
+    run(["bash", os.path.join(ROOT, "scripts", "certs.sh"), str(certs)], check=True)
+    proc, url = start(console["store"], "--tls-cert", str(certs / "server.pem"), "--tls-key",
+                      str(certs / "server.key"), "--client-ca", str(certs / "ca.pem"))
+    try:
+        assert url.startswith("https://") and "mutual TLS" in output(proc)[1]
+        anonymous = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            get(url + "models", anonymous)
+        member = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        member.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+        status, _, page = get(url + "models", member)
+        assert status == 200 and "shoes" in page
+    finally:
+        stop_group(proc, timeout=30)
