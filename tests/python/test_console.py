@@ -49,6 +49,9 @@ def console(samples, tmp_path_factory):
         validation_query = '{validation}') AS {train}""")
     sql(store, f"CREATE OR REPLACE MODEL shoes OPTIONS (model_type = 'dnn_classifier', hidden_units = [16], "
                f"epochs = 2, seed = 4) AS {fashion(samples, 'train')}")
+    sql(store, f"""CREATE EXPERIMENT lr OPTIONS (model_type = 'dnn_classifier',
+        learning_rate = [0.0005, 0.005, 0.05], hidden_units = [16], epochs = 2, seed = 5,
+        validation_query = '{validation}') AS {fashion(samples, 'train')}""")
     proc, url = start(store)
     yield {"store": store, "url": url, "validation": fashion(samples, "test")}
     stop_group(proc, timeout=30)
@@ -66,7 +69,7 @@ def get(url, context=None):
 def cells(page, css_class):
     """The text of each row's cells in the first table of class `css_class`."""
     table = re.search(rf'<table class="{css_class}">(.*?)</table>', page, re.S).group(1)
-    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
     return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
              for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, re.S)] for r in rows]
 
@@ -118,6 +121,38 @@ def test_a_version_page_draws_its_curves_and_its_evaluation(console):
     assert [len(p.split()) for p in lines] == [2, 2, 2], lines
 
 
+def test_the_experiment_pages_show_what_the_trials_table_shows(console):
+    status, _, page = get(console["url"] + "experiments")
+    assert status == 200, page
+    (want,) = sql(console["store"], "SELECT * FROM experiments()")
+    assert cells(page, "grid")[1] == [
+        "lr", want["status"], "dnn_classifier", "maximize val_accuracy", "3",
+        want["best_trial"], f"{want['best_value']:.4f}"]
+    trials = sql(console["store"], "SELECT * FROM experiment_trials('lr') ORDER BY objective DESC")
+    status, _, page = get(console["url"] + "experiments/lr?sort=objective&desc=1")
+    assert status == 200, page
+    table = cells(page, "grid trials")
+    assert table[0] == ["trial", "generation", "learning_rate", "status", "objective", "epochs",
+                        "val_accuracy", "seconds"]
+    assert [(r[0], r[2], r[3], r[4]) for r in table[1:]] == [
+        (t["trial"] + (" ★" if t["trial"] == want["best_trial"] else ""),
+         f"{t['learning_rate']:g}", t["status"], f"{t['objective']:.4f}") for t in trials]
+    assert table[1][0] == want["best_trial"] + " ★"
+    # Ascending by learning rate.
+    _, _, page = get(console["url"] + "experiments/lr?sort=learning_rate")
+    rates = [float(r[2]) for r in cells(page, "grid trials")[1:]]
+    assert rates == sorted(rates) == [0.0005, 0.005, 0.05]
+    # The objective per epoch for each trial, and each trial against its learning rate.
+    charts = re.findall(r'<svg class="chart".*?</svg>', page, re.S)
+    assert len(charts) == 2, page
+    assert [len(p.split()) for p in re.findall(r'<polyline points="([^"]*)"', charts[0])] == [2] * 3
+    assert "best trial" in charts[1] and charts[1].count("<circle") == 3, charts[1]
+    # The best trial's registered model links to its page.
+    (best_model,) = re.findall(r'<a href="(/models/lr/\d+)">', page)
+    status, _, model = get(console["url"] + best_model.lstrip("/"))
+    assert status == 200 and "lr · version" in model
+
+
 def test_user_text_is_escaped_and_errors_are_pages(console):
     _, _, page = get(console["url"] + "models/shoes/1")
     assert html.escape(SCRIPT, quote=False) in page
@@ -126,6 +161,8 @@ def test_user_text_is_escaped_and_errors_are_pages(console):
     assert status == 404 and "<script" not in missing.lower(), missing
     status, _, missing = get(console["url"] + "models/shoes/7")
     assert status == 404 and "no version 7" in missing, missing
+    status, _, missing = get(console["url"] + "experiments/ghost")
+    assert status == 404 and "experiment 'ghost' does not exist" in missing, missing
     status, _, _ = get(console["url"] + "no/such/page")
     assert status == 404
     status, headers, css = get(console["url"] + "console.css")

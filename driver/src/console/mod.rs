@@ -1,9 +1,11 @@
 //! The web console: read-only HTML pages over a store's model registry (each version's
-//! training curves, evaluation, confusion matrix and lineage), rendered on the server with
+//! training curves, evaluation, confusion matrix and lineage) and experiments (trials,
+//! curves, hyperparameters against the objective), rendered on the server with
 //! SVG charts drawn here; nothing is fetched from elsewhere and no script runs in the page.
 //! Everything is read from the store per request, so `quiver console --store URL` on a
 //! colleague's store shows the same pages.
 
+mod experiments;
 mod svg;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use quiver_engine::Session;
 use quiver_engine::time::utc_timestamp;
+use quiver_operators::experiment::records::Experiments;
 use quiver_operators::ml::registry::{ModelCard, Registry};
 use quiver_operators::ml::{MlError, registry};
 
@@ -25,6 +28,7 @@ use svg::Series;
 /// What the pages read.
 pub struct Console {
     registry: Registry,
+    experiments: Experiments,
     store: String,
 }
 
@@ -33,6 +37,7 @@ impl Console {
     pub fn new(session: &Session) -> Result<Self, MlError> {
         Ok(Self {
             registry: registry(session)?,
+            experiments: Experiments::new(session)?,
             store: session.default_store().to_string(),
         })
     }
@@ -75,6 +80,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/models", get(models))
         .route("/models/{name}", get(latest))
         .route("/models/{name}/{version}", get(version))
+        .route("/experiments", get(experiments::list))
+        .route("/experiments/{name}", get(experiments::show))
         .route(
             "/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
@@ -119,7 +126,11 @@ fn layout(title: &str, store: Option<&str>, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "Quiver" }
-                    nav { a href="/models" { "Models" } a href="/metrics" { "Metrics" } }
+                    nav {
+                        a href="/models" { "Models" }
+                        a href="/experiments" { "Experiments" }
+                        a href="/metrics" { "Metrics" }
+                    }
                     @if let Some(store) = store { span.store title="store" { (store) } }
                 }
                 main { h1 { (title) } (body) }
@@ -210,28 +221,22 @@ fn version_body(registry: &Registry, card: &ModelCard, versions: &[u64]) -> Mark
             .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
             .collect::<Vec<_>>()
     };
-    let curve = |name: &str, points, dashed| Series {
-        name: name.into(),
-        points,
-        dashed,
-    };
     // A model trained without a validation query has no validation curves.
     let present = |mut series: Vec<Series>| {
         series.retain(|s| !s.points.is_empty());
         series
     };
     let loss = present(vec![
-        curve("training", epochs(|m| Some(m.loss)), false),
-        curve("validation", epochs(|m| m.val_loss), true),
+        Series::line("training", epochs(|m| Some(m.loss))),
+        Series::line("validation", epochs(|m| m.val_loss)).dashed(),
     ]);
     let accuracy = present(vec![
-        curve("training", epochs(|m| Some(m.accuracy)), false),
-        curve("validation", epochs(|m| m.val_accuracy), true),
+        Series::line("training", epochs(|m| Some(m.accuracy))),
+        Series::line("validation", epochs(|m| m.val_accuracy)).dashed(),
     ]);
-    let speed = [curve(
+    let speed = [Series::line(
         "examples/s",
         epochs(|m| Some(m.examples_per_second)),
-        false,
     )];
     html! {
         nav.versions {

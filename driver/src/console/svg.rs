@@ -15,6 +15,36 @@ pub(super) struct Series {
     pub(super) points: Vec<(f64, f64)>,
     /// Drawn dashed (validation curves beside training ones).
     pub(super) dashed: bool,
+    /// Points only, without the line through them (a scatter plot).
+    pub(super) scatter: bool,
+}
+
+impl Series {
+    /// A line through `points`.
+    pub(super) fn line(name: &str, points: Vec<(f64, f64)>) -> Self {
+        Self {
+            name: name.into(),
+            points,
+            dashed: false,
+            scatter: false,
+        }
+    }
+
+    /// This line dashed.
+    pub(super) fn dashed(self) -> Self {
+        Self {
+            dashed: true,
+            ..self
+        }
+    }
+
+    /// `points` without a line.
+    pub(super) fn points(name: &str, points: Vec<(f64, f64)>) -> Self {
+        Self {
+            scatter: true,
+            ..Self::line(name, points)
+        }
+    }
 }
 
 const WIDTH: f64 = 480.0;
@@ -61,7 +91,8 @@ pub(super) fn line_chart(title: &str, x: &str, series: &[Series]) -> Markup {
             Some(acc.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
         })
     };
-    let (Some((x0, mut x1)), Some((mut y0, mut y1))) = (bounds(|p| p.0), bounds(|p| p.1)) else {
+    let (Some((mut x0, mut x1)), Some((mut y0, mut y1))) = (bounds(|p| p.0), bounds(|p| p.1))
+    else {
         return html! { p.empty { (title) ": no points yet" } };
     };
     if x1 <= x0 {
@@ -70,9 +101,13 @@ pub(super) fn line_chart(title: &str, x: &str, series: &[Series]) -> Markup {
     if y1 <= y0 {
         (y0, y1) = (y0 - 0.5, y1 + 0.5);
     }
-    // Room above and below the extreme points.
+    // Room above and below the extreme points, and beside them in a scatter plot.
     let pad = (y1 - y0) * 0.05;
     (y0, y1) = (y0 - pad, y1 + pad);
+    if series.iter().any(|s| s.scatter) {
+        let pad = (x1 - x0) * 0.05;
+        (x0, x1) = (x0 - pad, x1 + pad);
+    }
     // Whole x values (epochs) get whole ticks only.
     let whole = points().all(|(a, _)| a.fract() == 0.0);
     let x_ticks: Vec<f64> = ticks(x0, x1, 6)
@@ -106,11 +141,13 @@ pub(super) fn line_chart(title: &str, x: &str, series: &[Series]) -> Markup {
                     .filter(|(a, b)| a.is_finite() && b.is_finite())
                     .map(|&(a, b)| format!("{},{}", sx(a), sy(b)))
                     .collect();
-                polyline points=(line.join(" ")) fill="none" stroke=(colour) stroke-width="2"
-                    stroke-dasharray=[s.dashed.then_some("6 3")] {}
+                @if !s.scatter {
+                    polyline points=(line.join(" ")) fill="none" stroke=(colour) stroke-width="2"
+                        stroke-dasharray=[s.dashed.then_some("6 3")] {}
+                }
                 @for p in &line {
                     @let (cx, cy) = p.split_once(',').unwrap_or_default();
-                    circle cx=(cx) cy=(cy) r="2.5" fill=(colour) {}
+                    circle cx=(cx) cy=(cy) r=(if s.scatter { "4" } else { "2.5" }) fill=(colour) {}
                 }
                 @let lx = left + (i % 3) as f64 * (w / 3.0);
                 @let ly = top + h + 48.0 + (i / 3) as f64 * 14.0;
@@ -187,11 +224,10 @@ mod tests {
 
     #[test]
     fn charts_escape_names_and_skip_non_finite_points() {
-        let series = [Series {
-            name: "<script>alert(1)</script>".into(),
-            points: vec![(1.0, 0.5), (2.0, f64::NAN), (3.0, 0.25)],
-            dashed: false,
-        }];
+        let series = [Series::line(
+            "<script>alert(1)</script>",
+            vec![(1.0, 0.5), (2.0, f64::NAN), (3.0, 0.25)],
+        )];
         let svg = line_chart("loss", "epoch", &series).into_string();
         assert!(
             !svg.contains("<script>") && svg.contains("&lt;script&gt;"),
@@ -202,6 +238,12 @@ mod tests {
         assert!(
             svg.contains(">2</text>") && !svg.contains(">1.5</text>"),
             "{svg}"
+        );
+        let scatter = line_chart("lr", "x", &[Series::points("trials", vec![(0.1, 1.0)])]);
+        let scatter = scatter.into_string();
+        assert!(
+            !scatter.contains("<polyline") && scatter.contains("<circle"),
+            "{scatter}"
         );
         let empty = line_chart("loss", "epoch", &[]).into_string();
         assert!(empty.contains("no points yet"), "{empty}");

@@ -224,6 +224,15 @@ impl ExperimentDir {
         Ok(ids)
     }
 
+    /// The `result.json` of every trial that has ended, in trial order.
+    pub async fn results(&self) -> Result<Vec<TrialRecord>, MlError> {
+        let mut records = Vec::new();
+        for trial in self.trial_ids().await? {
+            records.extend(self.result(&trial).await?);
+        }
+        Ok(records)
+    }
+
     /// A trial's `params.json`.
     pub async fn params(&self, trial: &str) -> Result<Option<TrialParams>, MlError> {
         self.read_json(&self.trial_dir(trial).clone().join("params.json"))

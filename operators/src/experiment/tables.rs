@@ -340,10 +340,7 @@ async fn experiments_batch(experiments: &Experiments, schema: &SchemaRef) -> Res
         };
         // A running experiment's best so far comes from the results written up to now.
         let ids = dir.trial_ids().await?;
-        let mut records = Vec::new();
-        for t in &ids {
-            records.extend(dir.result(t).await?);
-        }
+        let records = dir.results().await?;
         let best_now = best_trial(&records, &file.objective);
         name.append_value(&file.name);
         status.append_value(&file.status);
