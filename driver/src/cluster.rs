@@ -112,6 +112,28 @@ async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> (StatusCode, String)
     )
 }
 
+/// `GET /sd/executors`: the live executors' metrics endpoints (their trainer ports) in
+/// Prometheus's HTTP service-discovery format, one target group per executor labelled with
+/// its id and device.
+async fn executor_targets(
+    State(scheduler): State<Arc<Scheduler>>,
+) -> axum::Json<Vec<serde_json::Value>> {
+    let groups = live_executors(&scheduler.state.executor_manager)
+        .await
+        .into_iter()
+        .map(|meta| {
+            serde_json::json!({
+                "targets": [format!("{}:{}", meta.host, meta.grpc_port)],
+                "labels": {
+                    "executor": meta.id,
+                    "device": meta.id.rsplit('/').next().unwrap_or("cpu"),
+                },
+            })
+        })
+        .collect();
+    axum::Json(groups)
+}
+
 /// Serves the scheduler's gRPC service, the experiment coordinator, `/readyz` and `/metrics` on
 /// `listener` until it fails.
 async fn serve(
@@ -135,6 +157,7 @@ async fn serve(
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(quiver_engine::metrics::page))
+        .route("/sd/executors", axum::routing::get(executor_targets))
         .with_state(Arc::new(scheduler))
         .merge(grpc.routes().into_axum_router())
         .into_make_service_with_connect_info::<SocketAddr>();

@@ -355,10 +355,11 @@ def fixed_ports(n):
     return ports
 
 
-def start_prometheus(folder, targets):
+def start_prometheus(folder, targets, discover=None):
     """A real Prometheus server (Debian's `prometheus`, which scripts/test.sh installs) scraping
-    the `/metrics` of `targets` (`host:port`) every second, on a port of its own. Returns the
-    process and `query(expr)`, the result list of an instant PromQL query."""
+    the `/metrics` of `targets` (`host:port`, job `quiver`) every second, and with `discover`
+    (an HTTP service-discovery URL) the targets it lists (job `discovered`), on a port of its
+    own. Returns the process and `query(expr)`, the result list of an instant PromQL query."""
     import urllib.parse
     import urllib.request
     prometheus = shutil.which("prometheus")
@@ -368,7 +369,10 @@ def start_prometheus(folder, targets):
     # YAML is a superset of JSON.
     config.write_text(json.dumps({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": "quiver", "static_configs": [{"targets": targets}]}]}))
+        "scrape_configs": [{"job_name": "quiver", "static_configs": [{"targets": targets}]}] + (
+            [{"job_name": "discovered",
+              "http_sd_configs": [{"url": discover, "refresh_interval": "1s"}]}]
+            if discover else [])}))
     for attempt in range(5):
         port, = fixed_ports(1)
         url = f"http://127.0.0.1:{port}"

@@ -273,10 +273,15 @@ def test_the_driver_counts_jobs_and_tasks_for_prometheus(cluster, samples):
 
 
 def test_a_prometheus_server_scrapes_the_driver_and_the_executors(cluster, samples, tmp_path):
-    # Each executor serves /metrics on its trainer port.
+    # Each executor serves /metrics on its trainer port, which the driver lists for
+    # Prometheus's HTTP service discovery.
     executors = trainers(cluster)
     assert len(executors) == 2
-    proc, query = start_prometheus(tmp_path, [cluster.address, *executors])
+    groups = json.loads(readyz(cluster.address, path="/sd/executors"))
+    assert sorted(t for g in groups for t in g["targets"]) == sorted(executors), groups
+    assert all(g["labels"]["device"] == "cpu" and g["labels"]["executor"] for g in groups), groups
+    proc, query = start_prometheus(tmp_path, [cluster.address],
+                                   discover=f"http://{cluster.address}/sd/executors")
     src = os.path.join(samples, "photos", "test")
     cluster.sql(f"SELECT label, count(*) AS n FROM read_images('{src}/') GROUP BY label")
 
@@ -287,10 +292,12 @@ def test_a_prometheus_server_scrapes_the_driver_and_the_executors(cluster, sampl
              "Prometheus to scrape the driver's task counts", timeout=60, proc=proc)
     assert value('quiver_jobs_total{state="completed"}') > 0
     assert value("sum(quiver_task_duration_seconds_count)") > 0
-    wait_for(lambda: value('count(up{job="quiver"} == 1)') == 3, "all three targets up",
-             timeout=60, proc=proc)
+    wait_for(lambda: value('count(up{job="discovered"} == 1)') == 2,
+             "both discovered executors up", timeout=60, proc=proc)
+    assert value('up{job="quiver"}') == 1
     for executor in executors:
-        assert value(f'process_resident_memory_bytes{{instance="{executor}"}}') > 0
+        assert value(f'process_resident_memory_bytes{{job="discovered",instance="{executor}",'
+                     f'device="cpu"}}') > 0
     stop_group(proc, timeout=30)
 
 
