@@ -7,8 +7,9 @@ source "$(dirname "$0")/env.sh"
 cd "$QUIVER_ROOT"
 started=$SECONDS
 quiver_install_packages
-# The metrics tests scrape with a real Prometheus server.
-quiver_apt prometheus
+# The metrics tests scrape with a real Prometheus server; the console's pages load in
+# headless Chromium.
+quiver_apt prometheus chromium
 # The reference environment downloads while cargo compiles.
 quiver_start_refenv
 quiver_log "cargo fmt --check"

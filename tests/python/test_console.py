@@ -4,6 +4,7 @@ a browser fetches them, against the numbers SQL gives for the same store."""
 import html
 import os
 import re
+import shutil
 import ssl
 import urllib.error
 import urllib.request
@@ -187,3 +188,40 @@ def test_under_mutual_tls_only_clients_with_a_certificate_get_pages(console, tmp
         assert status == 200 and "shoes" in page
     finally:
         stop_group(proc, timeout=30)
+
+
+def browse(url, screenshot):
+    """Loads `url` in headless Chromium (Debian's, which scripts/test.sh installs), saving a
+    screenshot: the page's console messages (script errors, Content-Security-Policy
+    violations), one per line."""
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.fail("chromium is not on PATH (Debian's package; scripts/test.sh installs it)")
+    proc = run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                "--window-size=1200,1400", "--enable-logging=stderr", "--v=0",
+                f"--user-data-dir={screenshot.parent / 'chromium-profile'}",
+                f"--screenshot={screenshot}", url], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_every_page_renders_in_chromium_without_console_messages(console, tmp_path):
+    # The check can fail: a page whose script logs, and one whose inline style the console's
+    # policy would refuse, both show up.
+    control = browse("data:text/html,<script>console.error('seen')</script><p>x</p>",
+                     tmp_path / "control.png")
+    assert any("seen" in line for line in control), control
+    refused = browse("data:text/html,<meta http-equiv='Content-Security-Policy' "
+                     "content=\"style-src 'self'\"><p style='color:red'>x</p>",
+                     tmp_path / "refused.png")
+    assert any("violates the following Content Security Policy" in line for line in refused), refused
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    for page in ["models", "models/shoes/1", "models/shoes/2", "experiments",
+                 "experiments/lr?sort=objective&desc=1"]:
+        name = re.sub(r"\W+", "-", page).strip("-")
+        messages = browse(console["url"] + page, shots / f"{name}.png")
+        assert messages == [], (page, messages)
+        # Not a blank page: tables and charts compress far less than white.
+        assert (shots / f"{name}.png").stat().st_size > 20_000, page
+    print(f"console screenshots in {shots}")
