@@ -31,9 +31,8 @@ use super::norm::{Normalized, burn_batch_norm, flex_batch_norm, tensor, tracked_
 use super::pool::{burn_max_pool, flex_max_pool, tracked_max_pool};
 
 /// Backends that run the classifiers' convolutions, pools and batch norms
-/// ([`ConvBackend::conv`], [`ConvBackend::conv_relu_pool`], [`ConvBackend::channel_affine`],
-/// [`ConvBackend::max_pool`], [`ConvBackend::batch_norm`]) as ops of their own; the defaults
-/// are Burn's ops.
+/// ([`ConvBackend::conv`], [`ConvBackend::conv_relu_pool`], [`ConvBackend::max_pool`],
+/// [`ConvBackend::batch_norm`]) as ops of their own; the defaults are Burn's ops.
 pub trait ConvBackend: Backend {
     /// `x` `[n, c, h, w]` convolved with `weight` `[f, c, k, k]` at `stride` with zero padding
     /// `pad` on every side, plus `bias` `[f]`: `[n, f, (h + 2 pad - k) / stride + 1, ..]`.
@@ -57,16 +56,6 @@ pub trait ConvBackend: Backend {
         burn_conv_relu_pool::<Self>(x, weight, bias)
     }
 
-    /// `x` `[n, c, h, w]` times `scale` `[c]` plus `shift` `[c]`, channel by channel: batch
-    /// normalisation with fixed statistics.
-    fn channel_affine(
-        x: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        burn_channel_affine::<Self>(x, scale, shift)
-    }
-
     /// Max pooling of `x` `[n, c, h, w]` over `k` x `k` windows at `stride`, padded by `pad`
     /// on every side (at most `k / 2`; padding never wins).
     fn max_pool(x: FloatTensor<Self>, k: usize, stride: usize, pad: usize) -> FloatTensor<Self> {
@@ -84,21 +73,6 @@ pub trait ConvBackend: Backend {
     ) -> Normalized<Self> {
         burn_batch_norm::<Self>(x, gamma, beta, epsilon)
     }
-}
-
-/// [`ConvBackend::channel_affine`] with Burn's broadcasting ops.
-fn burn_channel_affine<B: Backend>(
-    x: FloatTensor<B>,
-    scale: FloatTensor<B>,
-    shift: FloatTensor<B>,
-) -> FloatTensor<B> {
-    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-    let c = x.dims()[1];
-    let channel =
-        |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t)).reshape([1, c, 1, 1]);
-    (x * channel(scale) + channel(shift))
-        .into_primitive()
-        .tensor()
 }
 
 /// [`ConvBackend::conv`] through Burn's own convolution.
@@ -143,26 +117,6 @@ impl ConvBackend for Flex {
 
     fn max_pool(x: FlexTensor, k: usize, stride: usize, pad: usize) -> FlexTensor {
         flex_max_pool(x, k, stride, pad)
-    }
-
-    /// One pass over `x`, where Burn's broadcasting ops take two strided ones (without this,
-    /// batch norm took two thirds of a ResNet's inference).
-    fn channel_affine(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
-        if [&x, &scale, &shift].iter().any(|t| t.dtype() != DType::F32) {
-            return burn_channel_affine::<Self>(x, scale, shift);
-        }
-        let shape = x.shape();
-        let [_, c, h, w] = shape.dims::<4>();
-        let [x, scale, shift] = [x, scale, shift].map(|t| t.to_contiguous());
-        let (scale, shift): (&[f32], &[f32]) = (scale.storage(), shift.storage());
-        let mut out = x.storage::<f32>().to_vec();
-        out.par_chunks_mut((h * w).max(1))
-            .enumerate()
-            .for_each(|(plane, values)| {
-                let (a, b) = (scale[plane % c], shift[plane % c]);
-                values.iter_mut().for_each(|v| *v = *v * a + b);
-            });
-        tensor(out, shape.dims::<4>().to_vec())
     }
 
     fn conv(
@@ -993,24 +947,6 @@ mod tests {
         compare_strided(false, [9, 3, 4, 5, 6, 3], 2, 1);
         compare_strided(false, [8, 4, 2, 2, 3, 1], 1, 0);
         compare(true, 9, 2, 4, 4, 3, 3);
-    }
-
-    #[test]
-    fn channel_affine_matches_burn_s_broadcasting_ops() {
-        let device = Default::default();
-        let x = Tensor::<Flex, 4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device);
-        let [scale, shift] =
-            [1, 2].map(|_| Tensor::<Flex, 1>::random([5], Distribution::Default, &device));
-        let [x, scale, shift] = [
-            x.into_primitive().tensor(),
-            scale.into_primitive().tensor(),
-            shift.into_primitive().tensor(),
-        ];
-        let ours = Flex::channel_affine(x.clone(), scale.clone(), shift.clone());
-        let burn = burn_channel_affine::<Flex>(x, scale, shift);
-        let [ours, burn] =
-            [ours, burn].map(|t| Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(t)));
-        assert_eq!(ours.to_data(), burn.to_data());
     }
 
     #[test]

@@ -56,54 +56,36 @@ impl<B: Backend> Norm<B> {
 }
 
 impl<B: ConvBackend> Norm<B> {
-    fn forward(&self, x: Tensor<B, 4>, mode: &mut Mode<B>) -> Tensor<B, 4> {
+    /// Normalises `x` with the batch's statistics and pushes the updated running averages to
+    /// `running`.
+    fn normalize_batch(&self, x: Tensor<B, 4>, running: &mut Running<B>) -> Tensor<B, 4> {
         let [n, _, h, w] = x.dims();
         let float = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
-        match mode {
-            Mode::Training(running) if !self.frozen() => {
-                let (y, mean, var) = B::batch_norm(
-                    x.into_primitive().tensor(),
-                    self.weight.val().into_primitive().tensor(),
-                    self.bias.val().into_primitive().tensor(),
-                    EPSILON,
-                );
-                // The running variance is unbiased, as torch keeps it.
-                let count = (n * h * w) as f64;
-                let unbiased = count / (count - 1.0).max(1.0);
-                let update = |old: Tensor<B, 1>, batch: Tensor<B, 1>, factor: f64| {
-                    old.mul_scalar(1.0 - MOMENTUM) + batch.detach().mul_scalar(MOMENTUM * factor)
-                };
-                running.push((
-                    self.running_mean.id,
-                    update(self.running_mean.val(), float(mean), 1.0),
-                ));
-                running.push((
-                    self.running_var.id,
-                    update(self.running_var.val(), float(var), unbiased),
-                ));
-                Tensor::from_primitive(TensorPrimitive::Float(y))
-            }
-            // Inference, and a frozen norm in training, which keeps its running averages.
-            _ => {
-                let (scale, shift) = self.affine();
-                let [x, scale, shift] = [
-                    x.into_primitive().tensor(),
-                    scale.into_primitive().tensor(),
-                    shift.into_primitive().tensor(),
-                ];
-                Tensor::from_primitive(TensorPrimitive::Float(B::channel_affine(x, scale, shift)))
-            }
-        }
+        let (y, mean, var) = B::batch_norm(
+            x.into_primitive().tensor(),
+            self.weight.val().into_primitive().tensor(),
+            self.bias.val().into_primitive().tensor(),
+            EPSILON,
+        );
+        // The running variance is unbiased, as torch keeps it.
+        let count = (n * h * w) as f64;
+        let unbiased = count / (count - 1.0).max(1.0);
+        let update = |old: Tensor<B, 1>, batch: Tensor<B, 1>, factor: f64| {
+            old.mul_scalar(1.0 - MOMENTUM) + batch.detach().mul_scalar(MOMENTUM * factor)
+        };
+        running.push((
+            self.running_mean.id,
+            update(self.running_mean.val(), float(mean), 1.0),
+        ));
+        running.push((
+            self.running_var.id,
+            update(self.running_var.val(), float(var), unbiased),
+        ));
+        Tensor::from_primitive(TensorPrimitive::Float(y))
     }
 }
 
 impl<B: Backend> Norm<B> {
-    /// Whether this norm normalises with its running averages in `mode`: in inference, and
-    /// when frozen.
-    fn fixed(&self, mode: &Mode<B>) -> bool {
-        matches!(mode, Mode::Inference) || self.frozen()
-    }
-
     /// With the running averages, the norm as a per-channel `(scale, shift)`.
     fn affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let scale = self.weight.val() / self.running_var.val().add_scalar(EPSILON).sqrt();
@@ -174,20 +156,25 @@ fn convolve_with<B: ConvBackend>(
     )))
 }
 
-/// `norm` after `conv`. Where the norm uses its running averages it is folded into the
-/// convolution (each filter scaled, the shift as its bias): one pass over the output, not two.
+/// `norm` after `conv`. Where the norm uses its running averages (inference, and a frozen norm
+/// in training) it is folded into the convolution (each filter scaled, the shift as its bias):
+/// one pass over the output, not two.
 fn convolve_norm<B: ConvBackend>(
     conv: &Conv2d<B>,
     norm: &Norm<B>,
     x: Tensor<B, 4>,
     mode: &mut Mode<B>,
 ) -> Tensor<B, 4> {
-    if !norm.fixed(mode) {
-        return norm.forward(convolve(conv, x), mode);
+    match mode {
+        Mode::Training(running) if !norm.frozen() => {
+            norm.normalize_batch(convolve(conv, x), running)
+        }
+        _ => {
+            let (scale, shift) = norm.affine();
+            let weight = conv.weight.val() * scale.unsqueeze_dims::<4>(&[1, 2, 3]);
+            convolve_with(conv, weight, shift, x)
+        }
     }
-    let (scale, shift) = norm.affine();
-    let weight = conv.weight.val() * scale.unsqueeze_dims::<4>(&[1, 2, 3]);
-    convolve_with(conv, weight, shift, x)
 }
 
 /// One layer of torchvision's `downsample` sequence: the 1x1 convolution, then its norm.
@@ -446,7 +433,7 @@ mod tests {
             &device,
         );
         let mut running = Vec::new();
-        let y = norm.forward(x.clone(), &mut Mode::Training(&mut running));
+        let y = norm.normalize_batch(x.clone(), &mut running);
         let values = |t: Tensor<Flex, 4>| t.into_data().to_vec::<f32>().unwrap();
         let std = (3.5f32 + 1e-5).sqrt();
         for (got, v) in values(y).iter().zip([1f32, 2.0, 3.0, 6.0]) {
@@ -460,7 +447,15 @@ mod tests {
         for (got, want) in running.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{running:?}");
         }
-        let y = norm.forward(x, &mut Mode::Inference);
+        // Through a 1x1 convolution of weight 1, as the norm runs after one in the network.
+        let identity = conv(
+            (1, 1),
+            1,
+            1,
+            &mut |shape, _, _| TensorData::new(vec![1f32], shape),
+            &device,
+        );
+        let y = convolve_norm(&identity, &norm, x, &mut Mode::Inference);
         for (got, v) in values(y).iter().zip([1f32, 2.0, 3.0, 6.0]) {
             assert!((got - v / (1.0f32 + 1e-5).sqrt()).abs() < 1e-6);
         }
