@@ -463,6 +463,12 @@ def listing(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
+def fashion_query(samples, split):
+    """The query of the sample Fashion-MNIST images of `split`: decoded images and labels."""
+    folder = os.path.join(samples, "fashion", split)
+    return f"SELECT image_decode(content) AS image, label FROM read_images('{folder}/')"
+
+
 def parse_metrics(text):
     """Prometheus's text exposition format as {(name, frozenset of (label, value)): value}."""
     samples = {}

@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (QUIVER, fault_env, first_line, kill_group, listing, metric, parse_address,
-                      parse_metrics, run, spawn, spawn_logged, start_prometheus, stop_group,
-                      wait_for)
+from conftest import (QUIVER, fashion_query, fault_env, first_line, kill_group, listing, metric,
+                      parse_address, parse_metrics, run, spawn, spawn_logged, start_prometheus,
+                      stop_group, wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -518,11 +518,6 @@ def test_a_restarted_driver_resumes_the_experiment_from_the_store(tmp_path, samp
             assert [e.step for e in acc.Scalars("epoch_loss")] == [1, 2, 3, 4], t
     finally:
         cluster.stop()
-
-
-def fashion_query(samples, split):
-    folder = os.path.join(samples, "fashion", split)
-    return f"SELECT image_decode(content) AS image, label FROM read_images('{folder}/')"
 
 
 def metrics(store, model):

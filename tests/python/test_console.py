@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from conftest import QUIVER, json_rows, output, run, spawn_logged, stop_group, wait_for
+from conftest import (QUIVER, fashion_query, json_rows, output, run, spawn_logged, stop_group,
+                      wait_for)
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -20,11 +21,6 @@ def sql(store, statement):
     proc = run([QUIVER, "--store", str(store), "sql", "--format", "json", statement], timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json_rows(proc.stdout)
-
-
-def fashion(samples, split):
-    return (f"SELECT image_decode(content) AS image, label "
-            f"FROM read_images('{os.path.join(samples, 'fashion', split)}/')")
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -42,19 +38,19 @@ def start(store, *flags):
 @pytest.fixture(scope="module")
 def console(samples, tmp_path_factory):
     store = tmp_path_factory.mktemp("console")
-    validation = fashion(samples, "test").replace("'", "''")
+    validation = fashion_query(samples, "test").replace("'", "''")
     # The training query carries markup, which every page must show as text.
-    train = fashion(samples, "train") + f" WHERE label <> '{SCRIPT}'"
+    train = fashion_query(samples, "train") + f" WHERE label <> '{SCRIPT}'"
     sql(store, f"""CREATE MODEL shoes OPTIONS (model_type = 'dnn_classifier',
         hidden_units = [32], epochs = 3, batch_size = 64, seed = 3,
         validation_query = '{validation}') AS {train}""")
     sql(store, f"CREATE OR REPLACE MODEL shoes OPTIONS (model_type = 'dnn_classifier', hidden_units = [16], "
-               f"epochs = 2, seed = 4) AS {fashion(samples, 'train')}")
+               f"epochs = 2, seed = 4) AS {fashion_query(samples, 'train')}")
     sql(store, f"""CREATE EXPERIMENT lr OPTIONS (model_type = 'dnn_classifier',
         learning_rate = [0.0005, 0.005, 0.05], hidden_units = [16], epochs = 2, seed = 5,
-        validation_query = '{validation}') AS {fashion(samples, 'train')}""")
+        validation_query = '{validation}') AS {fashion_query(samples, 'train')}""")
     proc, url = start(store)
-    yield {"store": store, "url": url, "validation": fashion(samples, "test")}
+    yield {"store": store, "url": url, "validation": fashion_query(samples, "test")}
     stop_group(proc, timeout=30)
 
 

@@ -24,10 +24,10 @@ pub(super) async fn list(State(console): State<Arc<Console>>) -> Page {
         let Some(file) = dir.file().await? else {
             continue;
         };
-        let trials = dir.trial_ids().await?.len();
-        let results = dir.results().await?;
+        let ids = dir.trial_ids().await?;
+        let results = dir.results(&ids).await?;
         let best = best_trial(&results, &file.objective).map(|b| (b.trial.clone(), b.objective));
-        rows.push((file, trials, best));
+        rows.push((file, ids.len(), best));
     }
     let body = html! {
         @if rows.is_empty() {
@@ -142,10 +142,11 @@ pub(super) async fn show(
             format!("experiment '{name}' does not exist in this store"),
         )
     })?;
-    let results = dir.results().await?;
+    let ids = dir.trial_ids().await?;
+    let results = dir.results(&ids).await?;
     let best = best_trial(&results, &file.objective).map(|b| b.trial.clone());
     let mut trials: Vec<Trial> = results.into_iter().map(Trial::ended).collect();
-    for id in dir.trial_ids().await? {
+    for id in ids {
         if trials.iter().any(|t| t.id == id) {
             continue;
         }

@@ -137,16 +137,16 @@ pub(super) fn line_chart(title: &str, x: &str, series: &[Series]) -> Markup {
             text x=(left + w / 2.0) y=(top + h + 32.0) text-anchor="middle" font-size="11" { (x) }
             @for (i, s) in series.iter().enumerate() {
                 @let colour = PALETTE[i % PALETTE.len()];
-                @let line: Vec<String> = s.points.iter()
+                @let at: Vec<(String, String)> = s.points.iter()
                     .filter(|(a, b)| a.is_finite() && b.is_finite())
-                    .map(|&(a, b)| format!("{},{}", sx(a), sy(b)))
+                    .map(|&(a, b)| (sx(a), sy(b)))
                     .collect();
                 @if !s.scatter {
+                    @let line: Vec<String> = at.iter().map(|(x, y)| format!("{x},{y}")).collect();
                     polyline points=(line.join(" ")) fill="none" stroke=(colour) stroke-width="2"
                         stroke-dasharray=[s.dashed.then_some("6 3")] {}
                 }
-                @for p in &line {
-                    @let (cx, cy) = p.split_once(',').unwrap_or_default();
+                @for (cx, cy) in &at {
                     circle cx=(cx) cy=(cy) r=(if s.scatter { "4" } else { "2.5" }) fill=(colour) {}
                 }
                 @let lx = left + (i % 3) as f64 * (w / 3.0);

@@ -224,11 +224,11 @@ impl ExperimentDir {
         Ok(ids)
     }
 
-    /// The `result.json` of every trial that has ended, in trial order.
-    pub async fn results(&self) -> Result<Vec<TrialRecord>, MlError> {
+    /// The `result.json` of each of `trials` that has ended, in their order.
+    pub async fn results(&self, trials: &[String]) -> Result<Vec<TrialRecord>, MlError> {
         let mut records = Vec::new();
-        for trial in self.trial_ids().await? {
-            records.extend(self.result(&trial).await?);
+        for trial in trials {
+            records.extend(self.result(trial).await?);
         }
         Ok(records)
     }

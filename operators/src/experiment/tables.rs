@@ -340,7 +340,7 @@ async fn experiments_batch(experiments: &Experiments, schema: &SchemaRef) -> Res
         };
         // A running experiment's best so far comes from the results written up to now.
         let ids = dir.trial_ids().await?;
-        let records = dir.results().await?;
+        let records = dir.results(&ids).await?;
         let best_now = best_trial(&records, &file.objective);
         name.append_value(&file.name);
         status.append_value(&file.status);
