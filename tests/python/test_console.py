@@ -2,6 +2,7 @@
 a browser fetches them, against the numbers SQL gives for the same store."""
 
 import html
+import json
 import os
 import re
 import shutil
@@ -11,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (QUIVER, fashion_query, json_rows, output, run, spawn_logged, stop_group,
-                      wait_for)
+from conftest import (QUIVER, fashion_query, fault_env, finish, json_rows, output, run,
+                      spawn_logged, stop_group, wait_for)
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -50,7 +51,8 @@ def console(samples, tmp_path_factory):
         learning_rate = [0.0005, 0.005, 0.05], hidden_units = [16], epochs = 2, seed = 5,
         validation_query = '{validation}') AS {fashion_query(samples, 'train')}""")
     proc, url = start(store)
-    yield {"store": store, "url": url, "validation": fashion_query(samples, "test")}
+    yield {"store": store, "url": url, "validation": fashion_query(samples, "test"),
+           "train": fashion_query(samples, "train")}
     stop_group(proc, timeout=30)
 
 
@@ -213,11 +215,90 @@ def test_every_page_renders_in_chromium_without_console_messages(console, tmp_pa
     assert any("violates the following Content Security Policy" in line for line in refused), refused
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    for page in ["models", "models/shoes/1", "models/shoes/2", "experiments",
-                 "experiments/lr?sort=objective&desc=1"]:
+    for page in ["models", "models/shoes/1", "models/shoes/2", "training", "training/shoes/v1",
+                 "experiments", "experiments/lr?sort=objective&desc=1"]:
         name = re.sub(r"\W+", "-", page).strip("-")
         messages = browse(console["url"] + page, shots / f"{name}.png")
         assert messages == [], (page, messages)
         # Not a blank page: tables and charts compress far less than white.
         assert (shots / f"{name}.png").stat().st_size > 20_000, page
     print(f"console screenshots in {shots}")
+
+
+def run_row(page, model):
+    """The training runs page's row of `model`'s run v1, by column."""
+    table = cells(page, "grid")
+    rows = [dict(zip(table[0], row)) for row in table[1:] if row[0] == model]
+    assert len(rows) == 1, table
+    return rows[0]
+
+
+def test_a_training_run_is_followed_while_it_trains(console, tmp_path):
+    store, url = console["store"], console["url"]
+    # A CNN with augmentation pauses (a fault point) after the checkpoint of epoch 4 of 5.
+    paused = tmp_path / "paused"
+    validation = console["validation"].replace("'", "''")
+    proc = spawn_logged([QUIVER, "--store", str(store), "sql", "--format", "json", f"""
+        CREATE MODEL live OPTIONS (model_type = 'cnn_classifier', conv_filters = [8],
+        dense_units = [16], epochs = 5, seed = 6, augment_flip = 'horizontal',
+        augment_rotation = 10, validation_query = '{validation}') AS {console["train"]}"""],
+                        tmp_path, "live",
+                        env=fault_env(f"checkpoint@*training/live/v1/epoch-4=pause:{paused}"))
+    try:
+        wait_for(paused.exists, "the checkpoint of epoch 4", proc=proc, timeout=600)
+        folder = store / "training" / "live" / "v1"
+        history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+        status, _, page = get(url + "training")
+        assert status == 200, page
+        row = run_row(page, "live")
+        assert (row["state"], row["epochs"]) == ("training", "4"), row
+        assert row["val_accuracy"] == f"{history[-1]['val_accuracy']:.4f}", (row, history)
+        status, _, page = get(url + "training/live/v1")
+        assert status == 200, page
+        # The browser reloads it while it trains.
+        assert '<meta http-equiv="refresh" content="5">' in page
+        epochs = cells(page, "grid")
+        assert epochs[0][:5] == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+        assert [r[:6] for r in epochs[1:]] == [
+            [str(m["epoch"]), f"{m['loss']:.4f}", f"{m['accuracy']:.4f}", f"{m['val_loss']:.4f}",
+             f"{m['val_accuracy']:.4f}", str(m["examples"])] for m in history]
+        # Curves with a point per epoch so far, the augmentation grid, the checkpoints, the log.
+        lines = re.findall(r'<polyline points="([^"]*)"', page)
+        assert [len(p.split()) for p in lines] == [4] * 5, lines
+        with urllib.request.urlopen(url + "training/live/v1/augmentations.png", timeout=30) as r:
+            assert r.read() == (folder / "augmentations.png").read_bytes()
+        assert 'src="/training/live/v1/augmentations.png"' in page
+        checkpoints = sorted(p.name for p in (folder / "checkpoints").iterdir())
+        assert re.findall(r"<code>(epoch-\d+)</code>", page) == checkpoints != [], page
+        log = html.unescape(re.search(r'<pre class="log">(.*?)</pre>', page, re.S).group(1))
+        assert "epoch 4/5: loss" in log and "epoch 5/5" not in log, log
+        shot = tmp_path / "training.png"
+        assert browse(url + "training/live/v1", shot) == []
+        if os.environ.get("QUIVER_DOCS_SCREENSHOTS"):
+            shutil.copy(shot, os.path.join(ROOT, "docs", "console-training.png"))
+        paused.unlink()
+        _, err = finish(proc, timeout=600)
+        assert proc.returncode == 0, err
+    finally:
+        stop_group(proc)
+    # Finished: registered, all five epochs, no more reloading, and a link to the model.
+    _, _, page = get(url + "training/live/v1")
+    assert "registered" in page and 'http-equiv="refresh"' not in page
+    assert 'href="/models/live/1"' in page
+    assert len(cells(page, "grid")) == 1 + 5
+
+
+def test_a_failed_training_run_says_why(console, tmp_path):
+    store, url = console["store"], console["url"]
+    proc = run([QUIVER, "--store", str(store), "sql", f"""CREATE MODEL broken OPTIONS (
+        model_type = 'dnn_classifier', hidden_units = [8], epochs = 2) AS {console["train"]}"""],
+               env=fault_env("checkpoint@*training/broken/v1/epoch-1=error"))
+    assert proc.returncode != 0 and "checkpoint" in proc.stderr, proc.stderr
+    _, _, page = get(url + "training")
+    row = run_row(page, "broken")
+    assert (row["state"], row["epochs"]) == ("failed", "1"), row
+    _, _, page = get(url + "training/broken/v1")
+    error = html.unescape(re.search(r'<td class="error">(.*?)</td>', page, re.S).group(1))
+    assert "fault injected at checkpoint@" in error and "broken/v1/epoch-1" in error, error
+    assert 'http-equiv="refresh"' not in page

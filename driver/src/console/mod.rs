@@ -1,12 +1,14 @@
 //! The web console: read-only HTML pages over a store's model registry (each version's
-//! training curves, evaluation, confusion matrix and lineage) and experiments (trials,
-//! curves, hyperparameters against the objective), rendered on the server with
+//! training curves, evaluation, confusion matrix and lineage), training runs (live curves,
+//! checkpoints and log) and experiments (trials, curves, hyperparameters against the
+//! objective), rendered on the server with
 //! SVG charts drawn here; nothing is fetched from elsewhere and no script runs in the page.
 //! Everything is read from the store per request, so `quiver console --store URL` on a
 //! colleague's store shows the same pages.
 
 mod experiments;
 mod svg;
+mod training;
 
 use std::sync::Arc;
 
@@ -21,6 +23,8 @@ use quiver_engine::Session;
 use quiver_engine::time::utc_timestamp;
 use quiver_operators::experiment::records::Experiments;
 use quiver_operators::ml::registry::{ModelCard, Registry};
+use quiver_operators::ml::runs::Runs;
+use quiver_operators::ml::train::EpochMetrics;
 use quiver_operators::ml::{MlError, registry};
 
 use svg::Series;
@@ -28,6 +32,7 @@ use svg::Series;
 /// What the pages read.
 pub struct Console {
     registry: Registry,
+    runs: Runs,
     experiments: Experiments,
     store: String,
 }
@@ -37,6 +42,7 @@ impl Console {
     pub fn new(session: &Session) -> Result<Self, MlError> {
         Ok(Self {
             registry: registry(session)?,
+            runs: Runs::new(session)?,
             experiments: Experiments::new(session)?,
             store: session.default_store().to_string(),
         })
@@ -80,6 +86,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/models", get(models))
         .route("/models/{name}", get(latest))
         .route("/models/{name}/{version}", get(version))
+        .route("/training", get(training::list))
+        .route("/training/{model}/{version}", get(training::show))
+        .route(
+            "/training/{model}/{version}/augmentations.png",
+            get(training::augmentations),
+        )
         .route("/experiments", get(experiments::list))
         .route("/experiments/{name}", get(experiments::show))
         .route(
@@ -114,11 +126,17 @@ async fn secure(mut response: Response) -> Response {
 
 /// The page around `body`, with the navigation; `store` names the store in the header.
 fn layout(title: &str, store: Option<&str>, body: Markup) -> Markup {
+    page_with(title, store, None, body)
+}
+
+/// [`layout`], reloaded by the browser every `refresh` seconds if given.
+fn page_with(title: &str, store: Option<&str>, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
+                @if let Some(seconds) = refresh { meta http-equiv="refresh" content=(seconds); }
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Quiver" }
                 link rel="stylesheet" href="/console.css";
@@ -128,6 +146,7 @@ fn layout(title: &str, store: Option<&str>, body: Markup) -> Markup {
                     a.brand href="/" { "Quiver" }
                     nav {
                         a href="/models" { "Models" }
+                        a href="/training" { "Training" }
                         a href="/experiments" { "Experiments" }
                         a href="/metrics" { "Metrics" }
                     }
@@ -215,29 +234,6 @@ async fn version(
 }
 
 fn version_body(registry: &Registry, card: &ModelCard, versions: &[u64]) -> Markup {
-    let epochs = |f: fn(&quiver_operators::ml::train::EpochMetrics) -> Option<f64>| {
-        card.history
-            .iter()
-            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
-            .collect::<Vec<_>>()
-    };
-    // A model trained without a validation query has no validation curves.
-    let present = |mut series: Vec<Series>| {
-        series.retain(|s| !s.points.is_empty());
-        series
-    };
-    let loss = present(vec![
-        Series::line("training", epochs(|m| Some(m.loss))),
-        Series::line("validation", epochs(|m| m.val_loss)).dashed(),
-    ]);
-    let accuracy = present(vec![
-        Series::line("training", epochs(|m| Some(m.accuracy))),
-        Series::line("validation", epochs(|m| m.val_accuracy)).dashed(),
-    ]);
-    let speed = [Series::line(
-        "examples/s",
-        epochs(|m| Some(m.examples_per_second)),
-    )];
     html! {
         nav.versions {
             "Versions: "
@@ -258,11 +254,7 @@ fn version_body(registry: &Registry, card: &ModelCard, versions: &[u64]) -> Mark
             tr { th { "created" } td { (utc_timestamp(card.created_at as f64)) } }
             tr { th { "location" } td { code { (registry.version_url(&card.name, card.version)) } } }
         }
-        section.charts {
-            (svg::line_chart("loss", "epoch", &loss))
-            (svg::line_chart("accuracy", "epoch", &accuracy))
-            (svg::line_chart("training speed", "epoch", &speed))
-        }
+        (curves(&card.history))
         @if let Some(eval) = &card.evaluation {
             h2 { "Evaluation on the validation query" }
             p { (eval.examples) " examples, accuracy " (fixed(Some(eval.accuracy)))
@@ -293,12 +285,51 @@ fn version_body(registry: &Registry, card: &ModelCard, versions: &[u64]) -> Mark
             @if let Some(weights) = &card.training.weights {
                 tr { th { "started from weights" } td { code { (weights) } } }
             }
-            tr { th { "run folder" } td { code { (card.run) } } }
+            tr { th { "run folder" } td {
+                @let run = format!("training/{}/v{}/", card.name, card.version);
+                @if card.run.ends_with(&run) {
+                    a href=(format!("/{}", run.trim_end_matches('/'))) { code { (card.run) } }
+                } @else { code { (card.run) } }
+            } }
             tr { th { "Quiver" } td { (card.quiver_version) } }
         }
         h2 { "Architecture and training options" }
         pre { (pretty(&card.architecture)) }
         pre { (pretty(&card.training)) }
+    }
+}
+
+/// Loss, accuracy (training and, with a validation query, validation) and speed per epoch.
+fn curves(history: &[EpochMetrics]) -> Markup {
+    let epochs = |f: fn(&EpochMetrics) -> Option<f64>| {
+        history
+            .iter()
+            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
+            .collect::<Vec<_>>()
+    };
+    // A model trained without a validation query has no validation curves.
+    let present = |mut series: Vec<Series>| {
+        series.retain(|s| !s.points.is_empty());
+        series
+    };
+    let loss = present(vec![
+        Series::line("training", epochs(|m| Some(m.loss))),
+        Series::line("validation", epochs(|m| m.val_loss)).dashed(),
+    ]);
+    let accuracy = present(vec![
+        Series::line("training", epochs(|m| Some(m.accuracy))),
+        Series::line("validation", epochs(|m| m.val_accuracy)).dashed(),
+    ]);
+    let speed = [Series::line(
+        "examples/s",
+        epochs(|m| Some(m.examples_per_second)),
+    )];
+    html! {
+        section.charts {
+            (svg::line_chart("loss", "epoch", &loss))
+            (svg::line_chart("accuracy", "epoch", &accuracy))
+            (svg::line_chart("training speed", "epoch", &speed))
+        }
     }
 }
 

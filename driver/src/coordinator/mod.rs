@@ -10,6 +10,7 @@ use quiver_engine::store::objects::get_bytes;
 use quiver_engine::{Session, Skipped};
 use quiver_operators::experiment::TrialTask;
 use quiver_operators::experiment::trials::TRIAL_WEIGHTS;
+use quiver_operators::ml::runs::run_log;
 use quiver_operators::ml::{MlError, ModelBuilder, ModelCard, TrainHooks};
 use quiver_sql::cluster::proto::coordinator_server::Coordinator;
 use quiver_sql::cluster::proto::trainer_client::TrainerClient;
@@ -136,12 +137,14 @@ async fn train_model(
         query: create.query.clone(),
         run_url: run_url.to_string(),
     };
+    let transcript = run_log(session, &run_url).await?;
     let hooks = TrainHooks {
         log: session.log_sink().cloned(),
+        transcript: Some(Arc::clone(&transcript)),
         ..Default::default()
     };
-    let output = trainers
-        .train_gang(&task, workers, GANG_RESTARTS, &hooks)
+    let output = transcript
+        .around(trainers.train_gang(&task, workers, GANG_RESTARTS, &hooks))
         .await?;
     let card = output
         .model

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use crate::error::{QuiverError, Result};
 
@@ -88,6 +89,15 @@ pub async fn list(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<Listing
             .filter_map(|o| o.location.filename().map(str::to_string))
             .collect(),
     })
+}
+
+/// Every object under `prefix`, in its sub-folders too.
+pub async fn list_all(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+    store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|e| store_error(prefix, e))
 }
 
 #[cfg(test)]

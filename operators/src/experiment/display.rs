@@ -1,20 +1,15 @@
-//! Reporting an experiment while it runs: the live table of trials (or log lines), and each
-//! trial's `log.txt` in the store.
+//! Reporting an experiment while it runs: the live table of trials (or log lines).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use object_store::ObjectStore;
-use object_store::path::Path;
 use quiver_engine::LogSink;
 
 use super::trials::Slot;
-use quiver_engine::store::objects::{get_bytes, put_bytes};
-use quiver_engine::time::{unix_now, utc_timestamp};
 
 use super::records::TrialRecord;
 use super::space::Params;
@@ -36,44 +31,6 @@ pub fn plain(v: &OptionValue) -> String {
         OptionValue::Str(s) => s.clone(),
         OptionValue::Num(n) => format!("{}", (n * 1e10).round() / 1e10),
         other => other.to_string(),
-    }
-}
-
-/// A trial's `log.txt`: lines kept in memory and written to the store every few seconds
-/// (object stores cannot append), so that it can be followed while the trial runs.
-pub(super) struct TrialLog {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    text: Mutex<String>,
-    dirty: AtomicBool,
-}
-
-impl TrialLog {
-    pub(super) async fn open(store: &Arc<dyn ObjectStore>, path: Path) -> Result<Self, MlError> {
-        let text = get_bytes(store, &path)
-            .await?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        Ok(Self {
-            store: Arc::clone(store),
-            path,
-            text: Mutex::new(text),
-            dirty: AtomicBool::new(false),
-        })
-    }
-
-    pub(super) fn line(&self, line: &str) {
-        let mut text = self.text.lock().expect("log lock");
-        text.push_str(&format!("{} {line}\n", utc_timestamp(unix_now())));
-        self.dirty.store(true, Ordering::Release);
-    }
-
-    pub(super) async fn flush(&self) -> Result<(), MlError> {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let text = self.text.lock().expect("log lock").clone();
-        Ok(put_bytes(&self.store, &self.path, text.into_bytes()).await?)
     }
 }
 

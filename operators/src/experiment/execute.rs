@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use super::display::{TrialLog, params_text};
+use super::display::params_text;
 use super::hparams::session_start;
 use super::records::{TrialParams, TrialRecord, TrialStatus};
 use super::runner::Runner;
 use super::trials::{Slot, TrialOutput, TrialTask};
+use crate::ml::runs::RunLog;
 use crate::ml::{EpochMetrics, MlError, TrainHooks};
 use quiver_engine::err;
 use quiver_engine::time::unix_now;
@@ -35,16 +36,8 @@ impl Runner {
     ) -> Result<TrialRecord, MlError> {
         let dir = self.exp.trial_dir(&trial.trial);
         let run_url = self.exp.trial_url(&trial.trial)?;
-        let log = Arc::new(TrialLog::open(&self.exp.store, dir.clone().join("log.txt")).await?);
-        let flusher = {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    let _ = log.flush().await;
-                }
-            })
-        };
+        let log = RunLog::open(&self.exp.store, dir.clone().join("log.txt")).await?;
+        let following = log.follow();
         let mut options = self.spec.fixed.clone();
         options.extend(trial.params.iter().map(|(k, v)| (k.clone(), v.clone())));
         let task = TrialTask {
@@ -110,7 +103,7 @@ impl Runner {
                 }
             }
         };
-        flusher.abort();
+        drop(following);
         let record = self.record(&trial, slot, attempt, started_at, outcome);
         log.line(&format!(
             "{}: {} {}",
@@ -131,7 +124,7 @@ impl Runner {
     fn hooks(
         &self,
         trial: &TrialParams,
-        log: Arc<TrialLog>,
+        log: Arc<RunLog>,
         progress: Arc<AtomicU64>,
         started_at: f64,
     ) -> TrainHooks {
@@ -141,6 +134,7 @@ impl Runner {
         let id = trial.trial.clone();
         TrainHooks {
             log: Some(Arc::new(move |line: &str| sink_log.line(line))),
+            transcript: None,
             on_epoch: Some(Arc::new(move |m: EpochMetrics| {
                 display.epoch(&id, &m);
                 let keep = asha.as_ref().is_none_or(|a| a.report(&m));

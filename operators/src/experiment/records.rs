@@ -247,15 +247,7 @@ impl ExperimentDir {
 
     /// The epochs a trial has finished so far (its `metrics.jsonl`).
     pub async fn progress(&self, trial: &str) -> Result<Vec<EpochMetrics>, MlError> {
-        let path = self.trial_dir(trial).clone().join("metrics.jsonl");
-        let Some(bytes) = get_bytes(&self.store, &path).await? else {
-            return Ok(Vec::new());
-        };
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(MlError::from))
-            .collect()
+        crate::ml::runs::history(&self.store, &self.trial_dir(trial)).await
     }
 
     /// A trial's log so far.

@@ -31,6 +31,7 @@ pub mod predict;
 pub mod registry;
 pub mod resnet;
 mod run_metrics;
+pub mod runs;
 pub mod schedule;
 pub mod spec;
 pub mod train;

@@ -1,6 +1,7 @@
 //! Model options, shared by SQL's `CREATE MODEL ... OPTIONS (...)` and the Rust
 //! [`ModelBuilder`], and the one function that trains and registers a model.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::dataframe::DataFrame;
@@ -11,6 +12,7 @@ use super::data::{input_spec, label_map};
 use super::evaluate::evaluate_model;
 use super::model::{BACKBONE, Classifier};
 use super::registry::{ModelCard, Registry, validate_name};
+use super::runs::run_log;
 use super::schedule::LrSchedule;
 use super::spec::{
     Activation, Architecture, Initializer, InputKind, Normalization, OptimizerSpec, TrainOptions,
@@ -327,17 +329,14 @@ impl ModelBuilder {
         training_data: &str,
     ) -> Result<ModelCard, MlError> {
         let (registry, run_url) = self.run_folder(session).await?;
-        let fitted = self
-            .fit(
-                session,
-                frame,
-                training_data,
-                &run_url,
-                TrainHooks {
-                    log: session.log_sink().cloned(),
-                    ..Default::default()
-                },
-            )
+        let transcript = run_log(session, &run_url).await?;
+        let hooks = TrainHooks {
+            log: session.log_sink().cloned(),
+            transcript: Some(Arc::clone(&transcript)),
+            ..Default::default()
+        };
+        let fitted = transcript
+            .around(self.fit(session, frame, training_data, &run_url, hooks))
             .await?;
         registry.register(fitted.card, fitted.weights).await
     }

@@ -34,6 +34,7 @@ use super::evaluate::evaluate_model;
 use super::events::{EventFile, PluginSummary};
 use super::model::Classifier;
 use super::run_metrics;
+use super::runs::RunLog;
 use super::schedule::Rates;
 use super::spec::{Architecture, InputSpec, LabelMap, OptimizerSpec, TrainOptions};
 use crate::image::kernels::{self, EncodeFormat};
@@ -88,6 +89,9 @@ use quiver_engine::{bail, err};
 pub struct TrainHooks {
     /// Receives every log line instead of stderr; the progress bar is hidden.
     pub log: Option<LogSink>,
+    /// The run folder's `log.txt`, which also gets every log line and, while a progress bar
+    /// shows, a line of progress every 10 seconds.
+    pub transcript: Option<Arc<RunLog>>,
     /// Asked after every epoch whether to go on.
     pub on_epoch: Option<EpochHook>,
     /// Examples trained so far in the current epoch, for live displays.
@@ -105,6 +109,7 @@ impl std::fmt::Debug for TrainHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrainHooks")
             .field("log", &self.log.is_some())
+            .field("transcript", &self.transcript.is_some())
             .field("on_epoch", &self.on_epoch.is_some())
             .field(
                 "threads",
@@ -118,6 +123,9 @@ impl std::fmt::Debug for TrainHooks {
 impl TrainHooks {
     /// Sends `line` to the run's log sink, or to stderr without one.
     pub fn log(&self, line: &str) {
+        if let Some(transcript) = &self.transcript {
+            transcript.line(line);
+        }
         match &self.log {
             Some(sink) => sink(line),
             None => eprintln!("{line}"),
@@ -657,11 +665,16 @@ impl<'a, B: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend> Steps<'a, 
                 seen as f64 / started.elapsed().as_secs_f64()
             );
             // In logs (no terminal) a line every 10 seconds stands in for the bar.
-            if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
-                job.log(&format!(
+            if last_line.elapsed().as_secs() >= 10 {
+                let line = format!(
                     "epoch {epoch}/{}: {seen} examples, {status}",
                     options.epochs
-                ));
+                );
+                if bar.is_hidden() {
+                    job.log(&line);
+                } else if let Some(transcript) = &job.hooks.transcript {
+                    transcript.line(&line);
+                }
                 last_line = Instant::now();
             }
             bar.set_message(status);
@@ -749,7 +762,7 @@ impl CheckpointState {
 }
 
 /// Writes epoch `state.epoch`'s checkpoint (weights and optimizer first, `state.json`, the
-/// marker, last), then `metrics.jsonl` and the event file.
+/// marker, last), then `metrics.jsonl`, the event file and the log so far.
 async fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
     job: &TrainJob,
     model: &Classifier<B>,
@@ -785,6 +798,9 @@ async fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
     )
     .await?;
     put_bytes(&job.store, events.1, events.0.bytes().to_vec()).await?;
+    if let Some(transcript) = &job.hooks.transcript {
+        transcript.flush().await?;
+    }
     fault::point_async(
         "checkpoint",
         &format!("{}/epoch-{}", job.run_dir, state.epoch),
