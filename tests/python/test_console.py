@@ -160,6 +160,8 @@ def test_user_text_is_escaped_and_errors_are_pages(console):
     assert status == 404 and "<script" not in missing.lower(), missing
     status, _, missing = get(console["url"] + "models/shoes/7")
     assert status == 404 and "no version 7" in missing, missing
+    status, _, refused = get(console["url"] + "jobs/%3Cscript%3E")
+    assert status == 400 and "<script" not in refused.lower() and "job name" in refused, refused
     status, _, missing = get(console["url"] + "experiments/ghost")
     assert status == 404 and "experiment 'ghost' does not exist" in missing, missing
     status, _, _ = get(console["url"] + "no/such/page")
@@ -216,7 +218,7 @@ def test_every_page_renders_in_chromium_without_console_messages(console, tmp_pa
     shots = tmp_path / "screenshots"
     shots.mkdir()
     for page in ["models", "models/shoes/1", "models/shoes/2", "training", "training/shoes/v1",
-                 "experiments", "experiments/lr?sort=objective&desc=1"]:
+                 "experiments", "jobs", "experiments/lr?sort=objective&desc=1"]:
         name = re.sub(r"\W+", "-", page).strip("-")
         messages = browse(console["url"] + page, shots / f"{name}.png")
         assert messages == [], (page, messages)
@@ -302,3 +304,76 @@ def test_a_failed_training_run_says_why(console, tmp_path):
     error = html.unescape(re.search(r'<td class="error">(.*?)</td>', page, re.S).group(1))
     assert "fault injected at checkpoint@" in error and "broken/v1/epoch-1" in error, error
     assert 'http-equiv="refresh"' not in page
+
+
+def write_job(folder, name, body):
+    path = folder / f"{name}.toml"
+    path.write_text(f'name = "{name}"\n' + body)
+    return path
+
+
+def test_the_jobs_pages_follow_a_run_and_show_schedules(console, tmp_path):
+    store, url = console["store"], console["url"]
+    job = write_job(tmp_path, "nightly", """
+[[steps]]
+name = "count"
+sql = "SELECT 1 AS one"
+[[steps]]
+name = "broken"
+sql = "SELECT * FROM missing_table"
+retries = 1
+[[steps]]
+name = "never"
+sql = "SELECT 2"
+""")
+    # The run pauses (a fault point) before the broken step's second attempt.
+    paused = tmp_path / "paused"
+    proc = spawn_logged([QUIVER, "--store", str(store), "job", "run", str(job)], tmp_path, "job",
+                        env=fault_env(f"job_step@nightly/broken/attempt-2=pause:{paused}"))
+    try:
+        wait_for(paused.exists, "the second attempt", proc=proc)
+        (want,) = sql(store, "SELECT * FROM job_runs('nightly')")
+        _, _, page = get(url + "jobs")
+        rows = {r[0]: r for r in cells(page, "grid")[1:]}
+        assert rows["nightly"][1:7] == ["manual", "–", "1", "1", want["run_id"], "running"], rows
+        run_page = f"jobs/nightly/{want['run_id']}"
+        status, _, page = get(url + run_page)
+        assert status == 200, page
+        assert '<meta http-equiv="refresh" content="5">' in page
+        steps = [r[:3] for r in cells(page, "grid")[1:]]
+        assert steps == [[s["name"], s["status"], str(s["attempts"])] for s in want["step_details"]]
+        assert steps[1][:2] == ["broken", "running"], steps
+        log = html.unescape(re.search(r'<pre class="log">(.*?)</pre>', page, re.S).group(1))
+        assert "attempt 1 failed" in log and "missing_table" in log, log
+        assert browse(url + run_page, tmp_path / "job-run.png") == []
+        paused.unlink()
+        finish(proc, timeout=120)
+        assert proc.returncode != 0
+    finally:
+        stop_group(proc)
+    (want,) = sql(store, "SELECT * FROM job_runs('nightly')")
+    _, _, page = get(url + run_page)
+    assert 'http-equiv="refresh"' not in page and "failed" in page
+    error = html.unescape(re.search(r'<td class="error">(.*?)</td>', page, re.S).group(1))
+    assert error == want["error"] and "missing_table" in error
+    _, _, page = get(url + "jobs/nightly")
+    runs = cells(page, "grid")
+    assert [r[:4] for r in runs[1:]] == [[want["run_id"], "manual", want["run_date"], "failed"]]
+    assert "run duration" in page
+    # A driver loads a scheduled job: its schedule and next run, as `quiver job list` says.
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    write_job(folder, "daily", 'schedule = "0 30 3 * * *"\n[[steps]]\nsql = "SELECT 1"\n')
+    driver = spawn_logged([QUIVER, "--store", str(store), "driver", "--jobs", str(folder)],
+                          tmp_path, "driver")
+    try:
+        wait_for((store / "jobs" / "daily" / "job.json").exists, "the driver to load the job",
+                 proc=driver, timeout=120)
+    finally:
+        stop_group(driver)
+    listed = run([QUIVER, "--store", str(store), "job", "list", "--format", "json"], timeout=120)
+    (daily,) = [r for r in json_rows(listed.stdout) if r["job"] == "daily"]
+    _, _, page = get(url + "jobs")
+    rows = {r[0]: r for r in cells(page, "grid")[1:]}
+    next_run = daily["next_run"].replace(" ", "T").split(".")[0].removesuffix("Z") + "Z"
+    assert rows["daily"][1:4] == ["0 30 3 * * * (UTC)", next_run, "0"], (rows["daily"], daily)

@@ -1,12 +1,13 @@
 //! The web console: read-only HTML pages over a store's model registry (each version's
 //! training curves, evaluation, confusion matrix and lineage), training runs (live curves,
-//! checkpoints and log) and experiments (trials, curves, hyperparameters against the
-//! objective), rendered on the server with
+//! checkpoints and log), experiments (trials, curves, hyperparameters against the objective)
+//! and batch jobs (schedules, run history, steps and live logs), rendered on the server with
 //! SVG charts drawn here; nothing is fetched from elsewhere and no script runs in the page.
 //! Everything is read from the store per request, so `quiver console --store URL` on a
 //! colleague's store shows the same pages.
 
 mod experiments;
+mod jobs;
 mod svg;
 mod training;
 
@@ -22,6 +23,7 @@ use maud::{DOCTYPE, Markup, html};
 use quiver_engine::Session;
 use quiver_engine::time::utc_timestamp;
 use quiver_operators::experiment::records::Experiments;
+use quiver_operators::jobs::JobStore;
 use quiver_operators::ml::registry::{ModelCard, Registry};
 use quiver_operators::ml::runs::Runs;
 use quiver_operators::ml::train::EpochMetrics;
@@ -34,6 +36,7 @@ pub struct Console {
     registry: Registry,
     runs: Runs,
     experiments: Experiments,
+    jobs: JobStore,
     store: String,
 }
 
@@ -44,6 +47,7 @@ impl Console {
             registry: registry(session)?,
             runs: Runs::new(session)?,
             experiments: Experiments::new(session)?,
+            jobs: JobStore::new(session)?,
             store: session.default_store().to_string(),
         })
     }
@@ -56,6 +60,7 @@ impl From<MlError> for PageError {
     fn from(e: MlError) -> Self {
         let status = match e {
             MlError::NotFound(_) => StatusCode::NOT_FOUND,
+            MlError::Option(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, e.to_string())
@@ -94,6 +99,9 @@ pub fn router(console: Arc<Console>) -> Router {
         )
         .route("/experiments", get(experiments::list))
         .route("/experiments/{name}", get(experiments::show))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{job}", get(jobs::show))
+        .route("/jobs/{job}/{run}", get(jobs::run))
         .route(
             "/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
@@ -148,6 +156,7 @@ fn page_with(title: &str, store: Option<&str>, refresh: Option<u32>, body: Marku
                         a href="/models" { "Models" }
                         a href="/training" { "Training" }
                         a href="/experiments" { "Experiments" }
+                        a href="/jobs" { "Jobs" }
                         a href="/metrics" { "Metrics" }
                     }
                     @if let Some(store) = store { span.store title="store" { (store) } }
@@ -331,6 +340,17 @@ fn curves(history: &[EpochMetrics]) -> Markup {
             (svg::line_chart("training speed", "epoch", &speed))
         }
     }
+}
+
+/// A state (`running`, `failed`, ...) as a coloured badge.
+fn badge(state: &str) -> Markup {
+    html! { span class=(format!("state {state}")) { (state) } }
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `value` as indented JSON.

@@ -12,7 +12,7 @@ use maud::html;
 use quiver_engine::time::{unix_now, utc_timestamp};
 use quiver_operators::ml::runs::{RunFolder, failure};
 
-use super::{Console, Page, PageError, curves, fixed, layout, page_with};
+use super::{Console, Page, PageError, badge, curves, fixed, last_lines, layout, page_with};
 
 /// A run whose folder changed this recently is taken to be training: it logs a line at least
 /// every 10 seconds and flushes its log every 2.
@@ -73,7 +73,7 @@ pub(super) async fn list(State(console): State<Arc<Console>>) -> Page {
                         tr {
                             td { (run.model) }
                             td { a href=(page(run)) { "v" (run.version) } }
-                            td { span class=(format!("state {state}")) { (state) } }
+                            td { (badge(state)) }
                             td.num { (run.history.len()) }
                             td.num { (fixed(last.map(|m| m.loss))) }
                             td.num { (fixed(last.map(|m| m.accuracy))) }
@@ -133,7 +133,7 @@ pub(super) async fn show(
     let title = format!("{model} · run v{version}");
     let body = html! {
         table.facts {
-            tr { th { "state" } td { span class=(format!("state {state}")) { (state) } } }
+            tr { th { "state" } td { (badge(state)) } }
             @if let Some(why) = log.as_deref().and_then(failure) {
                 tr { th { "error" } td.error { (why) } }
             }
@@ -194,12 +194,6 @@ pub(super) async fn show(
     // While it trains, the browser reloads the page every 5 seconds.
     let refresh = (state == "training").then_some(5);
     Ok(page_with(&title, Some(&console.store), refresh, body))
-}
-
-/// The last `n` lines of `text`.
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A run's augmentation grid.
