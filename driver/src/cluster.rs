@@ -1,6 +1,7 @@
 //! The driver's cluster role: Ballista's scheduler, embedded with Quiver's planner state (stores
 //! and functions) and codecs. Executors register with it and pull tasks; clients submit plans.
-//! One port serves the scheduler's gRPC service and `GET /readyz`, over TLS when configured.
+//! One port serves the scheduler's gRPC service, `GET /readyz`, `/metrics` and the web console
+//! (with the driver's queries and executors), over TLS when configured.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_core::serde::scheduler::ExecutorMetadata;
-use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::cluster::{BallistaCluster, JobState};
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
@@ -25,6 +26,7 @@ use quiver_sql::cluster::proto::coordinator_server::CoordinatorServer;
 use quiver_sql::codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_sql::tls::Tls;
 
+use crate::console::{self, ClusterView, Console, Scheduler};
 use crate::coordinator::{CoordinatorService, TrainerDirectory, TrainerEndpoint};
 use crate::scheduler_metrics::CountingScheduler;
 use quiver_engine::err;
@@ -51,8 +53,6 @@ pub struct DriverOptions {
 fn cluster_error(listen: SocketAddr, what: &str, e: impl std::fmt::Display) -> QuiverError {
     err!(QuiverError::Cluster, "driver at {listen}: {what}: {e}")
 }
-
-type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
 /// The executors that sent a heartbeat within [`EXECUTOR_TIMEOUT_SECONDS`].
 async fn live_executors(executors: &ExecutorManager) -> Vec<ExecutorMetadata> {
@@ -139,6 +139,7 @@ async fn executor_targets(
 async fn serve(
     listener: tokio::net::TcpListener,
     scheduler: Scheduler,
+    (console, jobs): (Console, Arc<dyn JobState>),
     options: &DriverOptions,
 ) -> std::io::Result<()> {
     let tls = options.tls.as_ref();
@@ -154,11 +155,14 @@ async fn serve(
         trainer_directory(scheduler.state.executor_manager.clone()),
         options.tls.clone(),
     )));
+    let scheduler = Arc::new(scheduler);
+    let view = ClusterView::new(Arc::clone(&scheduler), jobs, EXECUTOR_TIMEOUT_SECONDS);
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(quiver_engine::metrics::page))
         .route("/sd/executors", axum::routing::get(executor_targets))
-        .with_state(Arc::new(scheduler))
+        .with_state(scheduler)
+        .merge(console::pages(Arc::new(console.with_cluster(view))))
         .merge(grpc.routes().into_axum_router())
         .into_make_service_with_connect_info::<SocketAddr>();
     let listener = listener.into_std()?;
@@ -203,6 +207,7 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| cluster_error(listen, "cluster state", e))?;
+    let jobs = cluster.job_state();
     // Ballista's `create_scheduler`, with Quiver's metrics collector in place of its default.
     let codec = BallistaCodec::new(
         Arc::new(QuiverLogicalCodec::default()),
@@ -220,6 +225,8 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
         .init()
         .await
         .map_err(|e| cluster_error(listen, "scheduler", e))?;
+    let console = Console::new(&quiver_sql::session(options.session.clone())?)
+        .map_err(|e| cluster_error(listen, "console", e))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| cluster_error(listen, "cannot listen", e))?;
@@ -242,7 +249,7 @@ pub async fn run_driver(options: DriverOptions) -> Result<()> {
         }
     );
     tokio::select! {
-        served = serve(listener, scheduler, &options) => {
+        served = serve(listener, scheduler, (console, jobs), &options) => {
             served.map_err(|e| cluster_error(listen, "service", e))
         }
         _ = crate::shutdown_signal() => {

@@ -13,6 +13,7 @@ chatty process never blocks on a full pipe. Every wait has a time limit, and eve
 (pytest-timeout, `pytest.ini`). Servers report the address they bound (`quiver driver --listen
 127.0.0.1:0` prints it first on stdout, `quiver serve` on its log)."""
 import ctypes
+import html
 import json
 import os
 import random
@@ -494,3 +495,26 @@ def parse_address(text, pattern):
     m = re.search(pattern, text)
     assert m, (pattern, text[-2000:])
     return m.group(1)
+
+
+def cells(page, css_class):
+    """The text of each row's cells in the first table of class `css_class`."""
+    table = re.search(rf'<table class="{css_class}">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
+             for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, re.S)] for r in rows]
+
+
+def browse(url, screenshot):
+    """Loads `url` in headless Chromium (Debian's, which scripts/test.sh installs), saving a
+    screenshot: the page's console messages (script errors, Content-Security-Policy
+    violations), one per line."""
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.fail("chromium is not on PATH (Debian's package; scripts/test.sh installs it)")
+    proc = run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                "--window-size=1200,1400", "--enable-logging=stderr", "--v=0",
+                f"--user-data-dir={screenshot.parent / 'chromium-profile'}",
+                f"--screenshot={screenshot}", url], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]

@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (QUIVER, fashion_query, fault_env, first_line, kill_group, listing, metric,
-                      parse_address, parse_metrics, run, spawn, spawn_logged, start_prometheus,
-                      stop_group, wait_for)
+from conftest import (QUIVER, browse, cells, fashion_query, fault_env, finish, first_line,
+                      kill_group, listing, metric, parse_address, parse_metrics, run, spawn,
+                      spawn_logged, start_prometheus, stop_group, wait_for)
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -616,5 +616,62 @@ def test_a_gang_restarts_from_its_checkpoint_when_a_worker_is_killed(tmp_path, s
         evaluated = rows(cluster.sql(f"SELECT accuracy FROM ml_evaluate('dp', "
                                      f"'{fashion_query(samples, 'test').replace(chr(39), chr(39) * 2)}')"))
         assert evaluated[0]["accuracy"] > 0.6, evaluated
+    finally:
+        cluster.stop()
+
+
+def page(address, path):
+    """A page of the driver's console."""
+    return readyz(address, path="/" + path)
+
+
+def test_the_driver_console_follows_a_query_and_its_executors(tmp_path, samples):
+    """A query whose reads pause on the executors (a fault point): the driver's console shows
+    it running with its stages and tasks, then completed with the rows it wrote; the executors
+    page shows each executor with its slots and running tasks, and the killed one as lost."""
+    paused = tmp_path / "paused"
+    pause = [f"read_images=pause:{paused}"]
+    cluster = Cluster(tmp_path, faults={0: pause, 1: pause})
+    try:
+        ids = sorted(line.split()[0] for line in readyz(cluster.address).splitlines()[1:])
+        src = os.path.join(samples, "photos", "train")
+        query = (f"SELECT label, count(*) AS n, sum(image_width(content)) AS w "
+                 f"FROM read_images('{src}/') GROUP BY label ORDER BY label")
+        proc = spawn_logged([QUIVER, "--store", cluster.store, "sql", "--cluster",
+                             cluster.address, "--format", "json", query], tmp_path, "query")
+        wait_for(paused.exists, "a task to read images", proc=proc)
+        queries = page(cluster.address, "queries")
+        assert '<meta http-equiv="refresh" content="2">' in queries
+        [[job, _, state, _, _, stages]] = cells(queries, "grid")[1:]
+        assert state == "running" and stages.startswith("0/"), queries
+        running = page(cluster.address, f"queries/{job}")
+        tasks = cells(running, "grid tasks")
+        assert {t[2] for t in tasks[1:] if t[3] == "running"} & set(ids), tasks
+        assert "AggregateExec" in running
+        executors = {r[0]: r for r in cells(page(cluster.address, "executors"), "grid")[1:]}
+        assert sorted(executors) == ids
+        assert [executors[i][1] for i in ids] == ["live", "live"], executors
+        assert [executors[i][4] for i in ids] == ["2", "2"], executors
+        assert sum(int(executors[i][5]) for i in ids) >= 1, executors
+        assert browse(f"http://{cluster.address}/queries/{job}", tmp_path / "query.png") == []
+        paused.unlink()
+        out, err = finish(proc, timeout=300)
+        assert proc.returncode == 0, err + cluster.tail()
+        result = rows(type("P", (), {"stdout": out}))
+        done = page(cluster.address, f"queries/{job}")
+        assert 'http-equiv="refresh"' not in done
+        stages = cells(done, "grid stages")[1:]
+        assert len(stages) >= 2 and {s[1] for s in stages} == {"successful"}, stages
+        # The last stage wrote the result's rows; every task ran on a registered executor.
+        assert stages[-1][4] == str(len(result)), (stages, result)
+        tasks = [t for t in re.findall(r"<code>([^<]+)</code>", done) if "/" in t]
+        assert tasks and set(tasks) <= set(ids), (tasks, ids)
+        # A killed executor is listed as lost once its heartbeat is older than the timeout.
+        kill_group(cluster.procs[2])
+        wait_for(lambda: "lost" in page(cluster.address, "executors"), "executor 1 to be lost",
+                 timeout=120, proc=cluster.procs[0], context=cluster.tail)
+        executors = {r[0]: r[1] for r in cells(page(cluster.address, "executors"), "grid")[1:]}
+        assert executors == {ids[0]: "live", ids[1]: "lost"} or executors == {
+            ids[0]: "lost", ids[1]: "live"}, executors
     finally:
         cluster.stop()

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (QUIVER, fashion_query, fault_env, finish, json_rows, output, run,
-                      spawn_logged, stop_group, wait_for)
+from conftest import (QUIVER, browse, cells, fashion_query, fault_env, finish, json_rows, output,
+                      run, spawn_logged, stop_group, wait_for)
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -63,14 +63,6 @@ def get(url, context=None):
             return r.status, r.headers, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read().decode()
-
-
-def cells(page, css_class):
-    """The text of each row's cells in the first table of class `css_class`."""
-    table = re.search(rf'<table class="{css_class}">(.*?)</table>', page, re.S).group(1)
-    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
-    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
-             for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, re.S)] for r in rows]
 
 
 def test_the_models_page_shows_what_models_shows(console):
@@ -188,21 +180,6 @@ def test_under_mutual_tls_only_clients_with_a_certificate_get_pages(console, tmp
         assert status == 200 and "shoes" in page
     finally:
         stop_group(proc, timeout=30)
-
-
-def browse(url, screenshot):
-    """Loads `url` in headless Chromium (Debian's, which scripts/test.sh installs), saving a
-    screenshot: the page's console messages (script errors, Content-Security-Policy
-    violations), one per line."""
-    chromium = shutil.which("chromium")
-    if not chromium:
-        pytest.fail("chromium is not on PATH (Debian's package; scripts/test.sh installs it)")
-    proc = run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                "--window-size=1200,1400", "--enable-logging=stderr", "--v=0",
-                f"--user-data-dir={screenshot.parent / 'chromium-profile'}",
-                f"--screenshot={screenshot}", url], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
 
 def test_every_page_renders_in_chromium_without_console_messages(console, tmp_path):

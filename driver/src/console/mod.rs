@@ -6,6 +6,7 @@
 //! Everything is read from the store per request, so `quiver console --store URL` on a
 //! colleague's store shows the same pages.
 
+mod cluster;
 mod experiments;
 mod jobs;
 mod svg;
@@ -29,6 +30,7 @@ use quiver_operators::ml::runs::Runs;
 use quiver_operators::ml::train::EpochMetrics;
 use quiver_operators::ml::{MlError, registry};
 
+pub use cluster::{ClusterView, Scheduler};
 use svg::Series;
 
 /// What the pages read.
@@ -38,6 +40,8 @@ pub struct Console {
     experiments: Experiments,
     jobs: JobStore,
     store: String,
+    /// The driver's scheduler, in a driver's console.
+    cluster: Option<Arc<ClusterView>>,
 }
 
 impl Console {
@@ -49,7 +53,16 @@ impl Console {
             experiments: Experiments::new(session)?,
             jobs: JobStore::new(session)?,
             store: session.default_store().to_string(),
+            cluster: None,
         })
+    }
+
+    /// This console with the driver's pages (queries, executors) over `cluster`.
+    pub fn with_cluster(self, cluster: Arc<ClusterView>) -> Self {
+        Self {
+            cluster: Some(cluster),
+            ..self
+        }
     }
 }
 
@@ -84,8 +97,26 @@ const CSS: &str = include_str!("console.css");
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
                    frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// The console's routes, with `/metrics` (Prometheus) beside them.
+/// The console's routes, with `/metrics` (Prometheus) beside them and a page for any other
+/// path: the router of `quiver console`.
 pub fn router(console: Arc<Console>) -> Router {
+    routes()
+        .route("/metrics", get(quiver_engine::metrics::page))
+        .fallback(|| async {
+            PageError(StatusCode::NOT_FOUND, "no such page".into()).into_response()
+        })
+        .layer(axum::middleware::map_response(secure))
+        .with_state(console)
+}
+
+/// The console's pages alone, to be merged into a server's own routes (a driver's).
+pub fn pages(console: Arc<Console>) -> Router {
+    routes()
+        .layer(axum::middleware::map_response(secure))
+        .with_state(console)
+}
+
+fn routes() -> Router<Arc<Console>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/models") }))
         .route("/models", get(models))
@@ -102,16 +133,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{job}", get(jobs::show))
         .route("/jobs/{job}/{run}", get(jobs::run))
+        .route("/queries", get(cluster::queries))
+        .route("/queries/{id}", get(cluster::query))
+        .route("/executors", get(cluster::executors))
         .route(
             "/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
         )
-        .route("/metrics", get(quiver_engine::metrics::page))
-        .fallback(|| async {
-            PageError(StatusCode::NOT_FOUND, "no such page".into()).into_response()
-        })
-        .layer(axum::middleware::map_response(secure))
-        .with_state(console)
 }
 
 /// Adds the security headers to every response.
@@ -157,6 +185,8 @@ fn page_with(title: &str, store: Option<&str>, refresh: Option<u32>, body: Marku
                         a href="/training" { "Training" }
                         a href="/experiments" { "Experiments" }
                         a href="/jobs" { "Jobs" }
+                        a href="/queries" { "Queries" }
+                        a href="/executors" { "Executors" }
                         a href="/metrics" { "Metrics" }
                     }
                     @if let Some(store) = store { span.store title="store" { (store) } }
