@@ -161,6 +161,10 @@ async fn serve(
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(quiver_engine::metrics::page))
         .route("/sd/executors", axum::routing::get(executor_targets))
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Redirect::to("/queries") }),
+        )
         .with_state(scheduler)
         .merge(console::pages(Arc::new(console.with_cluster(view))))
         .merge(grpc.routes().into_axum_router())

@@ -1,6 +1,7 @@
 """The web console (`quiver console --store URL`): its pages over a store's registry, fetched as
 a browser fetches them, against the numbers SQL gives for the same store."""
 
+import base64
 import html
 import json
 import os
@@ -354,3 +355,67 @@ sql = "SELECT 2"
     rows = {r[0]: r for r in cells(page, "grid")[1:]}
     next_run = daily["next_run"].replace(" ", "T").split(".")[0].removesuffix("Z") + "Z"
     assert rows["daily"][1:4] == ["0 30 3 * * * (UTC)", next_run, "0"], (rows["daily"], daily)
+
+
+def post_json(url, body):
+    """(status, JSON reply) of a POST."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_serving_pages_show_a_served_model_s_traffic(console, samples, tmp_path):
+    store = console["store"]
+    proc = spawn_logged([QUIVER, "--store", str(store), "serve", "--model",
+                         f"{store}/models/shoes", "--grpc-port", "0", "--rest-port", "0",
+                         "--log-flush-seconds", "0.3"], tmp_path, "serve")
+    try:
+        wait_for(lambda: "quiver serve: ready" in output(proc)[1], "the server", timeout=120,
+                 proc=proc, context=lambda: output(proc)[1])
+        rest = re.search(r"REST on (http://\S+)", output(proc)[1]).group(1) + "/"
+        folder = os.path.join(samples, "fashion", "test")
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)[:36]
+        labels = []
+        for i in range(0, 36, 3):
+            images = [{"b64": base64.b64encode(open(f, "rb").read()).decode()}
+                      for f in files[i:i + 3]]
+            status, reply = post_json(rest + "v1/models/shoes:predict", {"instances": images})
+            assert status == 200, reply
+            labels += [p["label"] for p in reply["predictions"]]
+        for _ in range(2):
+            status, _ = post_json(rest + "v1/models/shoes:predict", {"instances": [[1, 2]]})
+            assert status == 400
+        # The prediction log reaches the store within a flush.
+        wait_for(lambda: "14 (36 examples)" in get(rest + "serving/shoes")[2],
+                 "the 14 requests in the prediction log", timeout=60, proc=proc)
+        _, _, page = get(rest + "serving")
+        assert '<meta http-equiv="refresh" content="5">' in page
+        [loaded] = [r for r in cells(page, "grid loaded")[1:]]
+        assert loaded[:6] == ["shoes", "2", "dnn_classifier", "10", "new versions load", "12"], loaded
+        assert loaded[6] == "3.00", loaded
+        _, _, page = get(rest + "serving/shoes")
+        statuses = dict(cells(page, "grid statuses")[1:])
+        assert statuses == {"OK": "12", "INVALID_ARGUMENT": "2"}, statuses
+        counts = {label: str(labels.count(label)) for label in set(labels)}
+        assert dict(cells(page, "grid labels")[1:]) == counts
+        # The latency percentiles are the nearest-rank ones of the logged latencies.
+        logs = os.path.join(store, "serving", "shoes", "logs")
+        logged = [json.loads(line) for f in sorted(os.listdir(logs))
+                  for line in open(os.path.join(logs, f))]
+        latencies = sorted(r["latency_ms"] for r in logged)
+        p50 = latencies[max(0, -(-len(latencies) // 2) - 1)]
+        assert f"p50 {p50:.1f} ms" in page, (latencies, page)
+        latest = cells(page, "grid predictions")[1:]
+        assert len(latest) == 14 and latest[0][8] == "INVALID_ARGUMENT"
+        assert latest[2][5] == ", ".join(labels[-3:]), (latest[2], labels[-3:])
+        assert browse(rest + "serving/shoes", tmp_path / "serving.png") == []
+        # `quiver console` reads the same log from the store.
+        _, _, page = get(console["url"] + "serving/shoes")
+        assert "14 (36 examples)" in page and "loaded here" not in page
+        assert dict(cells(page, "grid labels")[1:]) == counts
+    finally:
+        stop_group(proc)

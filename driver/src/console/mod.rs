@@ -9,6 +9,7 @@
 mod cluster;
 mod experiments;
 mod jobs;
+mod serving;
 mod svg;
 mod training;
 
@@ -31,6 +32,7 @@ use quiver_operators::ml::train::EpochMetrics;
 use quiver_operators::ml::{MlError, registry};
 
 pub use cluster::{ClusterView, Scheduler};
+pub use serving::{Loaded, LoadedModels};
 use svg::Series;
 
 /// What the pages read.
@@ -40,8 +42,11 @@ pub struct Console {
     experiments: Experiments,
     jobs: JobStore,
     store: String,
+    serving_logs: serving::ServingLogs,
     /// The driver's scheduler, in a driver's console.
     cluster: Option<Arc<ClusterView>>,
+    /// What `quiver serve` has loaded, in its console.
+    serving: Option<LoadedModels>,
 }
 
 impl Console {
@@ -52,9 +57,19 @@ impl Console {
             runs: Runs::new(session)?,
             experiments: Experiments::new(session)?,
             jobs: JobStore::new(session)?,
+            serving_logs: serving::ServingLogs::new(session)?,
             store: session.default_store().to_string(),
             cluster: None,
+            serving: None,
         })
+    }
+
+    /// This console with the models a `quiver serve` process has loaded.
+    pub fn with_serving(self, loaded: LoadedModels) -> Self {
+        Self {
+            serving: Some(loaded),
+            ..self
+        }
     }
 
     /// This console with the driver's pages (queries, executors) over `cluster`.
@@ -101,6 +116,7 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
 /// path: the router of `quiver console`.
 pub fn router(console: Arc<Console>) -> Router {
     routes()
+        .route("/", get(|| async { Redirect::to("/models") }))
         .route("/metrics", get(quiver_engine::metrics::page))
         .fallback(|| async {
             PageError(StatusCode::NOT_FOUND, "no such page".into()).into_response()
@@ -109,7 +125,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
-/// The console's pages alone, to be merged into a server's own routes (a driver's).
+/// The console's pages alone (not `/`), to be merged into a server's own routes (a driver's,
+/// `quiver serve`'s).
 pub fn pages(console: Arc<Console>) -> Router {
     routes()
         .layer(axum::middleware::map_response(secure))
@@ -118,7 +135,6 @@ pub fn pages(console: Arc<Console>) -> Router {
 
 fn routes() -> Router<Arc<Console>> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/models") }))
         .route("/models", get(models))
         .route("/models/{name}", get(latest))
         .route("/models/{name}/{version}", get(version))
@@ -133,6 +149,8 @@ fn routes() -> Router<Arc<Console>> {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{job}", get(jobs::show))
         .route("/jobs/{job}/{run}", get(jobs::run))
+        .route("/serving", get(serving::list_page))
+        .route("/serving/{model}", get(serving::model_page))
         .route("/queries", get(cluster::queries))
         .route("/queries/{id}", get(cluster::query))
         .route("/executors", get(cluster::executors))
@@ -185,6 +203,7 @@ fn page_with(title: &str, store: Option<&str>, refresh: Option<u32>, body: Marku
                         a href="/training" { "Training" }
                         a href="/experiments" { "Experiments" }
                         a href="/jobs" { "Jobs" }
+                        a href="/serving" { "Serving" }
                         a href="/queries" { "Queries" }
                         a href="/executors" { "Executors" }
                         a href="/metrics" { "Metrics" }

@@ -1,8 +1,10 @@
 //! `quiver serve`'s Prometheus metrics, at `/metrics` on the REST port with the process's own.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, exponential_buckets};
 use quiver_engine::metrics::register;
 
@@ -62,4 +64,27 @@ pub(super) fn forward_pass(model: &str, version: u64, rows: usize) {
     BATCH_SIZE
         .with_label_values(&[model, &version.to_string()])
         .observe(rows as f64);
+}
+
+/// Forward passes of `model` since the server started and the rows they took, by version.
+pub(super) fn batches(model: &str) -> BTreeMap<u64, (u64, f64)> {
+    let mut passes = BTreeMap::new();
+    for family in BATCH_SIZE.collect() {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            if label("model").as_deref() == Some(model)
+                && let Some(version) = label("version").and_then(|v| v.parse().ok())
+            {
+                let h = metric.get_histogram();
+                passes.insert(version, (h.get_sample_count(), h.get_sample_sum()));
+            }
+        }
+    }
+    passes
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_engine::Session;
+
+use crate::console::Console;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -162,8 +164,14 @@ pub async fn serve(
         tls.clone(),
         stop_rx.clone(),
     ));
+    let console = Console::new(session)
+        .map_err(|e| err!(ServeError::Internal, "console: {e}"))?
+        .with_serving({
+            let state = Arc::clone(&state);
+            Arc::new(move || state.models.loaded())
+        });
     let rest = tokio::spawn(rest::run(
-        Arc::clone(&state),
+        (Arc::clone(&state), crate::console::pages(Arc::new(console))),
         rest_listener,
         tls,
         stop_rx.clone(),

@@ -12,6 +12,8 @@ use quiver_operators::ml::predict::LoadedModel;
 use quiver_operators::ml::{MlError, Registry};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::console::Loaded;
+
 /// Why a request or the server failed; each maps to a gRPC code and an HTTP status.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServeError {
@@ -420,25 +422,46 @@ impl Models {
 
     /// Lines describing what is served, for the log.
     pub fn describe(&self) -> Vec<String> {
+        self.loaded()
+            .into_iter()
+            .map(|m| {
+                format!(
+                    "model '{}' version {} ({}, {} classes, on {:?}, {} replica(s)) from {}{}",
+                    m.name,
+                    m.versions.last().copied().unwrap_or(0),
+                    m.model_type,
+                    m.classes,
+                    self.device,
+                    self.replicas,
+                    m.source,
+                    if m.follows {
+                        ", following new versions"
+                    } else {
+                        ", pinned"
+                    }
+                )
+            })
+            .collect()
+    }
+
+    /// What is loaded now, with each version's forward passes, for the console.
+    pub fn loaded(&self) -> Vec<Loaded> {
         self.models
             .iter()
             .map(|(name, served)| {
                 let versions = served.versions.read().expect("versions lock");
                 let newest = versions.values().next_back();
-                format!(
-                    "model '{name}' version {} ({}, {} classes, on {:?}, {} replica(s)) from {}{}",
-                    newest.map_or(0, |s| s.version),
-                    newest.map_or("-", |s| s.model.card.architecture.model_type()),
-                    newest.map_or(0, |s| s.model.card.labels.labels.len()),
-                    self.device,
-                    self.replicas,
-                    served.url,
-                    if served.pinned.is_some() {
-                        ", pinned"
-                    } else {
-                        ", following new versions"
-                    }
-                )
+                Loaded {
+                    name: name.clone(),
+                    versions: versions.keys().copied().collect(),
+                    model_type: newest
+                        .map_or("-", |s| s.model.card.architecture.model_type())
+                        .to_string(),
+                    classes: newest.map_or(0, |s| s.model.card.labels.labels.len()),
+                    source: served.url.clone(),
+                    follows: served.pinned.is_none(),
+                    passes: super::metrics::batches(name),
+                }
             })
             .collect()
     }

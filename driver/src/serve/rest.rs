@@ -543,8 +543,8 @@ async fn unknown(request: Request) -> ServeError {
     )
 }
 
-/// The REST routes over the shared server state.
-pub fn router(state: Arc<ServerState>) -> Router {
+/// The REST routes over the shared server state, with `pages` (the console's) beside them.
+pub fn router(state: Arc<ServerState>, pages: Router) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(quiver_engine::metrics::page))
@@ -552,17 +552,18 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+        .merge(pages)
 }
 
 /// Serves REST on `listener` until `stop` turns true; in-flight requests get `grace` to finish.
 pub async fn run(
-    state: Arc<ServerState>,
+    (state, pages): (Arc<ServerState>, Router),
     listener: TcpListener,
     tls: Option<Tls>,
     stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> Result<(), ServeError> {
-    crate::http::serve_router(router(state), listener, tls, stop, grace)
+    crate::http::serve_router(router(state, pages), listener, tls, stop, grace)
         .await
         .map_err(|e| err!(ServeError::Internal, "REST server: {e}"))
 }
