@@ -390,6 +390,10 @@ def test_mutual_tls_refuses_clients_and_executors_without_the_cluster_ca(tmp_pat
         assert "ready" not in readyz(cluster.address, None)
         assert "quiver_jobs_total" in readyz(cluster.address, certs, "/metrics")
         assert "quiver_jobs_total" not in readyz(cluster.address, None, "/metrics")
+        # So does the console on the driver's port.
+        queries = readyz(cluster.address, certs, "/queries")
+        assert "completed" in queries and "<h1>Queries</h1>" in queries, queries
+        assert "<h1>" not in readyz(cluster.address, None, "/queries")
     finally:
         cluster.stop()
 

@@ -419,3 +419,38 @@ def test_the_serving_pages_show_a_served_model_s_traffic(console, samples, tmp_p
         assert dict(cells(page, "grid labels")[1:]) == counts
     finally:
         stop_group(proc)
+
+
+def test_an_experiment_is_followed_while_its_trials_run(console, tmp_path):
+    store, url = console["store"], console["url"]
+    # The second of three trials pauses (a fault point) as it starts its first epoch.
+    paused = tmp_path / "paused"
+    validation = console["validation"].replace("'", "''")
+    proc = spawn_logged([QUIVER, "--store", str(store), "sql", "--format", "json", f"""
+        CREATE EXPERIMENT busy OPTIONS (model_type = 'dnn_classifier', hidden_units = [8],
+        learning_rate = [0.001, 0.01, 0.1], epochs = 2, seed = 8,
+        validation_query = '{validation}') AS {console["train"]}"""], tmp_path, "experiment",
+                        env=fault_env(f"epoch_start@*/trials/trial-0001/rank-0/epoch-1=pause:{paused}"))
+    try:
+        wait_for(paused.exists, "trial-0001 to start", proc=proc, timeout=600)
+        (want,) = sql(store, "SELECT * FROM experiments() WHERE name = 'busy'")
+        trials = sql(store, "SELECT trial, status FROM experiment_trials('busy') ORDER BY trial")
+        _, _, page = get(url + "experiments")
+        row = [r for r in cells(page, "grid")[1:] if r[0] == "busy"]
+        assert row and row[0][1] == want["status"] == "running", (row, want)
+        status, _, page = get(url + "experiments/busy?sort=trial")
+        assert status == 200, page
+        assert '<meta http-equiv="refresh" content="5">' in page
+        table = cells(page, "grid trials")
+        statuses = [(r[0].removesuffix(" ★"), r[table[0].index("status")]) for r in table[1:]]
+        assert statuses == [(t["trial"], t["status"]) for t in trials], (statuses, trials)
+        assert ("trial-0001", "running") in statuses and ("trial-0000", "completed") in statuses
+        assert browse(url + "experiments/busy", tmp_path / "experiment.png") == []
+        paused.unlink()
+        _, err = finish(proc, timeout=600)
+        assert proc.returncode == 0, err
+    finally:
+        stop_group(proc)
+    _, _, page = get(url + "experiments/busy")
+    assert 'http-equiv="refresh"' not in page
+    assert {r[table[0].index("status")] for r in cells(page, "grid trials")[1:]} == {"completed"}

@@ -16,7 +16,6 @@ use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::execution_graph::ExecutionGraphBox;
 use ballista_scheduler::state::execution_stage::{ExecutionStage, TaskInfo};
 use datafusion::physical_plan::displayable;
-use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use maud::{Markup, html};
 
@@ -187,28 +186,13 @@ pub(super) async fn queries(State(console): State<Arc<Console>>) -> Page {
     Ok(page_with("Queries", Some(&console.store), refresh, body))
 }
 
-/// Rows the stage's root operator (its shuffle writer) wrote, once reported.
-fn rows(metrics: &[MetricsSet]) -> Option<usize> {
-    metrics.first().and_then(|m| m.output_rows())
-}
-
-/// A stage's tasks, failures and rows, whatever state it is in.
-fn stage_parts(stage: &ExecutionStage) -> (&[TaskInfo], Option<usize>, usize, Option<&str>) {
+/// A stage's tasks, task failures and error, whatever state it is in.
+fn stage_parts(stage: &ExecutionStage) -> (&[TaskInfo], usize, Option<&str>) {
     match stage {
-        ExecutionStage::Running(s) => (
-            &s.task_infos,
-            s.stage_metrics.as_deref().and_then(rows),
-            s.task_failure_numbers.iter().sum(),
-            None,
-        ),
-        ExecutionStage::Successful(s) => (&s.task_infos, rows(&s.stage_metrics), 0, None),
-        ExecutionStage::Failed(s) => (
-            &s.task_infos,
-            s.stage_metrics.as_deref().and_then(rows),
-            0,
-            Some(s.error_message.as_str()),
-        ),
-        ExecutionStage::UnResolved(_) | ExecutionStage::Resolved(_) => (&[], None, 0, None),
+        ExecutionStage::Running(s) => (&s.task_infos, s.task_failure_numbers.iter().sum(), None),
+        ExecutionStage::Successful(s) => (&s.task_infos, 0, None),
+        ExecutionStage::Failed(s) => (&s.task_infos, 0, Some(s.error_message.as_str())),
+        ExecutionStage::UnResolved(_) | ExecutionStage::Resolved(_) => (&[], 0, None),
     }
 }
 
@@ -218,6 +202,18 @@ fn task_parts(task: &TaskInfo) -> (&'static str, &str, Option<&str>) {
         TaskState::Running(t) => ("running", t.executor_id.as_str(), None),
         TaskState::Successful(t) => ("succeeded", t.executor_id.as_str(), None),
         TaskState::Failed(t) => ("failed", "", Some(t.error.as_str())),
+    }
+}
+
+/// The rows and bytes a finished task wrote to its shuffle files.
+fn written(task: &TaskInfo) -> Option<(u64, u64)> {
+    match &task.task_status {
+        TaskState::Successful(t) => Some(
+            t.partitions
+                .iter()
+                .fold((0, 0), |(r, b), p| (r + p.num_rows, b + p.num_bytes)),
+        ),
+        _ => None,
     }
 }
 
@@ -255,18 +251,21 @@ pub(super) async fn query(State(console): State<Arc<Console>>, Path(id): Path<St
         h2 { "Stages" }
         table.grid.stages {
             thead { tr { th.num { "stage" } th { "state" } th.num { "stage retries" }
-                th.num { "tasks done" } th.num { "rows written" } th.num { "task failures" }
-                th { "error" } } }
+                th.num { "tasks done" } th.num { "rows written" } th.num { "bytes written" }
+                th.num { "task failures" } th { "error" } } }
             tbody {
                 @for (id, stage) in &stages {
-                    @let (tasks, rows, failures, error) = stage_parts(stage);
+                    @let (tasks, failures, error) = stage_parts(stage);
+                    @let (rows, bytes) = tasks.iter().filter_map(written)
+                        .fold((0, 0), |(r, b), (tr, tb)| (r + tr, b + tb));
                     tr {
                         td.num { (id) }
                         td { (badge(&stage.variant_name().to_lowercase())) }
                         td.num { (stage_attempt(stage)) }
                         td.num { (tasks.iter().filter(|t| matches!(t.task_status, TaskState::Successful(_))).count())
                             "/" (tasks.len()) }
-                        td.num { (rows.map_or("–".into(), |r| r.to_string())) }
+                        td.num { (rows) }
+                        td.num { (bytes) }
                         td.num { (failures) }
                         td { (error.unwrap_or("")) }
                     }
@@ -274,7 +273,7 @@ pub(super) async fn query(State(console): State<Arc<Console>>, Path(id): Path<St
             }
         }
         @for (id, stage) in &stages {
-            @let (tasks, _, _, _) = stage_parts(stage);
+            @let (tasks, _, _) = stage_parts(stage);
             @if !tasks.is_empty() {
                 h2 { "Stage " (id) " tasks" }
                 (task_table(tasks))
@@ -310,7 +309,8 @@ fn task_table(tasks: &[TaskInfo]) -> Markup {
     html! {
         table.grid.tasks {
             thead { tr { th.num { "task" } th { "partitions" } th { "executor" } th { "state" }
-                th.num { "seconds" } th { "error" } } }
+                th.num { "seconds" } th.num { "rows written" } th.num { "bytes written" }
+                th { "error" } } }
             tbody {
                 @for task in tasks {
                     @let (state, executor, error) = task_parts(task);
@@ -322,6 +322,9 @@ fn task_table(tasks: &[TaskInfo]) -> Markup {
                         td { (badge(state)) }
                         td.num { @if task.end_exec_time >= task.start_exec_time && task.start_exec_time > 0 {
                             (format!("{:.3}", (task.end_exec_time - task.start_exec_time) as f64 / 1e3)) } }
+                        @let out = written(task);
+                        td.num { (out.map_or("–".into(), |o| o.0.to_string())) }
+                        td.num { (out.map_or("–".into(), |o| o.1.to_string())) }
                         td { (error.unwrap_or("")) }
                     }
                 }

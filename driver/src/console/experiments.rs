@@ -14,7 +14,7 @@ use quiver_engine::options::OptionValue;
 use quiver_operators::experiment::records::{ExperimentFile, TrialRecord, best_trial};
 
 use super::svg::{self, Series};
-use super::{Console, Page, fixed, layout};
+use super::{Console, Page, fixed, layout, page_with};
 
 /// Every experiment: status, objective, trials and the best so far.
 pub(super) async fn list(State(console): State<Arc<Console>>) -> Page {
@@ -156,10 +156,10 @@ pub(super) async fn show(
         let history = dir.progress(&id).await?;
         trials.push(Trial {
             objective: history.last().and_then(|m| file.objective.value(m)),
+            status: dir.unfinished_status(&id, &history).await?.into(),
             id,
             params: params.params,
             generation: params.generation,
-            status: "running".into(),
             history,
             seconds: None,
         });
@@ -286,9 +286,12 @@ pub(super) async fn show(
             @for chart in &scatters { (chart) }
         }
     };
-    Ok(layout(
+    // While it runs, the browser reloads the page every 5 seconds.
+    let refresh = (file.status == "running").then_some(5);
+    Ok(page_with(
         &format!("Experiment {name}"),
         Some(&console.store),
+        refresh,
         body,
     ))
 }

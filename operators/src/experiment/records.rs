@@ -255,6 +255,20 @@ impl ExperimentDir {
         Ok(get_bytes(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await?)
     }
 
+    /// The status of a trial without a result, given its epochs so far: `pending` until it
+    /// starts (writes its log or an epoch), then `running`.
+    pub async fn unfinished_status(
+        &self,
+        trial: &str,
+        history: &[EpochMetrics],
+    ) -> Result<&'static str, MlError> {
+        Ok(if history.is_empty() && !self.started(trial).await? {
+            "pending"
+        } else {
+            "running"
+        })
+    }
+
     /// Whether a trial has started (its log exists), without reading the log.
     pub async fn started(&self, trial: &str) -> Result<bool, MlError> {
         Ok(exists(&self.store, &self.trial_dir(trial).clone().join("log.txt")).await?)

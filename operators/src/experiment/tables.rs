@@ -214,11 +214,7 @@ async fn trials_batch(
                     trial,
                     generation: p.generation,
                     params: p.params,
-                    status: if history.is_empty() && !dir.started(&p.trial).await? {
-                        "pending".into()
-                    } else {
-                        "running".into()
-                    },
+                    status: dir.unfinished_status(&p.trial, &history).await?.into(),
                     history,
                     record: None,
                 }
