@@ -295,7 +295,7 @@ def test_the_jobs_pages_follow_a_run_and_show_schedules(console, tmp_path):
     job = write_job(tmp_path, "nightly", """
 [[steps]]
 name = "count"
-sql = "SELECT 1 AS one"
+sql = "SELECT '<script>alert(1)</script>' AS one"
 [[steps]]
 name = "broken"
 sql = "SELECT * FROM missing_table"
@@ -323,6 +323,8 @@ sql = "SELECT 2"
         assert steps[1][:2] == ["broken", "running"], steps
         log = html.unescape(re.search(r'<pre class="log">(.*?)</pre>', page, re.S).group(1))
         assert "attempt 1 failed" in log and "missing_table" in log, log
+        # The step's SQL, echoed in the log, is text in the page.
+        assert SCRIPT in log and "<script" not in page.lower(), log
         assert browse(url + run_page, tmp_path / "job-run.png") == []
         paused.unlink()
         finish(proc, timeout=120)
