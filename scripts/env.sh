@@ -135,8 +135,18 @@ for m in map(json.loads, sys.stdin):
         print(package, m["target"]["name"], m["profile"]["test"], m["executable"], sep="\t")'
 }
 
-# quiver_pytest ARGS...: the reference tests (tests/python) with the dev build's binaries, the
-# sample data and SeaweedFS; the binaries must be built (quiver_cargo build --workspace
+# quiver_python_package: the Python package `quiver` of the dev build (python/quiver/ and the
+# extension module cargo built) in a folder of its own; prints the folder, for PYTHONPATH.
+quiver_python_package() {
+    local dir="$CARGO_TARGET_DIR/python-package"
+    rm -rf "$dir" && mkdir -p "$dir/quiver"
+    ln -s "$QUIVER_ROOT"/python/quiver/* "$dir/quiver/"
+    ln -s "$CARGO_TARGET_DIR/debug/lib_quiver.so" "$dir/quiver/_quiver.abi3.so"
+    echo "$dir"
+}
+
+# quiver_pytest ARGS...: the reference tests (tests/python) with the dev build's binaries and
+# Python package, the sample data and SeaweedFS; the binaries must be built (quiver_cargo build --workspace
 # --all-targets). Sets QUIVER_SLT_BIN for the cluster-mode run of the .slt suite.
 quiver_pytest() {
     quiver_sample_data "$QUIVER_CACHE/samples"
@@ -145,6 +155,7 @@ quiver_pytest() {
     QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" \
     QUIVER_EXAMPLE_BIN="$CARGO_TARGET_DIR/debug/examples/hotdog_etl" \
     QUIVER_SAMPLES="$QUIVER_CACHE/samples" \
+    PYTHONPATH="$(quiver_python_package)" \
     WEED_BIN="$REFENV/bin/weed" \
         "$REFENV/bin/python" -m pytest -p no:cacheprovider "$QUIVER_ROOT/tests/python" "$@"
 }
