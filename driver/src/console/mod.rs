@@ -393,7 +393,12 @@ fn curves(history: &[EpochMetrics]) -> Markup {
 
 /// A state (`running`, `failed`, ...) as a coloured badge.
 fn badge(state: &str) -> Markup {
-    html! { span class=(format!("state {state}")) { (state) } }
+    badge_as(state, state)
+}
+
+/// `text` as a badge coloured as the state `state` is.
+fn badge_as(state: &str, text: &str) -> Markup {
+    html! { span class=(format!("state {state}")) { (text) } }
 }
 
 /// The last `n` lines of `text`.

@@ -18,7 +18,7 @@ use quiver_engine::time::utc_timestamp;
 use quiver_operators::ml::MlError;
 
 use super::svg::{self, Series};
-use super::{Console, Page, PageError, fixed, page_with};
+use super::{Console, Page, PageError, badge_as, fixed, page_with};
 
 /// A model a `quiver serve` process has loaded.
 #[derive(Debug, Clone)]
@@ -344,12 +344,14 @@ pub(super) async fn model_page(
 
 /// `OK` as a success badge, an error code as a failure.
 fn badge_status(status: &str) -> Markup {
-    let class = if status == "OK" {
-        "succeeded"
-    } else {
-        "failed"
-    };
-    html! { span class=(format!("state {class}")) { (status) } }
+    badge_as(
+        if status == "OK" {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        status,
+    )
 }
 
 /// The last 30 requests, newest first.
